@@ -1,0 +1,32 @@
+//! # shmbus core
+//!
+//! The parts of the shmbus streaming bus that both the broker (`shmbusd`) and
+//! the client library share:
+//!
+//! - [`frame`]: control-plane frames between a peer and the broker;
+//! - [`state`]: the stream state machine (IDLE → OPENING → ACTIVE → CLOSING → CLOSED);
+//! - [`credit`]: credit accounting with a high-water mark and size strategies;
+//! - [`link`]: the socket stream port's batched wire format;
+//! - [`ring`]: the shared-memory stream port, the only module touching shared memory;
+//! - [`sys`]: the syscall boundary (memfds, seals, descriptor passing, credentials).
+//!
+//! `frame`, `state`, `credit` and `link` do no I/O.
+
+pub mod credit;
+pub mod frame;
+pub mod link;
+pub mod ring;
+pub mod state;
+pub mod sys;
+
+pub use credit::{CreditSpec, SizeStrategy};
+pub use frame::{
+    CallId, Capabilities, Direction, ErrorCode, Frame, MethodSpec, RemoteError, StreamId,
+    StreamMode, Transport, TransportPreference,
+};
+pub use state::{StreamLifecycle, StreamState};
+
+/// Default ring data size per direction: cache-sized.
+pub const DEFAULT_RING_SIZE: u32 = 1 << 20;
+/// Default high-water mark for byte credit.
+pub const DEFAULT_HIGH_WATER_MARK: u64 = 1 << 20;

@@ -1,0 +1,358 @@
+//! The socket stream port's wire format: stream frames exchanged directly
+//! between the two peers over a dedicated Unix socket, when shared memory is
+//! not used. Pure encoding and decoding; the client does the I/O.
+//!
+//! A message is `u32 len | u8 kind | body[len]` (little endian). Kinds:
+//!
+//! | kind | body | direction |
+//! |---|---|---|
+//! | stream-data | items, each `u32 len | u64 charge | bytes` | producer → consumer |
+//! | stream-end | empty | producer → consumer |
+//! | stream-error | UTF-8 message | producer → consumer |
+//! | stream-cancel (ack) | empty | producer → consumer |
+//! | stream-credit | `u64` new limit | consumer → producer |
+//! | cancel | empty | consumer → producer |
+//!
+//! Several items share one stream-data message: that is the batching.
+
+/// Bytes of a message header.
+pub const MESSAGE_HEADER: usize = 5;
+/// Bytes of an item header inside stream-data.
+pub const ITEM_HEADER: usize = 12;
+/// Longest stream-error message kept.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+const KIND_DATA: u8 = 1;
+const KIND_END: u8 = 2;
+const KIND_ERROR: u8 = 3;
+const KIND_CANCELLED: u8 = 4;
+const KIND_CREDIT: u8 = 5;
+const KIND_CANCEL: u8 = 6;
+
+/// A decoded link message; data borrows from the receive buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkMessage<'a> {
+    /// A batch of items.
+    Data(Items<'a>),
+    /// The producer finished.
+    End,
+    /// The producer failed with this message.
+    Error(String),
+    /// The producer acknowledges a cancellation.
+    Cancelled,
+    /// The consumer grants credit up to this absolute limit.
+    Credit(u64),
+    /// The consumer asks the producer to stop.
+    Cancel,
+}
+
+/// The items of one stream-data message, validated as they are iterated.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Items<'a> {
+    body: &'a [u8],
+}
+
+/// A malformed message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The header announces more than the port allows.
+    #[error("stream message of {len} bytes exceeds the port's maximum of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Maximum.
+        max: usize,
+    },
+    /// Unknown kind byte.
+    #[error("unknown stream message kind {0}")]
+    UnknownKind(u8),
+    /// The body does not match its kind.
+    #[error("malformed stream message: {0}")]
+    Malformed(&'static str),
+}
+
+/// Splits the first message off `buf`: `Ok(None)` when incomplete, else the
+/// message and the bytes it used. Checks the length before anything else.
+pub fn decode(buf: &[u8], max_body: usize) -> Result<Option<(LinkMessage<'_>, usize)>, LinkError> {
+    if buf.len() < MESSAGE_HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_body {
+        return Err(LinkError::TooLarge { len, max: max_body });
+    }
+    let kind = buf[4];
+    if buf.len() < MESSAGE_HEADER + len {
+        return Ok(None);
+    }
+    let body = &buf[MESSAGE_HEADER..MESSAGE_HEADER + len];
+    let empty = |m| {
+        if body.is_empty() {
+            Ok(m)
+        } else {
+            Err(LinkError::Malformed("unexpected body"))
+        }
+    };
+    let msg = match kind {
+        KIND_DATA => {
+            Items { body }.validate()?;
+            LinkMessage::Data(Items { body })
+        }
+        KIND_END => empty(LinkMessage::End)?,
+        KIND_CANCELLED => empty(LinkMessage::Cancelled)?,
+        KIND_CANCEL => empty(LinkMessage::Cancel)?,
+        KIND_ERROR => LinkMessage::Error(
+            String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_MESSAGE)]).into_owned(),
+        ),
+        KIND_CREDIT => {
+            let limit: [u8; 8] = body
+                .try_into()
+                .map_err(|_| LinkError::Malformed("credit body is not 8 bytes"))?;
+            LinkMessage::Credit(u64::from_le_bytes(limit))
+        }
+        other => return Err(LinkError::UnknownKind(other)),
+    };
+    Ok(Some((msg, MESSAGE_HEADER + len)))
+}
+
+impl<'a> Items<'a> {
+    fn validate(self) -> Result<(), LinkError> {
+        let mut rest = self.body;
+        if rest.is_empty() {
+            return Err(LinkError::Malformed("empty stream-data"));
+        }
+        while !rest.is_empty() {
+            let (_, _, used) = Self::split(rest)?;
+            rest = &rest[used..];
+        }
+        Ok(())
+    }
+
+    fn split(rest: &'a [u8]) -> Result<(&'a [u8], u64, usize), LinkError> {
+        if rest.len() < ITEM_HEADER {
+            return Err(LinkError::Malformed("truncated item header"));
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
+        let charge = u64::from_le_bytes(rest[4..12].try_into().unwrap());
+        if rest.len() - ITEM_HEADER < len {
+            return Err(LinkError::Malformed("item overruns its message"));
+        }
+        Ok((
+            &rest[ITEM_HEADER..ITEM_HEADER + len],
+            charge,
+            ITEM_HEADER + len,
+        ))
+    }
+
+    /// The first item (payload and charge) and the remaining items.
+    pub fn first(self) -> Option<((&'a [u8], u64), Items<'a>)> {
+        if self.body.is_empty() {
+            return None;
+        }
+        // Validated when the message was decoded.
+        let (data, charge, used) = Self::split(self.body).ok()?;
+        Some((
+            (data, charge),
+            Items {
+                body: &self.body[used..],
+            },
+        ))
+    }
+
+    /// True when no items remain.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = (&'a [u8], u64);
+    fn next(&mut self) -> Option<Self::Item> {
+        let (item, rest) = self.first()?;
+        *self = rest;
+        Some(item)
+    }
+}
+
+/// Builds outgoing link messages, batching consecutive items into one
+/// stream-data message.
+#[derive(Debug, Default)]
+pub struct LinkEncoder {
+    buf: Vec<u8>,
+    open_data: Option<usize>,
+    last_item: Option<usize>,
+}
+
+impl LinkEncoder {
+    /// An empty encoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends an item to the current batch, starting one if needed.
+    pub fn push_item(&mut self, data: &[u8], charge: u64) {
+        let item = self.begin_item(data.len(), charge);
+        item.copy_from_slice(data);
+    }
+
+    /// Appends an item header and returns room for `len` payload bytes, to
+    /// be filled in place.
+    pub fn begin_item(&mut self, len: usize, charge: u64) -> &mut [u8] {
+        if self.open_data.is_none() {
+            self.open_data = Some(self.buf.len());
+            self.buf.extend_from_slice(&[0, 0, 0, 0, KIND_DATA]);
+        }
+        self.last_item = Some(self.buf.len());
+        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
+        self.buf.extend_from_slice(&charge.to_le_bytes());
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        &mut self.buf[start..]
+    }
+
+    /// Shrinks the item begun last with [`begin_item`](Self::begin_item) to
+    /// `len` bytes and sets its charge.
+    pub fn finish_item(&mut self, len: usize, charge: u64) {
+        let header = self.last_item.take().expect("an item was begun");
+        let reserved = self.buf.len() - header - ITEM_HEADER;
+        assert!(len <= reserved);
+        self.buf[header..header + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.buf[header + 4..header + 12].copy_from_slice(&charge.to_le_bytes());
+        self.buf.truncate(header + ITEM_HEADER + len);
+    }
+
+    fn close_data(&mut self) {
+        self.last_item = None;
+        if let Some(start) = self.open_data.take() {
+            let len = (self.buf.len() - start - MESSAGE_HEADER) as u32;
+            self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        }
+    }
+
+    fn control(&mut self, kind: u8, body: &[u8]) {
+        self.close_data();
+        self.buf
+            .extend_from_slice(&(body.len() as u32).to_le_bytes());
+        self.buf.push(kind);
+        self.buf.extend_from_slice(body);
+    }
+
+    /// Appends stream-end.
+    pub fn end(&mut self) {
+        self.control(KIND_END, &[]);
+    }
+
+    /// Appends stream-error.
+    pub fn error(&mut self, message: &str) {
+        let m = message.as_bytes();
+        self.control(KIND_ERROR, &m[..m.len().min(MAX_ERROR_MESSAGE)]);
+    }
+
+    /// Appends the producer's cancellation acknowledgement.
+    pub fn cancelled(&mut self) {
+        self.control(KIND_CANCELLED, &[]);
+    }
+
+    /// Appends stream-credit.
+    pub fn credit(&mut self, limit: u64) {
+        self.control(KIND_CREDIT, &limit.to_le_bytes());
+    }
+
+    /// Appends cancel.
+    pub fn cancel(&mut self) {
+        self.control(KIND_CANCEL, &[]);
+    }
+
+    /// Bytes buffered, including an open batch.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Bytes of the open batch's body so far (0 when none is open).
+    pub fn batch_len(&self) -> usize {
+        self.open_data
+            .map_or(0, |s| self.buf.len() - s - MESSAGE_HEADER)
+    }
+
+    /// Closes any open batch and returns everything buffered.
+    pub fn bytes(&mut self) -> &[u8] {
+        self.close_data();
+        &self.buf
+    }
+
+    /// Forgets the first `n` bytes, once written.
+    pub fn consume(&mut self, n: usize) {
+        self.close_data();
+        self.buf.drain(..n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip() {
+        let mut enc = LinkEncoder::new();
+        enc.push_item(b"one", 1);
+        enc.push_item(b"", 1);
+        enc.push_item(b"three", 1);
+        enc.credit(77);
+        enc.push_item(b"four", 4);
+        enc.error("boom");
+        enc.end();
+        let wire = enc.bytes().to_vec();
+        let mut rest = &wire[..];
+        let mut seen = Vec::new();
+        while let Some((msg, used)) = decode(rest, 1 << 16).unwrap() {
+            match msg {
+                LinkMessage::Data(items) => {
+                    seen.push(format!("data{:?}", items.map(|(d, c)| (d.to_vec(), c)).collect::<Vec<_>>()))
+                }
+                other => seen.push(format!("{other:?}")),
+            }
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(
+            seen,
+            vec![
+                "data[([111, 110, 101], 1), ([], 1), ([116, 104, 114, 101, 101], 1)]",
+                "Credit(77)",
+                "data[([102, 111, 117, 114], 4)]",
+                "Error(\"boom\")",
+                "End"
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_messages_are_rejected() {
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff, 0x7f, 1], 1024),
+            Err(LinkError::TooLarge {
+                len: 0x7fff_ffff,
+                max: 1024
+            })
+        );
+        assert_eq!(decode(&[0, 0, 0, 0, 99], 1024), Err(LinkError::UnknownKind(99)));
+        // An item claiming more bytes than its message holds.
+        let mut m = vec![12, 0, 0, 0, KIND_DATA];
+        m.extend_from_slice(&100u32.to_le_bytes());
+        m.extend_from_slice(&1u64.to_le_bytes());
+        assert!(matches!(decode(&m, 1024), Err(LinkError::Malformed(_))));
+        assert!(matches!(
+            decode(&[3, 0, 0, 0, KIND_CREDIT, 1, 2, 3], 1024),
+            Err(LinkError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode(&[1, 0, 0, 0, KIND_END, 0], 1024),
+            Err(LinkError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,255 @@
+use super::*;
+use crate::credit::CreditSpec;
+use crate::sys::create_ring_memfd;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+
+fn pair(capacity: u32, credit: CreditSpec) -> (RingProducer, RingConsumer, File) {
+    let fd = create_ring_memfd("test", capacity, credit.high_water_mark).unwrap();
+    let p = RingProducer::open(fd.as_fd().try_clone_to_owned().unwrap(), capacity, credit).unwrap();
+    let c = RingConsumer::open(fd.as_fd().try_clone_to_owned().unwrap(), capacity, credit).unwrap();
+    (p, c, File::from(fd))
+}
+
+fn send(p: &mut RingProducer, data: &[u8], charge: u64) -> Result<bool, Blocked> {
+    match p.try_reserve(data.len(), charge).unwrap() {
+        Ok(mut r) => {
+            r.buf()[..data.len()].copy_from_slice(data);
+            r.commit(data.len(), charge);
+            let _ = p.publish();
+            Ok(true)
+        }
+        Err(b) => Err(b),
+    }
+}
+
+#[test]
+fn items_flow_in_order_across_wraps() {
+    let (mut p, mut c, _f) = pair(4096, CreditSpec::items(1000));
+    let mut expected = std::collections::VecDeque::new();
+    let mut next = 0u32;
+    for round in 0..2000u32 {
+        let len = (round * 37 % 700) as usize;
+        let item: Vec<u8> = (0..len).map(|i| (i as u32 ^ next) as u8).collect();
+        if send(&mut p, &item, 1).is_ok() {
+            expected.push_back(item);
+            next += 1;
+        }
+        if round % 3 == 0 {
+            while let Some(rec) = c.try_next().unwrap() {
+                assert_eq!(rec.kind, RecordKind::Data);
+                assert_eq!(c.data(&rec), &expected.pop_front().unwrap()[..]);
+                let _ = c.release(&rec).unwrap();
+            }
+        }
+    }
+    assert!(next > 1000, "ring made progress: {next}");
+}
+
+#[test]
+fn credit_blocks_the_producer_at_the_high_water_mark() {
+    let (mut p, mut c, _f) = pair(1 << 16, CreditSpec::items(4));
+    for _ in 0..4 {
+        send(&mut p, b"x", 1).unwrap();
+    }
+    assert_eq!(send(&mut p, b"x", 1), Err(Blocked::Credit));
+    // Consuming 3 leaves 1 outstanding < 4/2: the limit is re-announced.
+    for _ in 0..3 {
+        let r = c.try_next().unwrap().unwrap();
+        let _ = c.release(&r).unwrap();
+    }
+    send(&mut p, b"x", 1).unwrap();
+    assert_eq!(p.credit().limit(), 7);
+}
+
+#[test]
+fn control_records_arrive_after_data() {
+    let (mut p, mut c, _f) = pair(4096, CreditSpec::bytes(4096));
+    send(&mut p, b"abc", 3).unwrap();
+    assert!(p.try_write_control(&RecordKind::Error("bad".into())).unwrap());
+    assert!(p.try_write_control(&RecordKind::End).unwrap());
+    let _ = p.publish();
+    let r = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&r), b"abc");
+    let _ = c.release(&r).unwrap();
+    assert_eq!(c.try_next().unwrap().unwrap().kind, RecordKind::Error("bad".into()));
+    assert_eq!(c.try_next().unwrap().unwrap().kind, RecordKind::End);
+    assert!(c.try_next().unwrap().is_none());
+}
+
+#[test]
+fn wake_flags_follow_the_handshake() {
+    let (mut p, mut c, _f) = pair(4096, CreditSpec::items(8));
+    assert!(c.prepare_sleep(), "nothing published: sleep");
+    send(&mut p, b"a", 1).unwrap();
+    // `send` published and cleared the consumer's flag; the next publish sees none.
+    assert!(!c.prepare_sleep(), "data arrived: do not sleep");
+    c.woke();
+    let rec = c.try_next().unwrap().unwrap();
+    assert!(!c.release(&rec).unwrap(), "producer not asleep");
+    p.refresh_read_pos().unwrap();
+    p.refresh_credit().unwrap();
+    assert!(p.prepare_sleep(), "nothing moved since the last look: sleep");
+    let rec2 = {
+        send(&mut p, b"b", 1).unwrap();
+        c.try_next().unwrap().unwrap()
+    };
+    assert!(c.release(&rec2).unwrap(), "producer said it sleeps: ring");
+}
+
+#[test]
+fn consumer_cancel_is_seen_by_the_producer() {
+    let (p, c, _f) = pair(4096, CreditSpec::items(8));
+    assert!(!p.is_cancelled());
+    let _ = c.cancel();
+    assert!(p.is_cancelled());
+}
+
+fn poke_u64(f: &File, off: usize, v: u64) {
+    f.write_all_at(&v.to_le_bytes(), off as u64).unwrap();
+}
+
+#[test]
+fn hostile_write_position_is_a_violation() {
+    for bad in [3u64 * 4096, 17, u64::MAX] {
+        let (_p, mut c, f) = pair(4096, CreditSpec::items(8));
+        poke_u64(&f, OFF_WRITE_POS, bad);
+        assert!(matches!(c.try_next(), Err(RingError::Violation(_))), "{bad}");
+    }
+}
+
+#[test]
+fn hostile_record_lengths_never_read_out_of_bounds() {
+    let (_p, mut c, f) = pair(4096, CreditSpec::bytes(1 << 20));
+    // A record at offset 0 claiming 1 MiB, with 32 bytes published.
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    h[4..8].copy_from_slice(&KIND_DATA.to_le_bytes());
+    h[8..16].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    f.write_all_at(&h, HEADER_SIZE as u64).unwrap();
+    poke_u64(&f, OFF_WRITE_POS, 32);
+    assert!(matches!(c.try_next(), Err(RingError::Violation(_))));
+
+    let (_p, mut c, f) = pair(4096, CreditSpec::items(8));
+    h[0..4].copy_from_slice(&8u32.to_le_bytes());
+    h[4..8].copy_from_slice(&99u32.to_le_bytes());
+    f.write_all_at(&h, HEADER_SIZE as u64).unwrap();
+    poke_u64(&f, OFF_WRITE_POS, 32);
+    assert!(matches!(c.try_next(), Err(RingError::Violation(_))), "unknown kind");
+
+    let (_p, mut c, f) = pair(4096, CreditSpec::items(1));
+    for i in 0..2u64 {
+        h[0..4].copy_from_slice(&0u32.to_le_bytes());
+        h[4..8].copy_from_slice(&KIND_DATA.to_le_bytes());
+        h[8..16].copy_from_slice(&1u64.to_le_bytes());
+        f.write_all_at(&h, HEADER_SIZE as u64 + 16 * i).unwrap();
+    }
+    poke_u64(&f, OFF_WRITE_POS, 32);
+    assert!(c.try_next().unwrap().is_some());
+    assert!(
+        matches!(c.try_next(), Err(RingError::Credit(CreditError::Overrun { .. }))),
+        "second item overruns a credit of 1"
+    );
+}
+
+#[test]
+fn hostile_read_position_and_credit_are_violations() {
+    let (mut p, _c, f) = pair(4096, CreditSpec::items(8));
+    send(&mut p, b"abc", 1).unwrap();
+    poke_u64(&f, OFF_READ_POS, 4096 * 8);
+    let mut violated = false;
+    for _ in 0..6 {
+        match p.try_reserve(1000, 1) {
+            Ok(Ok(r)) => r.commit(1000, 1),
+            Ok(Err(b)) => panic!("blocked on {b:?} instead of a violation"),
+            Err(e) => {
+                assert!(matches!(e, RingError::Violation(_)), "{e}");
+                violated = true;
+                break;
+            }
+        }
+    }
+    assert!(violated, "the bad read position was noticed once room ran out");
+    let (mut p, _c, f) = pair(4096, CreditSpec::items(8));
+    poke_u64(&f, OFF_CREDIT_LIMIT, 1000);
+    for _ in 0..8 {
+        send(&mut p, b"a", 1).unwrap();
+    }
+    assert!(matches!(
+        p.try_reserve(1, 1),
+        Err(RingError::Credit(CreditError::BadLimit { .. }))
+    ));
+}
+
+#[test]
+fn unsealed_or_short_memfds_are_refused_before_mapping() {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let spec = CreditSpec::items(8);
+    let fd = memfd_create("unsealed", MFdFlags::MFD_ALLOW_SEALING).unwrap();
+    File::from(fd.try_clone().unwrap())
+        .set_len(file_size(4096))
+        .unwrap();
+    assert!(matches!(
+        RingConsumer::open(fd, 4096, spec),
+        Err(RingError::BadPort(_))
+    ));
+
+    let fd = memfd_create("short", MFdFlags::MFD_ALLOW_SEALING).unwrap();
+    File::from(fd.try_clone().unwrap()).set_len(100).unwrap();
+    fcntl_seal(&fd);
+    assert!(matches!(
+        RingProducer::open(fd, 4096, spec),
+        Err(RingError::BadPort(_))
+    ));
+
+    let fd = create_ring_memfd("wrong-hwm", 4096, 9).unwrap();
+    assert!(matches!(
+        RingConsumer::open(fd, 4096, spec),
+        Err(RingError::BadPort(_))
+    ));
+}
+
+fn fcntl_seal(fd: &OwnedFd) {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_ADD_SEALS(sys::ring_seals())).unwrap();
+}
+
+#[test]
+fn threads_move_every_byte_through_a_small_ring() {
+    let (mut p, mut c, _f) = pair(4096, CreditSpec::bytes(3000));
+    let total = 200_000usize;
+    let producer = std::thread::spawn(move || {
+        let mut sent = 0usize;
+        while sent < total {
+            let len = (total - sent).min(700);
+            if let Ok(mut r) = p.try_reserve(len, len as u64).unwrap() {
+                for (i, b) in r.buf().iter_mut().enumerate() {
+                    *b = ((sent + i) % 251) as u8;
+                }
+                r.commit(len, len as u64);
+                let _ = p.publish();
+                sent += len;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        while !p.try_write_control(&RecordKind::End).unwrap() {}
+        let _ = p.publish();
+    });
+    let mut got = 0usize;
+    loop {
+        let Some(rec) = c.try_next().unwrap() else {
+            std::hint::spin_loop();
+            continue;
+        };
+        if rec.kind == RecordKind::End {
+            break;
+        }
+        for (i, b) in c.data(&rec).iter().enumerate() {
+            assert_eq!(*b, ((got + i) % 251) as u8);
+        }
+        got += rec.len;
+        let _ = c.release(&rec).unwrap();
+    }
+    producer.join().unwrap();
+    assert_eq!(got, total);
+}

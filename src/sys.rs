@@ -1,0 +1,286 @@
+//! The syscall boundary: memfds and seals, descriptor passing, peer
+//! credentials, socket tuning and polling. Every function returns owned
+//! descriptors and `io::Error`s; descriptors received from a peer are wrapped
+//! in [`OwnedFd`] the moment they arrive, so every rejection path closes them.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::socket::{self, sockopt, ControlMessage, MsgFlags};
+
+use crate::frame::MAX_FDS_PER_FRAME;
+use crate::ring;
+
+/// The seals every stream port carries.
+pub fn ring_seals() -> SealFlag {
+    SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
+}
+
+/// Creates a sealed memfd holding a fresh ring of `capacity` data bytes.
+/// The header is written with `pwrite`; the caller never maps it.
+pub fn create_ring_memfd(name: &str, capacity: u32, hwm: u64) -> io::Result<OwnedFd> {
+    if !ring::valid_capacity(capacity) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ring capacity {capacity} is not a power of two in range"),
+        ));
+    }
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let file = File::from(fd);
+    file.set_len(ring::file_size(capacity))?;
+    file.write_all_at(&ring::initial_header(capacity, hwm), 0)?;
+    let fd = OwnedFd::from(file);
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(ring_seals()))?;
+    Ok(fd)
+}
+
+/// Fails unless the descriptor carries at least the stream-port seals.
+pub fn check_ring_seals(fd: &OwnedFd) -> io::Result<()> {
+    let seals = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("descriptor is not a sealable memfd ({e})"),
+        )
+    })?;
+    let seals = SealFlag::from_bits_truncate(seals);
+    if !seals.contains(ring_seals()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("memfd seals {seals:?} lack shrink/grow/seal"),
+        ));
+    }
+    Ok(())
+}
+
+/// Credentials of the process at the other end of a Unix socket, from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Reads SO_PEERCRED.
+pub fn peer_credentials(sock: &impl AsFd) -> io::Result<PeerCredentials> {
+    let c = socket::getsockopt(sock, sockopt::PeerCredentials)?;
+    Ok(PeerCredentials {
+        pid: c.pid(),
+        uid: c.uid(),
+        gid: c.gid(),
+    })
+}
+
+/// Sets both socket buffer sizes (the kernel may clamp them).
+pub fn set_socket_buffers(sock: &impl AsFd, bytes: usize) -> io::Result<()> {
+    socket::setsockopt(sock, sockopt::SndBuf, &bytes)?;
+    socket::setsockopt(sock, sockopt::RcvBuf, &bytes)?;
+    Ok(())
+}
+
+/// Sends `bytes`, attaching `fds` to the first byte. Returns bytes written;
+/// the descriptors went with them when the result is non-zero.
+/// With `blocking` false the call never waits (`WouldBlock` instead).
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    blocking: bool,
+) -> io::Result<usize> {
+    let mut flags = MsgFlags::MSG_NOSIGNAL;
+    if !blocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
+    loop {
+        match socket::sendmsg::<()>(
+            sock.as_raw_fd(),
+            &iov,
+            cmsgs,
+            flags,
+            None,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives into `buf`, appending any descriptors that arrived to `fds` as
+/// owned descriptors. Returns 0 at end of stream. Fails (after closing every
+/// descriptor that arrived) when the control data was truncated or when more
+/// descriptors are queued than a frame can use.
+/// With `blocking` false the call never waits (`WouldBlock` instead).
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+    blocking: bool,
+) -> io::Result<usize> {
+    let flags = libc::MSG_CMSG_CLOEXEC | if blocking { 0 } else { libc::MSG_DONTWAIT };
+    const SPACE: usize = 2 * MAX_FDS_PER_FRAME * 4 + 64;
+    let mut cmsg_buf = [0u64; SPACE.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
+    let n = loop {
+        // SAFETY: msg points at live, correctly sized buffers for the duration of the call.
+        let n = unsafe {
+            libc::recvmsg(sock.as_raw_fd(), &mut msg, flags)
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut arrived = Vec::new();
+    // SAFETY: msg was filled by a successful recvmsg; CMSG_* walk only the
+    // control bytes the kernel reported in msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    // Each received descriptor is new and ours alone.
+                    arrived.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many file descriptors in one message",
+        ));
+    }
+    fds.extend(arrived);
+    if fds.len() > 2 * MAX_FDS_PER_FRAME {
+        fds.clear();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many file descriptors queued",
+        ));
+    }
+    Ok(n)
+}
+
+/// Result of waiting on a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Readable (data or end of stream).
+    Readable,
+    /// The timeout passed.
+    TimedOut,
+}
+
+/// Waits until `fd` is readable or hung up, or `timeout` passes (`None`: forever).
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Readiness> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX),
+    };
+    loop {
+        let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut pfd, timeout) {
+            Ok(0) => return Ok(Readiness::TimedOut),
+            Ok(_) => return Ok(Readiness::Readable),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until `fd` can be written or `timeout` passes.
+pub fn wait_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Readiness> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX),
+    };
+    loop {
+        let mut pfd = [PollFd::new(fd, PollFlags::POLLOUT)];
+        match poll(&mut pfd, timeout) {
+            Ok(0) => return Ok(Readiness::TimedOut),
+            Ok(_) => return Ok(Readiness::Readable),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Counts open descriptors of a process (from /proc), for leak checks.
+pub fn open_fd_count(pid: u32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn memfd_is_sealed_and_sized() {
+        let fd = create_ring_memfd("t", 4096, 8).unwrap();
+        check_ring_seals(&fd).unwrap();
+        let file = File::from(fd);
+        assert_eq!(file.metadata().unwrap().len(), ring::file_size(4096));
+        assert!(file.set_len(10).is_err(), "shrink must be sealed");
+        assert!(file.set_len(1 << 20).is_err(), "grow must be sealed");
+    }
+
+    #[test]
+    fn unsealed_memfd_is_refused() {
+        let fd = memfd_create("plain", MFdFlags::MFD_CLOEXEC).unwrap();
+        assert!(check_ring_seals(&fd).is_err());
+        let fd = memfd_create("sealable", MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        assert!(check_ring_seals(&fd).is_err());
+    }
+
+    #[test]
+    fn descriptors_pass_and_arrive_owned() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let memfd = create_ring_memfd("p", 4096, 8).unwrap();
+        let n = send_with_fds(a.as_fd(), b"hi", &[memfd.as_fd(), memfd.as_fd()], true).unwrap();
+        assert_eq!(n, 2);
+        let mut buf = [0u8; 16];
+        let mut fds = VecDeque::new();
+        let n = recv_with_fds(b.as_fd(), &mut buf, &mut fds, true).unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        assert_eq!(fds.len(), 2);
+        for fd in &fds {
+            check_ring_seals(fd).unwrap();
+        }
+        let creds = peer_credentials(&a).unwrap();
+        assert_eq!(creds.pid as u32, std::process::id());
+    }
+}
