@@ -113,6 +113,16 @@ pub struct MethodSpec {
     pub mode: StreamMode,
 }
 
+impl MethodSpec {
+    /// A method named `name` that streams as `mode`.
+    pub fn new(name: &str, mode: StreamMode) -> Self {
+        MethodSpec {
+            name: name.to_string(),
+            mode,
+        }
+    }
+}
+
 /// Everything a caller says about a call.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CallRequest {
@@ -124,8 +134,9 @@ pub struct CallRequest {
     pub method: String,
     /// Opaque arguments.
     pub args: Vec<u8>,
-    /// How items flow.
-    pub mode: StreamMode,
+    /// How the caller expects items to flow; `None` accepts whatever the
+    /// method does (used to collect a stream as one result).
+    pub mode: Option<StreamMode>,
     /// Credit for each direction: the receiver grants up to this high-water mark.
     pub credit: CreditSpec,
     /// Shared memory, socket, or let the broker choose.

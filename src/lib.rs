@@ -30,3 +30,18 @@ pub use state::{StreamLifecycle, StreamState};
 pub const DEFAULT_RING_SIZE: u32 = 1 << 20;
 /// Default high-water mark for byte credit.
 pub const DEFAULT_HIGH_WATER_MARK: u64 = 1 << 20;
+
+/// Environment variable naming the broker socket.
+pub const SOCKET_ENV: &str = "SHMBUS_SOCKET";
+
+/// The socket path used when none is given: `$SHMBUS_SOCKET`, else
+/// `$XDG_RUNTIME_DIR/shmbus/bus.sock`, else `/run/shmbus/bus.sock`.
+pub fn default_socket_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir).join("shmbus/bus.sock"),
+        None => "/run/shmbus/bus.sock".into(),
+    }
+}

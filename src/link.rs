@@ -221,6 +221,23 @@ impl LinkEncoder {
         self.buf.truncate(header + ITEM_HEADER + len);
     }
 
+    /// The payload room of the item begun last and not yet finished.
+    pub fn begun_item(&mut self) -> Option<&mut [u8]> {
+        let header = self.last_item?;
+        Some(&mut self.buf[header + ITEM_HEADER..])
+    }
+
+    /// Forgets the item begun last, as if it had never been begun.
+    pub fn abandon_item(&mut self) {
+        if let Some(header) = self.last_item.take() {
+            self.buf.truncate(header);
+            if self.open_data == Some(header - MESSAGE_HEADER) {
+                self.buf.truncate(header - MESSAGE_HEADER);
+                self.open_data = None;
+            }
+        }
+    }
+
     fn close_data(&mut self) {
         self.last_item = None;
         if let Some(start) = self.open_data.take() {
@@ -311,9 +328,10 @@ mod tests {
         let mut seen = Vec::new();
         while let Some((msg, used)) = decode(rest, 1 << 16).unwrap() {
             match msg {
-                LinkMessage::Data(items) => {
-                    seen.push(format!("data{:?}", items.map(|(d, c)| (d.to_vec(), c)).collect::<Vec<_>>()))
-                }
+                LinkMessage::Data(items) => seen.push(format!(
+                    "data{:?}",
+                    items.map(|(d, c)| (d.to_vec(), c)).collect::<Vec<_>>()
+                )),
                 other => seen.push(format!("{other:?}")),
             }
             rest = &rest[used..];
@@ -340,7 +358,10 @@ mod tests {
                 max: 1024
             })
         );
-        assert_eq!(decode(&[0, 0, 0, 0, 99], 1024), Err(LinkError::UnknownKind(99)));
+        assert_eq!(
+            decode(&[0, 0, 0, 0, 99], 1024),
+            Err(LinkError::UnknownKind(99))
+        );
         // An item claiming more bytes than its message holds.
         let mut m = vec![12, 0, 0, 0, KIND_DATA];
         m.extend_from_slice(&100u32.to_le_bytes());

@@ -151,7 +151,9 @@ unsafe impl Send for SharedRing {}
 impl SharedRing {
     fn map(fd: OwnedFd, capacity: u32, hwm: u64) -> Result<Self, RingError> {
         if !valid_capacity(capacity) {
-            return Err(RingError::BadPort(format!("capacity {capacity} out of range")));
+            return Err(RingError::BadPort(format!(
+                "capacity {capacity} out of range"
+            )));
         }
         sys::check_ring_seals(&fd).map_err(|e| RingError::BadPort(e.to_string()))?;
         let file = File::from(fd);
@@ -304,36 +306,26 @@ pub enum Blocked {
     Space,
 }
 
-/// Room reserved in the ring, to be filled and committed.
-pub struct Reservation<'a> {
-    producer: &'a mut RingProducer,
+/// Room reserved in the ring, to be filled with [`RingProducer::slot_buf`]
+/// and made a record with [`RingProducer::commit`]. Dropping it abandons it.
+#[derive(Debug)]
+pub struct Slot {
+    at: u64,
     pad: u64,
     off: usize,
     max_len: usize,
     charge: u64,
 }
 
-impl Reservation<'_> {
-    /// The reserved bytes, to fill in place.
-    pub fn buf(&mut self) -> &mut [u8] {
-        // SAFETY: [off+16, off+16+max_len) was checked free and inside the
-        // data area by `try_reserve`, and is not published until `commit`.
-        unsafe {
-            self.producer
-                .ring
-                .data_mut(self.off + RECORD_HEADER, self.max_len)
-        }
+impl Slot {
+    /// Bytes reserved.
+    pub fn len(&self) -> usize {
+        self.max_len
     }
 
-    /// Makes the first `len` bytes a record charged `charge` (at most the
-    /// reserved charge). The record is visible after [`RingProducer::publish`].
-    pub fn commit(self, len: usize, charge: u64) {
-        assert!(len <= self.max_len && charge <= self.charge);
-        let p = self.producer;
-        p.ring
-            .write_record_header(self.off, len as u32, KIND_DATA, charge);
-        p.write_pos += self.pad + align_record(len);
-        p.credit.charge(charge);
+    /// True for a zero-byte reservation.
+    pub fn is_empty(&self) -> bool {
+        self.max_len == 0
     }
 }
 
@@ -393,7 +385,11 @@ impl RingProducer {
         let cap = self.ring.capacity as u64;
         let off = self.write_pos & self.ring.mask();
         let to_end = cap - off;
-        let need = if to_end < total { to_end + total } else { total };
+        let need = if to_end < total {
+            to_end + total
+        } else {
+            total
+        };
         if cap - (self.write_pos - self.read_pos_cache) < need {
             self.refresh_read_pos()?;
             if cap - (self.write_pos - self.read_pos_cache) < need {
@@ -415,7 +411,10 @@ impl RingProducer {
             self.ring
                 .write_record_header(off, (pad as usize - RECORD_HEADER) as u32, KIND_PAD, 0);
         }
-        Ok(Some((pad, ((self.write_pos + pad) & self.ring.mask()) as usize)))
+        Ok(Some((
+            pad,
+            ((self.write_pos + pad) & self.ring.mask()) as usize,
+        )))
     }
 
     /// Reserves room for a record of up to `max_len` bytes charged up to
@@ -424,7 +423,7 @@ impl RingProducer {
         &mut self,
         max_len: usize,
         charge: u64,
-    ) -> Result<Result<Reservation<'_>, Blocked>, RingError> {
+    ) -> Result<Result<Slot, Blocked>, RingError> {
         if max_len > self.max_record() {
             return Err(RingError::TooLarge {
                 len: max_len,
@@ -440,13 +439,33 @@ impl RingProducer {
         let Some((pad, off)) = self.place(align_record(max_len))? else {
             return Ok(Err(Blocked::Space));
         };
-        Ok(Ok(Reservation {
-            producer: self,
+        Ok(Ok(Slot {
+            at: self.write_pos,
             pad,
             off,
             max_len,
             charge,
         }))
+    }
+
+    /// The reserved bytes, to fill in place.
+    pub fn slot_buf(&mut self, slot: &Slot) -> &mut [u8] {
+        assert_eq!(slot.at, self.write_pos, "slot is stale");
+        // SAFETY: [off+16, off+16+max_len) was checked free and inside the
+        // data area by `try_reserve` (offsets computed locally, never read
+        // from shared memory), and stays unpublished until `commit`.
+        unsafe { self.ring.data_mut(slot.off + RECORD_HEADER, slot.max_len) }
+    }
+
+    /// Makes the first `len` bytes of the slot a record charged `charge` (at
+    /// most the reserved charge). Visible to the consumer after [`publish`](Self::publish).
+    pub fn commit(&mut self, slot: Slot, len: usize, charge: u64) {
+        assert_eq!(slot.at, self.write_pos, "slot is stale");
+        assert!(len <= slot.max_len && charge <= slot.charge);
+        self.ring
+            .write_record_header(slot.off, len as u32, KIND_DATA, charge);
+        self.write_pos += slot.pad + align_record(len);
+        self.credit.charge(charge);
     }
 
     /// Writes a control record (end, error, cancelled-ack); charges no credit.
@@ -501,7 +520,8 @@ impl RingProducer {
         fence(Ordering::SeqCst);
         let read = self.ring.u64_at(OFF_READ_POS).load(Ordering::Relaxed);
         let limit = self.ring.u64_at(OFF_CREDIT_LIMIT).load(Ordering::Relaxed);
-        let moved = read != self.read_pos_cache || limit != self.credit.limit() || self.is_cancelled();
+        let moved =
+            read != self.read_pos_cache || limit != self.credit.limit() || self.is_cancelled();
         if moved {
             flag.store(0, Ordering::Relaxed);
         }

@@ -13,9 +13,9 @@ fn pair(capacity: u32, credit: CreditSpec) -> (RingProducer, RingConsumer, File)
 
 fn send(p: &mut RingProducer, data: &[u8], charge: u64) -> Result<bool, Blocked> {
     match p.try_reserve(data.len(), charge).unwrap() {
-        Ok(mut r) => {
-            r.buf()[..data.len()].copy_from_slice(data);
-            r.commit(data.len(), charge);
+        Ok(slot) => {
+            p.slot_buf(&slot)[..data.len()].copy_from_slice(data);
+            p.commit(slot, data.len(), charge);
             let _ = p.publish();
             Ok(true)
         }
@@ -66,13 +66,18 @@ fn credit_blocks_the_producer_at_the_high_water_mark() {
 fn control_records_arrive_after_data() {
     let (mut p, mut c, _f) = pair(4096, CreditSpec::bytes(4096));
     send(&mut p, b"abc", 3).unwrap();
-    assert!(p.try_write_control(&RecordKind::Error("bad".into())).unwrap());
+    assert!(p
+        .try_write_control(&RecordKind::Error("bad".into()))
+        .unwrap());
     assert!(p.try_write_control(&RecordKind::End).unwrap());
     let _ = p.publish();
     let r = c.try_next().unwrap().unwrap();
     assert_eq!(c.data(&r), b"abc");
     let _ = c.release(&r).unwrap();
-    assert_eq!(c.try_next().unwrap().unwrap().kind, RecordKind::Error("bad".into()));
+    assert_eq!(
+        c.try_next().unwrap().unwrap().kind,
+        RecordKind::Error("bad".into())
+    );
     assert_eq!(c.try_next().unwrap().unwrap().kind, RecordKind::End);
     assert!(c.try_next().unwrap().is_none());
 }
@@ -89,7 +94,10 @@ fn wake_flags_follow_the_handshake() {
     assert!(!c.release(&rec).unwrap(), "producer not asleep");
     p.refresh_read_pos().unwrap();
     p.refresh_credit().unwrap();
-    assert!(p.prepare_sleep(), "nothing moved since the last look: sleep");
+    assert!(
+        p.prepare_sleep(),
+        "nothing moved since the last look: sleep"
+    );
     let rec2 = {
         send(&mut p, b"b", 1).unwrap();
         c.try_next().unwrap().unwrap()
@@ -114,7 +122,10 @@ fn hostile_write_position_is_a_violation() {
     for bad in [3u64 * 4096, 17, u64::MAX] {
         let (_p, mut c, f) = pair(4096, CreditSpec::items(8));
         poke_u64(&f, OFF_WRITE_POS, bad);
-        assert!(matches!(c.try_next(), Err(RingError::Violation(_))), "{bad}");
+        assert!(
+            matches!(c.try_next(), Err(RingError::Violation(_))),
+            "{bad}"
+        );
     }
 }
 
@@ -135,7 +146,10 @@ fn hostile_record_lengths_never_read_out_of_bounds() {
     h[4..8].copy_from_slice(&99u32.to_le_bytes());
     f.write_all_at(&h, HEADER_SIZE as u64).unwrap();
     poke_u64(&f, OFF_WRITE_POS, 32);
-    assert!(matches!(c.try_next(), Err(RingError::Violation(_))), "unknown kind");
+    assert!(
+        matches!(c.try_next(), Err(RingError::Violation(_))),
+        "unknown kind"
+    );
 
     let (_p, mut c, f) = pair(4096, CreditSpec::items(1));
     for i in 0..2u64 {
@@ -147,7 +161,10 @@ fn hostile_record_lengths_never_read_out_of_bounds() {
     poke_u64(&f, OFF_WRITE_POS, 32);
     assert!(c.try_next().unwrap().is_some());
     assert!(
-        matches!(c.try_next(), Err(RingError::Credit(CreditError::Overrun { .. }))),
+        matches!(
+            c.try_next(),
+            Err(RingError::Credit(CreditError::Overrun { .. }))
+        ),
         "second item overruns a credit of 1"
     );
 }
@@ -160,7 +177,7 @@ fn hostile_read_position_and_credit_are_violations() {
     let mut violated = false;
     for _ in 0..6 {
         match p.try_reserve(1000, 1) {
-            Ok(Ok(r)) => r.commit(1000, 1),
+            Ok(Ok(slot)) => p.commit(slot, 1000, 1),
             Ok(Err(b)) => panic!("blocked on {b:?} instead of a violation"),
             Err(e) => {
                 assert!(matches!(e, RingError::Violation(_)), "{e}");
@@ -169,7 +186,10 @@ fn hostile_read_position_and_credit_are_violations() {
             }
         }
     }
-    assert!(violated, "the bad read position was noticed once room ran out");
+    assert!(
+        violated,
+        "the bad read position was noticed once room ran out"
+    );
     let (mut p, _c, f) = pair(4096, CreditSpec::items(8));
     poke_u64(&f, OFF_CREDIT_LIMIT, 1000);
     for _ in 0..8 {
@@ -221,11 +241,11 @@ fn threads_move_every_byte_through_a_small_ring() {
         let mut sent = 0usize;
         while sent < total {
             let len = (total - sent).min(700);
-            if let Ok(mut r) = p.try_reserve(len, len as u64).unwrap() {
-                for (i, b) in r.buf().iter_mut().enumerate() {
+            if let Ok(slot) = p.try_reserve(len, len as u64).unwrap() {
+                for (i, b) in p.slot_buf(&slot).iter_mut().enumerate() {
                     *b = ((sent + i) % 251) as u8;
                 }
-                r.commit(len, len as u64);
+                p.commit(slot, len, len as u64);
                 let _ = p.publish();
                 sent += len;
             } else {

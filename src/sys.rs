@@ -104,13 +104,7 @@ pub fn send_with_fds(
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
     loop {
-        match socket::sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            cmsgs,
-            flags,
-            None,
-        ) {
+        match socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None) {
             Ok(n) => return Ok(n),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -144,9 +138,7 @@ pub fn recv_with_fds(
     msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
     let n = loop {
         // SAFETY: msg points at live, correctly sized buffers for the duration of the call.
-        let n = unsafe {
-            libc::recvmsg(sock.as_raw_fd(), &mut msg, flags)
-        };
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
         if n >= 0 {
             break n as usize;
         }

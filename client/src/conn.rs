@@ -1,0 +1,450 @@
+//! A connection to the broker: the handshake, a reader thread that routes
+//! incoming frames to the calls and services waiting for them, and a writer
+//! shared by every call and stream on the connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use shmbus::frame::{
+    self, BrokerSnapshot, CallId, Capabilities, Frame, RemoteError, RequestId, StreamOpen,
+    DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+};
+use shmbus::sys;
+
+use crate::error::{Error, Result};
+
+pub use shmbus::{default_socket_path, SOCKET_ENV};
+
+/// What the reader thread hands to a waiting call.
+pub(crate) enum CallEvent {
+    /// stream-open with its descriptors.
+    Open(StreamOpen, Vec<OwnedFd>),
+    /// The call's outcome.
+    Result(std::result::Result<Vec<u8>, RemoteError>),
+}
+
+/// A call that arrived for a registered service, before its ports are set up.
+pub(crate) struct IncomingRaw {
+    pub call: CallId,
+    pub method: String,
+    pub args: Vec<u8>,
+    pub open: Option<StreamOpen>,
+    pub fds: Vec<OwnedFd>,
+    pub caller_pid: i32,
+    pub caller_uid: u32,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+enum Reply {
+    Ack,
+    Refused(RemoteError),
+    List(BrokerSnapshot),
+}
+
+/// State shared by the reader thread and every handle.
+pub(crate) struct Inner {
+    writer: Mutex<UnixStream>,
+    calls: Mutex<HashMap<CallId, mpsc::Sender<CallEvent>>>,
+    requests: Mutex<HashMap<RequestId, mpsc::Sender<Reply>>>,
+    services: Mutex<HashMap<String, mpsc::Sender<IncomingRaw>>>,
+    served: Mutex<HashMap<CallId, Arc<AtomicBool>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    bytes_read: AtomicU64,
+    caps: Capabilities,
+    max_frame: u32,
+}
+
+/// Options for [`Connection::connect_with`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Offer shared memory to the broker (default true). A connection
+    /// without it streams over sockets.
+    pub shared_memory: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            shared_memory: true,
+        }
+    }
+}
+
+/// A connection to a shmbus broker. Cheap to clone; closes when the last
+/// clone, call, service and stream made from it are gone.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Closes the socket when the last public handle goes, which ends the reader.
+pub(crate) struct Shared {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Ok(w) = self.inner.writer.lock() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to the default socket (see [`default_socket_path`]).
+    pub fn connect_default() -> Result<Self> {
+        Self::connect(default_socket_path())
+    }
+
+    /// Connects to the broker at `path`, offering shared memory.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_with(path, ConnectOptions::default())
+    }
+
+    /// Connects with explicit options.
+    pub fn connect_with(path: impl AsRef<Path>, options: ConnectOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let sock = UnixStream::connect(path).map_err(|source| Error::BrokerUnreachable {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            caps: Capabilities {
+                shared_memory: options.shared_memory,
+            },
+        };
+        write_frame(&sock, &hello)?;
+        let mut reader = FrameReader::new(sock.try_clone()?, DEFAULT_MAX_FRAME);
+        let (caps, max_frame) = match reader.next()? {
+            Some((
+                Frame::Welcome {
+                    version,
+                    caps,
+                    max_frame,
+                },
+                _,
+            )) if version == PROTOCOL_VERSION => (caps, max_frame),
+            Some((Frame::Error(e), _)) => return Err(Error::Remote(e)),
+            Some((other, _)) => {
+                return Err(Error::Protocol(format!(
+                    "expected welcome, got {}",
+                    other.kind()
+                )))
+            }
+            None => return Err(Error::BrokerGone),
+        };
+        reader.max_frame = max_frame;
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(sock),
+            calls: Mutex::default(),
+            requests: Mutex::default(),
+            services: Mutex::default(),
+            served: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            bytes_read: AtomicU64::new(0),
+            caps,
+            max_frame,
+        });
+        let for_reader = inner.clone();
+        thread::Builder::new()
+            .name("shmbus-reader".into())
+            .spawn(move || read_loop(for_reader, reader))?;
+        Ok(Connection {
+            shared: Arc::new(Shared { inner }),
+        })
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.shared.inner
+    }
+
+    /// Whether this connection may use shared-memory ports.
+    pub fn shared_memory(&self) -> bool {
+        self.inner().caps.shared_memory
+    }
+
+    /// Bytes this connection has read from its broker socket so far.
+    pub fn socket_bytes_read(&self) -> u64 {
+        self.inner().bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of the broker's services and live streams.
+    pub fn list(&self) -> Result<BrokerSnapshot> {
+        match self.inner().request(|request| Frame::List { request })? {
+            Reply::List(s) => Ok(s),
+            Reply::Refused(e) => Err(Error::Remote(e)),
+            Reply::Ack => Err(Error::Protocol("list answered with ack".into())),
+        }
+    }
+
+    pub(crate) fn register_raw(
+        &self,
+        service: &str,
+        methods: Vec<frame::MethodSpec>,
+    ) -> Result<mpsc::Receiver<IncomingRaw>> {
+        let (tx, rx) = mpsc::channel();
+        self.inner()
+            .services
+            .lock()
+            .unwrap()
+            .insert(service.to_string(), tx);
+        let reply = self.inner().request(|request| Frame::Register {
+            request,
+            service: service.to_string(),
+            methods,
+        });
+        match reply {
+            Ok(Reply::Ack) => Ok(rx),
+            other => {
+                self.inner().services.lock().unwrap().remove(service);
+                match other? {
+                    Reply::Refused(e) => Err(Error::Remote(e)),
+                    _ => Err(Error::Protocol("unexpected reply to register".into())),
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends one frame (blocking until the broker takes it).
+    pub(crate) fn send(&self, frame: &Frame) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::BrokerGone);
+        }
+        let mut buf = Vec::new();
+        frame::encode(frame, &mut buf);
+        if buf.len() - FRAME_HEADER_LEN > self.max_frame as usize {
+            return Err(Error::TooLarge(format!(
+                "{} frame of {} bytes exceeds the broker's maximum of {}",
+                frame.kind(),
+                buf.len() - FRAME_HEADER_LEN,
+                self.max_frame
+            )));
+        }
+        let w = self.writer.lock().unwrap();
+        write_bytes(&w, &buf).map_err(|e| match e {
+            Error::Io(_) => Error::BrokerGone,
+            other => other,
+        })
+    }
+
+    /// Registers a waiter for a call's events.
+    pub(crate) fn expect_call(&self, call: CallId) -> Result<mpsc::Receiver<CallEvent>> {
+        let (tx, rx) = mpsc::channel();
+        self.calls.lock().unwrap().insert(call, tx);
+        if self.closed.load(Ordering::Acquire) {
+            self.calls.lock().unwrap().remove(&call);
+            return Err(Error::BrokerGone);
+        }
+        Ok(rx)
+    }
+
+    pub(crate) fn forget_call(&self, call: CallId) {
+        self.calls.lock().unwrap().remove(&call);
+    }
+
+    pub(crate) fn forget_served(&self, call: CallId) {
+        self.served.lock().unwrap().remove(&call);
+    }
+
+    fn request(&self, make: impl FnOnce(RequestId) -> Frame) -> Result<Reply> {
+        let id = self.next_id();
+        let (tx, rx) = mpsc::channel();
+        self.requests.lock().unwrap().insert(id, tx);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::BrokerGone);
+        }
+        if let Err(e) = self.send(&make(id)) {
+            self.requests.lock().unwrap().remove(&id);
+            return Err(e);
+        }
+        rx.recv().map_err(|_| Error::BrokerGone)
+    }
+
+    fn dispatch(&self, frame: Frame, fds: Vec<OwnedFd>) -> Result<(), String> {
+        match frame {
+            Frame::StreamOpen(open) => {
+                let call = open.call;
+                if let Some(tx) = self.calls.lock().unwrap().get(&call) {
+                    let _ = tx.send(CallEvent::Open(open, fds));
+                }
+            }
+            Frame::Result { call, outcome } => {
+                if let Some(tx) = self.calls.lock().unwrap().remove(&call) {
+                    let _ = tx.send(CallEvent::Result(outcome));
+                }
+            }
+            Frame::Incoming {
+                call,
+                service,
+                method,
+                args,
+                open,
+                caller_pid,
+                caller_uid,
+            } => {
+                let cancelled = Arc::new(AtomicBool::new(false));
+                self.served.lock().unwrap().insert(call, cancelled.clone());
+                let raw = IncomingRaw {
+                    call,
+                    method,
+                    args,
+                    open,
+                    fds,
+                    caller_pid,
+                    caller_uid,
+                    cancelled,
+                };
+                let delivered = match self.services.lock().unwrap().get(&service) {
+                    Some(tx) => tx.send(raw).is_ok(),
+                    None => false,
+                };
+                if !delivered {
+                    self.forget_served(call);
+                    let _ = self.send(&Frame::Result {
+                        call,
+                        outcome: Err(RemoteError {
+                            code: frame::ErrorCode::NoSuchService,
+                            message: format!("service {service} is no longer served"),
+                        }),
+                    });
+                }
+            }
+            Frame::Cancel { call } => {
+                if let Some(flag) = self.served.lock().unwrap().get(&call) {
+                    flag.store(true, Ordering::Release);
+                }
+            }
+            Frame::Ack { request } => self.reply(request, Reply::Ack),
+            Frame::Refused { request, error } => self.reply(request, Reply::Refused(error)),
+            Frame::ListReply { request, snapshot } => self.reply(request, Reply::List(snapshot)),
+            Frame::Error(e) => return Err(format!("broker closed the connection: {}", e.message)),
+            other => return Err(format!("unexpected {} frame from broker", other.kind())),
+        }
+        Ok(())
+    }
+
+    fn reply(&self, request: RequestId, reply: Reply) {
+        if let Some(tx) = self.requests.lock().unwrap().remove(&request) {
+            let _ = tx.send(reply);
+        }
+    }
+}
+
+fn read_loop(inner: Arc<Inner>, mut reader: FrameReader) {
+    loop {
+        match reader.next() {
+            Ok(Some((frame, fds))) => {
+                inner.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
+                if inner.dispatch(frame, fds).is_err() {
+                    break;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    inner.closed.store(true, Ordering::Release);
+    // Dropping the senders wakes every waiter with a disconnect.
+    inner.calls.lock().unwrap().clear();
+    inner.requests.lock().unwrap().clear();
+    inner.services.lock().unwrap().clear();
+    for flag in inner.served.lock().unwrap().values() {
+        flag.store(true, Ordering::Release);
+    }
+}
+
+fn write_frame(sock: &UnixStream, frame: &Frame) -> Result<()> {
+    let mut buf = Vec::new();
+    frame::encode(frame, &mut buf);
+    write_bytes(sock, &buf)
+}
+
+fn write_bytes(sock: &UnixStream, buf: &[u8]) -> Result<()> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let n = sys::send_with_fds(sock.as_fd(), rest, &[], true)?;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// Reads frames and their descriptors from a blocking socket.
+pub(crate) struct FrameReader {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    start: usize,
+    fds: VecDeque<OwnedFd>,
+    pub(crate) max_frame: u32,
+    pub(crate) bytes_read: u64,
+}
+
+impl FrameReader {
+    pub(crate) fn new(sock: UnixStream, max_frame: u32) -> Self {
+        FrameReader {
+            sock,
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+            fds: VecDeque::new(),
+            max_frame,
+            bytes_read: 0,
+        }
+    }
+
+    /// The next frame, or `None` at a clean end of stream.
+    pub(crate) fn next(&mut self) -> Result<Option<(Frame, Vec<OwnedFd>)>> {
+        loop {
+            let pending = &self.buf[self.start..];
+            match frame::split_frame(pending, self.max_frame) {
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+                Ok(Some((header, body))) => {
+                    let n = header.fds as usize;
+                    if self.fds.len() < n {
+                        return Err(Error::Protocol(
+                            "frame arrived without its descriptors".into(),
+                        ));
+                    }
+                    let fds: Vec<OwnedFd> = self.fds.drain(..n).collect();
+                    let frame = frame::decode(&pending[body.clone()], n)
+                        .map_err(|e| Error::Protocol(e.to_string()))?;
+                    self.start += body.end;
+                    return Ok(Some((frame, fds)));
+                }
+                Ok(None) => {}
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let old = self.buf.len();
+            let want = (FRAME_HEADER_LEN + self.max_frame as usize).min(old + 64 * 1024);
+            self.buf.resize(want.max(old + 4096), 0);
+            let got =
+                sys::recv_with_fds(self.sock.as_fd(), &mut self.buf[old..], &mut self.fds, true);
+            let n = match got {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e.into());
+                }
+            };
+            self.buf.truncate(old + n);
+            self.bytes_read += n as u64;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}

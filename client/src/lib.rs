@@ -1,0 +1,62 @@
+//! # shmbus client
+//!
+//! The library applications link to talk to a `shmbusd` broker: register
+//! services, call methods, and stream items between processes. A streaming
+//! call gets a dedicated port set up by the broker: a sealed shared-memory
+//! ring per direction when both peers offer shared memory, else a Unix socket
+//! per direction carrying items in batches. The API is the same either way.
+//!
+//! ```no_run
+//! use shmbus_client::{Connection, CreditSpec, MethodSpec, StreamMode};
+//!
+//! # fn main() -> shmbus_client::Result<()> {
+//! // A service streaming numbers to its callers.
+//! let conn = Connection::connect_default()?;
+//! let service = conn.register("numbers", &[MethodSpec::new("count", StreamMode::Download)])?;
+//! std::thread::spawn(move || -> shmbus_client::Result<()> {
+//!     while let Some(mut call) = service.next()? {
+//!         let tx = call.sender().expect("download streams to the caller");
+//!         for i in 0..1000u64 {
+//!             tx.send(&i)?;
+//!         }
+//!         call.reply(Vec::new())?;
+//!     }
+//!     Ok(())
+//! });
+//!
+//! // A caller, usually in another process.
+//! let conn = Connection::connect_default()?;
+//! let mut call = conn
+//!     .call("numbers", "count")
+//!     .mode(StreamMode::Download)
+//!     .credit(CreditSpec::items(64))
+//!     .start()?;
+//! let rx = call.receiver().expect("download has a receiver");
+//! let mut sum = 0u64;
+//! while let Some(n) = rx.recv::<u64>()? {
+//!     sum += n;
+//! }
+//! call.finish()?;
+//! assert_eq!(sum, 499_500);
+//! # Ok(())
+//! # }
+//! ```
+
+mod call;
+mod conn;
+mod error;
+mod port;
+mod stream;
+
+pub use call::{Call, CallBuilder, IncomingCall, Service};
+pub use conn::{default_socket_path, ConnectOptions, Connection, SOCKET_ENV};
+pub use error::{Error, Result};
+pub use port::wait::WaitPolicy;
+pub use stream::{InPlace, Receiver, SendSlot, Sender, SizeFn};
+
+pub use shmbus::credit::{CreditSpec, SizeStrategy};
+pub use shmbus::frame::{
+    BrokerSnapshot, ErrorCode, FallbackReason, MethodSpec, RemoteError, ServiceInfo, StreamInfo,
+    StreamMode, Transport, TransportPreference,
+};
+pub use shmbus::state::StreamState;

@@ -1,0 +1,290 @@
+//! Stream ports: how items move between the two peers of a stream.
+//!
+//! The transport is chosen once per stream by the broker and shows up here as
+//! one small enum per side: [`TxPort`] for the sender, [`RxPort`] for the
+//! receiver. Everything above this module is transport-agnostic.
+
+mod shm;
+mod socket;
+pub mod wait;
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use shmbus::frame::{Direction, StreamOpen, Transport};
+
+use crate::error::{Error, Result};
+pub(crate) use shm::{ShmRx, ShmTx};
+pub(crate) use socket::{SockRx, SockTx, SocketGeometry};
+use wait::WaitPolicy;
+
+/// How a sender closes its direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// stream-end.
+    End,
+    /// stream-error.
+    Error(String),
+    /// stream-cancel acknowledgement.
+    Cancelled,
+}
+
+/// What a receiver observes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RxEvent {
+    /// An item is held; read it, then release it.
+    Item,
+    /// stream-end.
+    End,
+    /// stream-error.
+    Error(String),
+    /// The sender acknowledged a cancellation.
+    Cancelled,
+}
+
+/// The sending side of one direction.
+pub(crate) enum TxPort {
+    Shm(ShmTx),
+    Socket(SockTx),
+}
+
+/// The receiving side of one direction.
+pub(crate) enum RxPort {
+    Shm(ShmRx),
+    Socket(SockRx),
+}
+
+/// Which end of the call this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Caller,
+    Service,
+}
+
+/// Sets up this process's ports from a stream-open and its descriptors:
+/// per direction a link socket, then a memfd for shared memory.
+pub(crate) fn open(
+    open: &StreamOpen,
+    fds: Vec<OwnedFd>,
+    role: Role,
+    cancelled: &Arc<AtomicBool>,
+) -> Result<(Option<TxPort>, Option<RxPort>)> {
+    if fds.len() != open.fd_count() {
+        return Err(Error::Protocol(
+            "stream-open descriptor count mismatch".into(),
+        ));
+    }
+    open.credit
+        .validate()
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+    if !shmbus::ring::valid_capacity(open.ring_size) {
+        return Err(Error::Protocol(format!(
+            "ring size {} invalid",
+            open.ring_size
+        )));
+    }
+    let mut fds = fds.into_iter();
+    let (mut tx, mut rx) = (None, None);
+    for dir in open.mode.directions() {
+        let link = fds.next().expect("counted");
+        let memfd = match open.transport {
+            Transport::SharedMemory => Some(fds.next().expect("counted")),
+            Transport::Socket => None,
+        };
+        let sending = matches!(
+            (dir, role),
+            (Direction::ToCaller, Role::Service) | (Direction::ToService, Role::Caller)
+        );
+        let geometry = SocketGeometry::for_ring_size(open.ring_size);
+        if sending {
+            tx = Some(match memfd {
+                Some(m) => TxPort::Shm(ShmTx::open(
+                    link,
+                    m,
+                    open.ring_size,
+                    open.credit,
+                    cancelled.clone(),
+                )?),
+                None => TxPort::Socket(SockTx::open(
+                    link,
+                    geometry,
+                    open.credit,
+                    cancelled.clone(),
+                )?),
+            });
+        } else {
+            rx = Some(match memfd {
+                Some(m) => RxPort::Shm(ShmRx::open(link, m, open.ring_size, open.credit)?),
+                None => RxPort::Socket(SockRx::open(link, geometry, open.credit)?),
+            });
+        }
+    }
+    Ok((tx, rx))
+}
+
+impl TxPort {
+    pub(crate) fn max_item(&self) -> usize {
+        match self {
+            TxPort::Shm(p) => p.max_item(),
+            TxPort::Socket(p) => p.max_item(),
+        }
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        match self {
+            TxPort::Shm(p) => p.is_cancelled(),
+            TxPort::Socket(p) => p.is_cancelled(),
+        }
+    }
+
+    pub(crate) fn credit_available(&self) -> u64 {
+        match self {
+            TxPort::Shm(p) => p.credit_available(),
+            TxPort::Socket(p) => p.credit_available(),
+        }
+    }
+
+    pub(crate) fn begin(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
+        match self {
+            TxPort::Shm(p) => p.begin(max_len, charge),
+            TxPort::Socket(p) => p.begin(max_len, charge),
+        }
+    }
+
+    pub(crate) fn commit(&mut self, len: usize, charge: u64) -> Result<()> {
+        match self {
+            TxPort::Shm(p) => {
+                p.commit(len, charge);
+                Ok(())
+            }
+            TxPort::Socket(p) => p.commit(len, charge),
+        }
+    }
+
+    /// The room handed out by the last `begin`, if still reserved.
+    pub(crate) fn reserved(&mut self) -> Option<&mut [u8]> {
+        match self {
+            TxPort::Shm(p) => p.reserved(),
+            TxPort::Socket(p) => p.reserved(),
+        }
+    }
+
+    /// Abandons the room handed out by the last `begin`.
+    pub(crate) fn abandon(&mut self) {
+        match self {
+            TxPort::Shm(p) => p.abandon(),
+            TxPort::Socket(p) => p.abandon(),
+        }
+    }
+
+    /// Makes committed items visible to the receiver now.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        match self {
+            TxPort::Shm(p) => {
+                p.publish();
+                Ok(())
+            }
+            TxPort::Socket(p) => p.flush(),
+        }
+    }
+
+    /// After a commit: shared memory publishes at once (cheap); the socket
+    /// keeps batching until its window fills or it is flushed.
+    pub(crate) fn after_commit(&mut self) {
+        if let TxPort::Shm(p) = self {
+            p.publish();
+        }
+    }
+
+    pub(crate) fn close(&mut self, how: &Ending) -> Result<()> {
+        match self {
+            TxPort::Shm(p) => p.close(how),
+            TxPort::Socket(p) => p.close(how),
+        }
+    }
+
+    pub(crate) fn set_wait_policy(&mut self, policy: WaitPolicy) {
+        if let TxPort::Shm(p) = self {
+            p.policy = policy;
+        }
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            TxPort::Shm(_) => Transport::SharedMemory,
+            TxPort::Socket(_) => Transport::Socket,
+        }
+    }
+
+    pub(crate) fn pollable(&self) -> BorrowedFd<'_> {
+        match self {
+            TxPort::Shm(p) => p.doorbell(),
+            TxPort::Socket(p) => p.doorbell(),
+        }
+    }
+}
+
+impl RxPort {
+    pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
+        match self {
+            RxPort::Shm(p) => p.next(block),
+            RxPort::Socket(p) => p.next(block),
+        }
+    }
+
+    pub(crate) fn item(&self) -> &[u8] {
+        match self {
+            RxPort::Shm(p) => p.item(),
+            RxPort::Socket(p) => p.item(),
+        }
+    }
+
+    pub(crate) fn charge(&self) -> u64 {
+        match self {
+            RxPort::Shm(p) => p.charge(),
+            RxPort::Socket(p) => p.charge(),
+        }
+    }
+
+    pub(crate) fn release(&mut self) -> Result<()> {
+        match self {
+            RxPort::Shm(p) => p.release(),
+            RxPort::Socket(p) => p.release(),
+        }
+    }
+
+    pub(crate) fn cancel(&mut self) {
+        match self {
+            RxPort::Shm(p) => p.cancel(),
+            RxPort::Socket(p) => p.cancel(),
+        }
+    }
+
+    pub(crate) fn credit_outstanding(&self) -> u64 {
+        match self {
+            RxPort::Shm(p) => p.credit_outstanding(),
+            RxPort::Socket(p) => p.credit_outstanding(),
+        }
+    }
+
+    pub(crate) fn set_wait_policy(&mut self, policy: WaitPolicy) {
+        if let RxPort::Shm(p) = self {
+            p.policy = policy;
+        }
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            RxPort::Shm(_) => Transport::SharedMemory,
+            RxPort::Socket(_) => Transport::Socket,
+        }
+    }
+
+    pub(crate) fn pollable(&self) -> BorrowedFd<'_> {
+        match self {
+            RxPort::Shm(p) => p.doorbell(),
+            RxPort::Socket(p) => p.doorbell(),
+        }
+    }
+}

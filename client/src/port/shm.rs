@@ -1,0 +1,252 @@
+//! The shared-memory port: a ring per direction plus its doorbell.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use shmbus::credit::CreditSpec;
+use shmbus::ring::{Record, RecordKind, RingConsumer, RingProducer, Slot};
+
+use super::wait::{spin, Doorbell, WaitPolicy};
+use super::{Ending, RxEvent};
+use crate::error::{Error, Result};
+
+/// Producing side over shared memory.
+pub(crate) struct ShmTx {
+    ring: RingProducer,
+    bell: Doorbell,
+    slot: Option<Slot>,
+    cancelled: Arc<AtomicBool>,
+    pub(crate) policy: WaitPolicy,
+}
+
+impl ShmTx {
+    pub(crate) fn open(
+        link: OwnedFd,
+        memfd: OwnedFd,
+        capacity: u32,
+        credit: CreditSpec,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let ring = RingProducer::open(memfd, capacity, credit)?;
+        Ok(ShmTx {
+            ring,
+            bell: Doorbell::new(UnixStream::from(link))?,
+            slot: None,
+            cancelled,
+            policy: WaitPolicy::default(),
+        })
+    }
+
+    pub(crate) fn max_item(&self) -> usize {
+        self.ring.max_record()
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.ring.is_cancelled() || self.cancelled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn credit_available(&self) -> u64 {
+        self.ring.credit().available()
+    }
+
+    /// Reserves room for `max_len` bytes charged up to `charge`, waiting for
+    /// credit and space. Returns the room to fill in place.
+    pub(crate) fn begin(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
+        self.slot = None;
+        loop {
+            if self.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if let Ok(slot) = self.ring.try_reserve(max_len, charge)? {
+                let slot = self.slot.insert(slot);
+                return Ok(self.ring.slot_buf(slot));
+            }
+            self.wait(max_len, charge)?;
+        }
+    }
+
+    /// Credit the current reservation may charge.
+    pub(crate) fn commit(&mut self, len: usize, charge: u64) {
+        let slot = self.slot.take().expect("commit follows begin");
+        self.ring.commit(slot, len, charge);
+    }
+
+    pub(crate) fn reserved(&mut self) -> Option<&mut [u8]> {
+        let slot = self.slot.as_ref()?;
+        Some(self.ring.slot_buf(slot))
+    }
+
+    pub(crate) fn abandon(&mut self) {
+        self.slot = None;
+    }
+
+    /// Makes committed items visible, waking the consumer if it sleeps.
+    pub(crate) fn publish(&mut self) {
+        if self.ring.publish() {
+            self.bell.ring();
+        }
+    }
+
+    /// Waits until credit, room or cancellation may have changed.
+    fn wait(&mut self, max_len: usize, charge: u64) -> Result<()> {
+        self.publish();
+        if self.bell.peer_closed() {
+            return Err(Error::PeerGone(
+                "the receiving peer closed the stream".into(),
+            ));
+        }
+        let ring = &mut self.ring;
+        let moved = spin(self.policy, || -> Result<Option<()>> {
+            if ring.is_cancelled() {
+                return Ok(Some(()));
+            }
+            // A trial reservation, abandoned: only asks whether one would succeed.
+            Ok(ring.try_reserve(max_len, charge)?.ok().map(|_| ()))
+        })?;
+        if moved.is_some() {
+            return Ok(());
+        }
+        if self.ring.prepare_sleep() {
+            self.bell.sleep()?;
+            self.ring.woke();
+        }
+        Ok(())
+    }
+
+    /// Writes the closing record (end, error or cancel acknowledgement).
+    pub(crate) fn close(&mut self, how: &Ending) -> Result<()> {
+        let kind = match how {
+            Ending::End => RecordKind::End,
+            Ending::Error(m) => RecordKind::Error(m.clone()),
+            Ending::Cancelled => RecordKind::Cancelled,
+        };
+        loop {
+            if self.ring.try_write_control(&kind)? {
+                self.publish();
+                return Ok(());
+            }
+            self.wait_for_room()?;
+        }
+    }
+
+    fn wait_for_room(&mut self) -> Result<()> {
+        self.publish();
+        if self.bell.peer_closed() {
+            return Err(Error::PeerGone(
+                "the receiving peer closed the stream".into(),
+            ));
+        }
+        if self.ring.prepare_sleep() {
+            self.bell.sleep()?;
+            self.ring.woke();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.bell.fd()
+    }
+}
+
+/// Consuming side over shared memory.
+pub(crate) struct ShmRx {
+    ring: RingConsumer,
+    bell: Doorbell,
+    held: Option<Record>,
+    pub(crate) policy: WaitPolicy,
+}
+
+impl ShmRx {
+    pub(crate) fn open(
+        link: OwnedFd,
+        memfd: OwnedFd,
+        capacity: u32,
+        credit: CreditSpec,
+    ) -> Result<Self> {
+        let ring = RingConsumer::open(memfd, capacity, credit)?;
+        Ok(ShmRx {
+            ring,
+            bell: Doorbell::new(UnixStream::from(link))?,
+            held: None,
+            policy: WaitPolicy::default(),
+        })
+    }
+
+    fn event(&mut self, rec: Record) -> RxEvent {
+        let ev = match &rec.kind {
+            RecordKind::Data => RxEvent::Item,
+            RecordKind::End => RxEvent::End,
+            RecordKind::Cancelled => RxEvent::Cancelled,
+            RecordKind::Error(m) => RxEvent::Error(m.clone()),
+        };
+        self.held = Some(rec);
+        ev
+    }
+
+    /// The next event; waits when `block`, else `None` when nothing is there.
+    pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
+        debug_assert!(self.held.is_none(), "release before the next item");
+        loop {
+            if let Some(rec) = self.ring.try_next()? {
+                return Ok(Some(self.event(rec)));
+            }
+            if self.bell.peer_closed() {
+                return Err(Error::PeerGone(
+                    "the sending peer closed the stream without ending it".into(),
+                ));
+            }
+            if !block {
+                self.bell.drain();
+                return Ok(None);
+            }
+            let ring = &mut self.ring;
+            if let Some(rec) = spin(self.policy, || ring.try_next())? {
+                return Ok(Some(self.event(rec)));
+            }
+            if self.ring.prepare_sleep() {
+                self.bell.sleep()?;
+                self.ring.woke();
+            }
+        }
+    }
+
+    /// The held item's bytes, in place in the ring.
+    pub(crate) fn item(&self) -> &[u8] {
+        match &self.held {
+            Some(rec) => self.ring.data(rec),
+            None => &[],
+        }
+    }
+
+    /// The held item's charge.
+    pub(crate) fn charge(&self) -> u64 {
+        self.held.as_ref().map_or(0, |r| r.charge)
+    }
+
+    /// Releases the held item, returning its room and credit.
+    pub(crate) fn release(&mut self) -> Result<()> {
+        if let Some(rec) = self.held.take() {
+            if self.ring.release(&rec)? {
+                self.bell.ring();
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the producer to stop.
+    pub(crate) fn cancel(&mut self) {
+        if self.ring.cancel() {
+            self.bell.ring();
+        }
+    }
+
+    pub(crate) fn credit_outstanding(&self) -> u64 {
+        self.ring.credit().outstanding()
+    }
+
+    pub(crate) fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.bell.fd()
+    }
+}

@@ -1,0 +1,461 @@
+//! The socket port: a dedicated Unix socket per direction between the two
+//! peers, items batched into stream-data messages, credit in stream-credit
+//! messages (see [`shmbus::link`]).
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use shmbus::credit::{CreditSpec, RecvCredit, SendCredit};
+use shmbus::link::{self, LinkEncoder, LinkMessage, ITEM_HEADER, MESSAGE_HEADER};
+use shmbus::sys;
+
+use super::{Ending, RxEvent};
+use crate::error::{Error, Result};
+
+/// Port geometry shared by both sides.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketGeometry {
+    /// Largest item.
+    pub max_item: usize,
+    /// Bytes batched before a write.
+    pub window: usize,
+    /// Largest message body accepted.
+    pub max_body: usize,
+}
+
+impl SocketGeometry {
+    pub(crate) fn for_ring_size(ring_size: u32) -> Self {
+        let ring = ring_size as usize;
+        let window = ring.clamp(64 * 1024, 1 << 20);
+        let max_item = ring - shmbus::ring::RECORD_HEADER;
+        SocketGeometry {
+            max_item,
+            window,
+            max_body: window + max_item + ITEM_HEADER + 64,
+        }
+    }
+}
+
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+/// Writes all of `bytes` to a non-blocking socket, handing anything that
+/// arrives meanwhile to `on_readable`.
+fn write_all(
+    sock: &UnixStream,
+    mut bytes: &[u8],
+    mut on_readable: Option<&mut dyn FnMut() -> Result<()>>,
+) -> Result<usize> {
+    let total = bytes.len();
+    while !bytes.is_empty() {
+        match (&*sock).write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                let events = if on_readable.is_some() {
+                    PollFlags::POLLOUT | PollFlags::POLLIN
+                } else {
+                    PollFlags::POLLOUT
+                };
+                let mut pfd = [PollFd::new(sock.as_fd(), events)];
+                match poll(&mut pfd, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(io::Error::from(e).into()),
+                }
+                let revents = pfd[0].revents().unwrap_or(PollFlags::empty());
+                if revents.contains(PollFlags::POLLIN) {
+                    if let Some(f) = on_readable.as_mut() {
+                        f()?;
+                    }
+                }
+            }
+            Err(e) if gone(&e) => {
+                return Err(Error::PeerGone(
+                    "the receiving peer closed the stream".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(total)
+}
+
+/// Producing side over a socket.
+pub(crate) struct SockTx {
+    sock: UnixStream,
+    enc: LinkEncoder,
+    credit: SendCredit,
+    geometry: SocketGeometry,
+    rbuf: Vec<u8>,
+    cancelled_by_peer: bool,
+    cancelled: Arc<AtomicBool>,
+    peer_closed: bool,
+}
+
+impl SockTx {
+    pub(crate) fn open(
+        link: OwnedFd,
+        geometry: SocketGeometry,
+        credit: CreditSpec,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let sock = UnixStream::from(link);
+        sock.set_nonblocking(true)?;
+        Ok(SockTx {
+            sock,
+            enc: LinkEncoder::new(),
+            credit: SendCredit::new(credit),
+            geometry,
+            rbuf: Vec::new(),
+            cancelled_by_peer: false,
+            cancelled,
+            peer_closed: false,
+        })
+    }
+
+    pub(crate) fn max_item(&self) -> usize {
+        self.geometry.max_item
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled_by_peer || self.cancelled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn credit_available(&self) -> u64 {
+        self.credit.available()
+    }
+
+    /// Reads whatever control messages (credit, cancel) have arrived;
+    /// with `block`, waits until at least one arrives or the peer closes.
+    fn read_control(&mut self, block: bool) -> Result<()> {
+        let mut buf = [0u8; 512];
+        loop {
+            match (&self.sock).read(&mut buf) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&buf[..n]);
+                    self.parse_control()?;
+                    if block {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !block {
+                        return Ok(());
+                    }
+                    sys::wait_readable(self.sock.as_fd(), None)?;
+                }
+                Err(e) if gone(&e) => {
+                    self.peer_closed = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn parse_control(&mut self) -> Result<()> {
+        let mut used = 0;
+        while let Some((msg, n)) =
+            link::decode(&self.rbuf[used..], 64).map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            used += n;
+            match msg {
+                LinkMessage::Credit(limit) => self.credit.update_limit(limit)?,
+                LinkMessage::Cancel => self.cancelled_by_peer = true,
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "receiver sent {other:?} on a stream it receives"
+                    )))
+                }
+            }
+        }
+        self.rbuf.drain(..used);
+        Ok(())
+    }
+
+    /// Waits for enough credit, then returns room for the item in the batch.
+    pub(crate) fn begin(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
+        self.wait_credit(max_len, charge, true)?;
+        Ok(self.enc.begin_item(max_len, charge))
+    }
+
+    fn wait_credit(&mut self, max_len: usize, charge: u64, block: bool) -> Result<bool> {
+        if max_len > self.geometry.max_item {
+            return Err(Error::TooLarge(format!(
+                "item of {max_len} bytes exceeds the stream's largest item ({} bytes)",
+                self.geometry.max_item
+            )));
+        }
+        loop {
+            if self.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if self.credit.check(charge)? {
+                return Ok(true);
+            }
+            self.flush()?;
+            if self.peer_closed {
+                return Err(Error::PeerGone(
+                    "the receiving peer closed the stream".into(),
+                ));
+            }
+            self.read_control(block)?;
+            if !block && !self.credit.check(charge)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    pub(crate) fn commit(&mut self, len: usize, charge: u64) -> Result<()> {
+        self.enc.finish_item(len, charge);
+        self.credit.charge(charge);
+        if self.enc.len() >= self.geometry.window {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn reserved(&mut self) -> Option<&mut [u8]> {
+        self.enc.begun_item()
+    }
+
+    pub(crate) fn abandon(&mut self) {
+        self.enc.abandon_item();
+    }
+
+    /// Writes every buffered message.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        if self.enc.is_empty() {
+            return Ok(());
+        }
+        let bytes = self.enc.bytes();
+        let mut control = Vec::new();
+        let mut closed = false;
+        let sock = &self.sock;
+        let mut on_readable = || {
+            let mut buf = [0u8; 512];
+            match (&*sock).read(&mut buf) {
+                Ok(0) => closed = true,
+                Ok(n) => control.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            if control.len() > 1 << 20 {
+                return Err(Error::Protocol("receiver floods control messages".into()));
+            }
+            Ok(())
+        };
+        let written = write_all(sock, bytes, Some(&mut on_readable));
+        self.rbuf.extend_from_slice(&control);
+        self.peer_closed |= closed;
+        let written = written?;
+        self.enc.consume(written);
+        self.parse_control()
+    }
+
+    /// Sends the closing message.
+    pub(crate) fn close(&mut self, how: &Ending) -> Result<()> {
+        match how {
+            Ending::End => self.enc.end(),
+            Ending::Error(m) => self.enc.error(m),
+            Ending::Cancelled => self.enc.cancelled(),
+        }
+        self.flush()
+    }
+
+    pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+/// Consuming side over a socket.
+pub(crate) struct SockRx {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    batch: Option<(usize, usize)>,
+    held: Option<(usize, usize, u64)>,
+    credit: RecvCredit,
+    geometry: SocketGeometry,
+    out: LinkEncoder,
+    peer_closed: bool,
+}
+
+impl SockRx {
+    pub(crate) fn open(
+        link: OwnedFd,
+        geometry: SocketGeometry,
+        credit: CreditSpec,
+    ) -> Result<Self> {
+        let sock = UnixStream::from(link);
+        sock.set_nonblocking(true)?;
+        Ok(SockRx {
+            sock,
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            batch: None,
+            held: None,
+            credit: RecvCredit::new(credit),
+            geometry,
+            out: LinkEncoder::new(),
+            peer_closed: false,
+        })
+    }
+
+    /// The next event; waits when `block`, else `None` when nothing is there.
+    pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
+        debug_assert!(self.held.is_none());
+        loop {
+            if let Some((pos, bend)) = self.batch {
+                let len = u32::from_le_bytes(self.buf[pos..pos + 4].try_into().unwrap()) as usize;
+                let charge = u64::from_le_bytes(self.buf[pos + 4..pos + 12].try_into().unwrap());
+                let data = pos + ITEM_HEADER;
+                let next = data + len;
+                // Both bounds were validated when the message was decoded.
+                debug_assert!(next <= bend);
+                self.batch = (next < bend).then_some((next, bend));
+                self.credit.on_receive(len, charge)?;
+                self.held = Some((data, len, charge));
+                return Ok(Some(RxEvent::Item));
+            }
+            let decoded = link::decode(&self.buf[self.start..self.end], self.geometry.max_body)
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            if let Some((msg, used)) = decoded {
+                let at = self.start;
+                self.start += used;
+                let ev = match msg {
+                    LinkMessage::Data(_) => {
+                        self.batch = Some((at + MESSAGE_HEADER, at + used));
+                        continue;
+                    }
+                    LinkMessage::End => RxEvent::End,
+                    LinkMessage::Error(m) => RxEvent::Error(m),
+                    LinkMessage::Cancelled => RxEvent::Cancelled,
+                    other => {
+                        return Err(Error::Protocol(format!(
+                            "sender sent {other:?} on a stream it sends"
+                        )))
+                    }
+                };
+                return Ok(Some(ev));
+            }
+            if self.peer_closed {
+                return Err(Error::PeerGone(
+                    "the sending peer closed the stream without ending it".into(),
+                ));
+            }
+            if !self.read_more(block)? && !block {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads more bytes; false when none were available without waiting.
+    fn read_more(&mut self, block: bool) -> Result<bool> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let need = (self.geometry.max_body + MESSAGE_HEADER).max(256 * 1024);
+        if self.buf.len() - self.end < 64 * 1024 {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < 64 * 1024 && self.buf.len() < need {
+                self.buf
+                    .resize(need.min(self.buf.len() * 2).max(self.end + 64 * 1024), 0);
+            }
+        }
+        loop {
+            match (&self.sock).read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !block {
+                        return Ok(false);
+                    }
+                    sys::wait_readable(self.sock.as_fd(), None)?;
+                }
+                Err(e) if gone(&e) => {
+                    self.peer_closed = true;
+                    return Ok(true);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub(crate) fn item(&self) -> &[u8] {
+        match self.held {
+            Some((at, len, _)) => &self.buf[at..at + len],
+            None => &[],
+        }
+    }
+
+    pub(crate) fn charge(&self) -> u64 {
+        self.held.map_or(0, |h| h.2)
+    }
+
+    pub(crate) fn release(&mut self) -> Result<()> {
+        if let Some((_, _, charge)) = self.held.take() {
+            if let Some(limit) = self.credit.on_consume(charge)? {
+                self.out.credit(limit);
+                self.send_out()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_out(&mut self) -> Result<()> {
+        let bytes = self.out.bytes();
+        // Anything the sender writes meanwhile stays queued in the socket.
+        match write_all(&self.sock, bytes, None) {
+            Ok(n) => {
+                self.out.consume(n);
+                Ok(())
+            }
+            Err(Error::PeerGone(_)) => {
+                // The sender is gone; what it sent is still readable.
+                self.out = LinkEncoder::new();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn cancel(&mut self) {
+        self.out.cancel();
+        let _ = self.send_out();
+    }
+
+    pub(crate) fn credit_outstanding(&self) -> u64 {
+        self.credit.outstanding()
+    }
+
+    pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}

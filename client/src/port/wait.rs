@@ -1,0 +1,128 @@
+//! Waiting for the other peer: spin briefly, then sleep on the doorbell.
+//!
+//! Each direction of a stream has a doorbell: one end of a Unix socket pair
+//! per peer. A peer rings it (one byte) only when the other has announced it
+//! is asleep, so a running stream makes no wake-up syscalls. The socket's
+//! other end closes when the other peer exits or dies, which wakes any sleep
+//! at once: no wait outlives the peer. The descriptor is pollable, so an event
+//! loop can watch it instead of sleeping here.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use shmbus::sys;
+
+/// How long a blocked side spins before it sleeps in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitPolicy {
+    /// Time spent re-checking before sleeping. Zero sleeps at once.
+    pub spin: Duration,
+}
+
+impl WaitPolicy {
+    /// The default: a few microseconds of spinning, then sleep.
+    pub const BLOCKING: WaitPolicy = WaitPolicy {
+        spin: Duration::from_micros(20),
+    };
+    /// Low latency: spin for up to a millisecond before sleeping. Burns a
+    /// core while waiting; use when round-trip latency matters more.
+    pub const SPIN: WaitPolicy = WaitPolicy {
+        spin: Duration::from_millis(1),
+    };
+}
+
+impl Default for WaitPolicy {
+    fn default() -> Self {
+        Self::BLOCKING
+    }
+}
+
+/// Re-runs `check` until it yields a value or the spin budget is spent.
+pub(crate) fn spin<T, E>(
+    policy: WaitPolicy,
+    mut check: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    if policy.spin.is_zero() {
+        return Ok(None);
+    }
+    let start = Instant::now();
+    let mut round = 0u32;
+    loop {
+        for _ in 0..(1u32 << round.min(6)) {
+            std::hint::spin_loop();
+        }
+        if let Some(v) = check()? {
+            return Ok(Some(v));
+        }
+        round += 1;
+        if round % 8 == 0 && start.elapsed() >= policy.spin {
+            return Ok(None);
+        }
+    }
+}
+
+/// One peer's end of a direction's doorbell socket.
+pub(crate) struct Doorbell {
+    sock: UnixStream,
+    peer_closed: bool,
+}
+
+impl Doorbell {
+    pub(crate) fn new(sock: UnixStream) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        Ok(Doorbell {
+            sock,
+            peer_closed: false,
+        })
+    }
+
+    /// True once the other end closed: the peer finished or died.
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Wakes the other peer. A full socket means a wake-up is already pending.
+    pub(crate) fn ring(&mut self) {
+        match (&self.sock).write(&[1]) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.peer_closed = true,
+        }
+    }
+
+    /// Sleeps until rung or until the peer closes its end.
+    pub(crate) fn sleep(&mut self) -> io::Result<()> {
+        if !self.peer_closed {
+            sys::wait_readable(self.sock.as_fd(), None)?;
+        }
+        self.drain();
+        Ok(())
+    }
+
+    /// Consumes pending rings and notices a closed peer.
+    pub(crate) fn drain(&mut self) {
+        let mut buf = [0u8; 256];
+        // Bounded: a peer flooding the doorbell cannot keep us here.
+        for _ in 0..16 {
+            match (&self.sock).read(&mut buf) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.peer_closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}

@@ -1,0 +1,173 @@
+//! One client connection's socket state: the receive buffer and descriptor
+//! queue on the way in, and the queue of encoded frames on the way out.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use mio::net::UnixStream;
+use shmbus::frame::{self, Frame, FrameError, FRAME_HEADER_LEN};
+use shmbus::sys::{self, PeerCredentials};
+
+/// Bytes read per receive call.
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Outgoing {
+    bytes: Vec<u8>,
+    sent: usize,
+    fds: Vec<OwnedFd>,
+}
+
+/// Why reading from a connection stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed the connection.
+    Closed,
+    /// The peer broke the protocol; it gets this message before the close.
+    Violation(String),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl From<FrameError> for ReadError {
+    fn from(e: FrameError) -> Self {
+        ReadError::Violation(e.to_string())
+    }
+}
+
+/// A connected peer's socket.
+pub struct Conn {
+    /// The socket.
+    pub sock: UnixStream,
+    /// Who the kernel says is on the other end.
+    pub creds: PeerCredentials,
+    rbuf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+    out: VecDeque<Outgoing>,
+    queued: usize,
+    /// Set once an error frame is queued: close when the queue drains.
+    pub closing: bool,
+}
+
+impl Conn {
+    /// Wraps an accepted socket.
+    pub fn new(sock: UnixStream, creds: PeerCredentials) -> Self {
+        Conn {
+            sock,
+            creds,
+            rbuf: Vec::new(),
+            fds: VecDeque::new(),
+            out: VecDeque::new(),
+            queued: 0,
+            closing: false,
+        }
+    }
+
+    /// Reads what is available and returns the complete frames, each with its
+    /// descriptors. Stops at the first violation; descriptors that arrived
+    /// with a rejected frame are closed when the connection is dropped.
+    pub fn read_frames(&mut self, max_frame: u32) -> Result<Vec<(Frame, Vec<OwnedFd>)>, ReadError> {
+        let mut frames = Vec::new();
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            match sys::recv_with_fds(self.sock.as_fd(), &mut chunk, &mut self.fds, false) {
+                Ok(0) => {
+                    // Deliver what arrived before the close, then report it.
+                    self.parse(max_frame, &mut frames)?;
+                    if frames.is_empty() {
+                        return Err(ReadError::Closed);
+                    }
+                    return Ok(frames);
+                }
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    self.parse(max_frame, &mut frames)?;
+                    if frames.len() >= 256 {
+                        // Leave the rest for the next readiness event: fairness.
+                        return Ok(frames);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(frames),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(ReadError::Violation(e.to_string()))
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    fn parse(
+        &mut self,
+        max_frame: u32,
+        frames: &mut Vec<(Frame, Vec<OwnedFd>)>,
+    ) -> Result<(), ReadError> {
+        let mut start = 0;
+        while let Some((header, body)) = frame::split_frame(&self.rbuf[start..], max_frame)? {
+            let n = header.fds as usize;
+            if self.fds.len() < n {
+                return Err(ReadError::Violation(format!(
+                    "frame declares {n} descriptors, {} arrived",
+                    self.fds.len()
+                )));
+            }
+            let fds: Vec<OwnedFd> = self.fds.drain(..n).collect();
+            let frame = frame::decode(&self.rbuf[start + body.start..start + body.end], n)?;
+            frames.push((frame, fds));
+            start += body.end;
+        }
+        self.rbuf.drain(..start);
+        if self.rbuf.is_empty() && !self.fds.is_empty() {
+            return Err(ReadError::Violation(format!(
+                "{} descriptors arrived that no frame declared",
+                self.fds.len()
+            )));
+        }
+        // A partial frame's header was already checked against the maximum,
+        // so the buffer never holds more than one frame plus one read.
+        debug_assert!(self.rbuf.len() <= FRAME_HEADER_LEN + max_frame as usize + READ_CHUNK);
+        Ok(())
+    }
+
+    /// Queues a frame. Returns false when the peer has fallen too far behind.
+    pub fn queue(&mut self, frame: &Frame, fds: Vec<OwnedFd>, max_queued: usize) -> bool {
+        let mut bytes = Vec::new();
+        frame::encode(frame, &mut bytes);
+        self.queued += bytes.len();
+        self.out.push_back(Outgoing {
+            bytes,
+            sent: 0,
+            fds,
+        });
+        self.queued <= max_queued
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)` when the queue is empty.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while let Some(front) = self.out.front_mut() {
+            let fds: Vec<_> = if front.sent == 0 {
+                front.fds.iter().map(|f| f.as_fd()).collect()
+            } else {
+                Vec::new()
+            };
+            match sys::send_with_fds(self.sock.as_fd(), &front.bytes[front.sent..], &fds, false) {
+                Ok(n) => {
+                    front.sent += n;
+                    // The descriptors went with the first byte: close our copies.
+                    front.fds.clear();
+                    if front.sent == front.bytes.len() {
+                        self.queued -= front.bytes.len();
+                        self.out.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// True when frames wait to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.out.is_empty()
+    }
+}

@@ -1,0 +1,19 @@
+//! # shmbusd
+//!
+//! The shmbus broker. It accepts peers on a Unix socket, takes their identity
+//! from the kernel (SO_PEERCRED), registers services, routes calls and results,
+//! and for every streaming call creates the stream's port — sealed memfd rings
+//! plus doorbell sockets, or plain sockets as the fallback — and passes it to
+//! both peers. Stream data never passes through the broker.
+//!
+//! - [`router`]: bus semantics (peers, services, calls, streams), no I/O;
+//! - [`ports`]: creating stream ports;
+//! - [`conn`]: one connection's buffers;
+//! - [`server`]: the event loop;
+//! - [`config`]: arguments and limits.
+
+pub mod config;
+pub mod conn;
+pub mod ports;
+pub mod router;
+pub mod server;

@@ -1,0 +1,611 @@
+//! The bus semantics: who is connected, which services exist, which calls and
+//! streams are live, and where each frame goes. No sockets here: the event
+//! loop feeds frames in and carries the resulting [`Output`]s out.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+use shmbus::frame::{
+    BrokerSnapshot, CallId, CallRequest, Capabilities, ErrorCode, FallbackReason, Frame,
+    MethodSpec, RemoteError, ServiceInfo, StreamId, StreamInfo, StreamMode, StreamOpen, Transport,
+    TransportPreference, PROTOCOL_VERSION,
+};
+use shmbus::sys::PeerCredentials;
+use tracing::{debug, info, warn};
+
+use crate::config::Limits;
+use crate::ports;
+
+/// Identifies a connection inside the broker.
+pub type ConnId = u64;
+
+/// Something the event loop must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Queue a frame (with descriptors) to a connection.
+    Send {
+        /// Destination.
+        to: ConnId,
+        /// The frame.
+        frame: Frame,
+        /// Descriptors to pass with it.
+        fds: Vec<OwnedFd>,
+    },
+    /// Send an error frame and close the connection.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        error: RemoteError,
+    },
+}
+
+fn send(to: ConnId, frame: Frame) -> Output {
+    Output::Send {
+        to,
+        frame,
+        fds: Vec::new(),
+    }
+}
+
+fn remote(code: ErrorCode, message: impl Into<String>) -> RemoteError {
+    RemoteError {
+        code,
+        message: message.into(),
+    }
+}
+
+struct Peer {
+    creds: PeerCredentials,
+    caps: Option<Capabilities>,
+    services: Vec<String>,
+    live_calls: usize,
+}
+
+struct Service {
+    owner: ConnId,
+    methods: HashMap<String, StreamMode>,
+    specs: Vec<MethodSpec>,
+}
+
+struct LiveCall {
+    caller: ConnId,
+    caller_call: CallId,
+    service_conn: ConnId,
+    stream: Option<StreamInfo>,
+}
+
+/// The broker's routing table.
+pub struct Router {
+    limits: Limits,
+    peers: HashMap<ConnId, Peer>,
+    services: HashMap<String, Service>,
+    calls: HashMap<CallId, LiveCall>,
+    by_caller: HashMap<(ConnId, CallId), CallId>,
+    next_call: CallId,
+    next_stream: StreamId,
+    /// Counters for status.
+    pub stats: Stats,
+}
+
+/// Running totals.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Calls routed.
+    pub calls: u64,
+    /// Streams opened over shared memory.
+    pub shm_streams: u64,
+    /// Streams opened over sockets.
+    pub socket_streams: u64,
+}
+
+impl Router {
+    /// An empty bus.
+    pub fn new(limits: Limits) -> Self {
+        Router {
+            limits,
+            peers: HashMap::new(),
+            services: HashMap::new(),
+            calls: HashMap::new(),
+            by_caller: HashMap::new(),
+            next_call: 1,
+            next_stream: 1,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Replaces the limits (on reload).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Live calls.
+    pub fn live_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Connected peers.
+    pub fn connections(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A new connection, with the kernel's word on who it is.
+    pub fn connect(&mut self, conn: ConnId, creds: PeerCredentials) {
+        self.peers.insert(
+            conn,
+            Peer {
+                creds,
+                caps: None,
+                services: Vec::new(),
+                live_calls: 0,
+            },
+        );
+    }
+
+    /// A frame from `conn`. Descriptors are dropped (closed) unless a frame
+    /// kind takes them; none that peers send to the broker do.
+    pub fn handle(&mut self, conn: ConnId, frame: Frame, fds: Vec<OwnedFd>) -> Vec<Output> {
+        drop(fds);
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return Vec::new();
+        };
+        if peer.caps.is_none() {
+            return match frame {
+                Frame::Hello { version, caps } if version == PROTOCOL_VERSION => {
+                    peer.caps = Some(caps);
+                    vec![send(
+                        conn,
+                        Frame::Welcome {
+                            version: PROTOCOL_VERSION,
+                            caps,
+                            max_frame: self.limits.max_frame,
+                        },
+                    )]
+                }
+                Frame::Hello { version, .. } => vec![Output::Close {
+                    conn,
+                    error: remote(
+                        ErrorCode::ProtocolViolation,
+                        format!("protocol version {version} unsupported; this broker speaks {PROTOCOL_VERSION}"),
+                    ),
+                }],
+                other => violation(conn, format!("{} before hello", other.kind())),
+            };
+        }
+        match frame {
+            Frame::Register {
+                request,
+                service,
+                methods,
+            } => self.register(conn, request, service, methods),
+            Frame::Call(req) => self.call(conn, req),
+            Frame::Result { call, outcome } => self.result(conn, call, outcome),
+            Frame::Cancel { call } => self.cancel(conn, call),
+            Frame::StreamProgress {
+                stream,
+                state,
+                bytes,
+                credit_outstanding,
+            } => {
+                self.progress(conn, stream, state, bytes, credit_outstanding);
+                Vec::new()
+            }
+            Frame::List { request } => vec![send(
+                conn,
+                Frame::ListReply {
+                    request,
+                    snapshot: self.snapshot(),
+                },
+            )],
+            other => violation(
+                conn,
+                format!("{} frame is not accepted by the broker", other.kind()),
+            ),
+        }
+    }
+
+    fn register(
+        &mut self,
+        conn: ConnId,
+        request: u64,
+        name: String,
+        methods: Vec<MethodSpec>,
+    ) -> Vec<Output> {
+        let refuse = |code, msg: String| {
+            vec![send(
+                conn,
+                Frame::Refused {
+                    request,
+                    error: remote(code, msg),
+                },
+            )]
+        };
+        if !valid_name(&name) {
+            return refuse(ErrorCode::Denied, format!("invalid service name {name:?}"));
+        }
+        let mut table = HashMap::new();
+        for m in &methods {
+            if !valid_name(&m.name) || table.insert(m.name.clone(), m.mode).is_some() {
+                return refuse(
+                    ErrorCode::Denied,
+                    format!("invalid or repeated method name {:?}", m.name),
+                );
+            }
+        }
+        if self.services.contains_key(&name) {
+            return refuse(
+                ErrorCode::NameTaken,
+                format!("service {name} is already registered"),
+            );
+        }
+        let peer = self.peers.get_mut(&conn).expect("checked");
+        if peer.services.len() >= self.limits.max_services_per_connection {
+            return refuse(
+                ErrorCode::LimitsExceeded,
+                "too many services on one connection".into(),
+            );
+        }
+        peer.services.push(name.clone());
+        info!(service = %name, pid = peer.creds.pid, uid = peer.creds.uid, "service registered");
+        self.services.insert(
+            name,
+            Service {
+                owner: conn,
+                methods: table,
+                specs: methods,
+            },
+        );
+        vec![send(conn, Frame::Ack { request })]
+    }
+
+    fn call(&mut self, conn: ConnId, req: CallRequest) -> Vec<Output> {
+        if self.by_caller.contains_key(&(conn, req.call)) {
+            return violation(conn, format!("call id {} reused while live", req.call));
+        }
+        let fail = |code, msg: String| {
+            vec![send(
+                conn,
+                Frame::Result {
+                    call: req.call,
+                    outcome: Err(remote(code, msg)),
+                },
+            )]
+        };
+        let Some(service) = self.services.get(&req.service) else {
+            return fail(
+                ErrorCode::NoSuchService,
+                format!("no service named {}", req.service),
+            );
+        };
+        let Some(&mode) = service.methods.get(&req.method) else {
+            return fail(
+                ErrorCode::NoSuchMethod,
+                format!("service {} has no method {}", req.service, req.method),
+            );
+        };
+        if let Some(asked) = req.mode {
+            if asked != mode {
+                return fail(
+                    ErrorCode::NoSuchMethod,
+                    format!(
+                        "method {}.{} streams as {mode:?}, not {asked:?}",
+                        req.service, req.method
+                    ),
+                );
+            }
+        }
+        if self.peers[&conn].live_calls >= self.limits.max_calls_per_connection {
+            return fail(
+                ErrorCode::LimitsExceeded,
+                "too many live calls on one connection".into(),
+            );
+        }
+        let service_conn = service.owner;
+        let broker_call = self.next_call;
+        self.next_call += 1;
+        self.stats.calls += 1;
+        let caller = &self.peers[&conn];
+        let (caller_pid, caller_uid) = (caller.creds.pid, caller.creds.uid);
+        let mut live = LiveCall {
+            caller: conn,
+            caller_call: req.call,
+            service_conn,
+            stream: None,
+        };
+        let mut out = Vec::new();
+        let incoming_open = if mode == StreamMode::Unary {
+            None
+        } else {
+            match self.open_stream(conn, service_conn, &req, mode) {
+                Ok((open, fds)) => {
+                    live.stream = Some(StreamInfo {
+                        stream: open.stream,
+                        service: req.service.clone(),
+                        method: req.method.clone(),
+                        transport: open.transport,
+                        state: "OPENING".into(),
+                        bytes: 0,
+                        credit_outstanding: open.credit.high_water_mark,
+                    });
+                    out.push(Output::Send {
+                        to: conn,
+                        frame: Frame::StreamOpen(open.clone()),
+                        fds: fds.caller,
+                    });
+                    Some((
+                        StreamOpen {
+                            call: broker_call,
+                            ..open
+                        },
+                        fds.service,
+                    ))
+                }
+                Err(error) => {
+                    return vec![send(
+                        conn,
+                        Frame::Result {
+                            call: req.call,
+                            outcome: Err(error),
+                        },
+                    )]
+                }
+            }
+        };
+        let (open, fds) = match incoming_open {
+            Some((open, fds)) => (Some(open), fds),
+            None => (None, Vec::new()),
+        };
+        debug!(call = broker_call, service = %req.service, method = %req.method, pid = caller_pid, uid = caller_uid, "call");
+        out.push(Output::Send {
+            to: service_conn,
+            frame: Frame::Incoming {
+                call: broker_call,
+                service: req.service.clone(),
+                method: req.method.clone(),
+                args: req.args,
+                open,
+                caller_pid,
+                caller_uid,
+            },
+            fds,
+        });
+        self.by_caller.insert((conn, req.call), broker_call);
+        self.calls.insert(broker_call, live);
+        if let Some(p) = self.peers.get_mut(&conn) {
+            p.live_calls += 1;
+        }
+        out
+    }
+
+    fn open_stream(
+        &mut self,
+        caller: ConnId,
+        service: ConnId,
+        req: &CallRequest,
+        mode: StreamMode,
+    ) -> Result<(StreamOpen, ports::PortFds), RemoteError> {
+        req.credit
+            .validate()
+            .map_err(|e| remote(ErrorCode::LimitsExceeded, e.to_string()))?;
+        let ring_size = req.ring_size.unwrap_or(self.limits.default_ring_size);
+        if !shmbus::ring::valid_capacity(ring_size) || ring_size > self.limits.max_ring_size {
+            return Err(remote(
+                ErrorCode::LimitsExceeded,
+                format!(
+                    "ring size {ring_size} must be a power of two between {} and {}",
+                    shmbus::ring::MIN_CAPACITY,
+                    self.limits.max_ring_size
+                ),
+            ));
+        }
+        let stream = self.next_stream;
+        self.next_stream += 1;
+        let shm_of = |c: ConnId| self.peers[&c].caps.is_some_and(|k| k.shared_memory);
+        let mut fallback = match req.transport {
+            TransportPreference::Socket => Some(FallbackReason::Requested),
+            _ if !shm_of(caller) => Some(FallbackReason::PeerWithoutSharedMemory("caller".into())),
+            _ if !shm_of(service) => {
+                Some(FallbackReason::PeerWithoutSharedMemory("service".into()))
+            }
+            _ => None,
+        };
+        if fallback.is_some() && req.transport == TransportPreference::SharedMemory {
+            return Err(remote(
+                ErrorCode::SharedMemoryUnavailable,
+                format!("shared memory required but unavailable: {fallback:?}"),
+            ));
+        }
+        let mut fds = None;
+        if fallback.is_none() {
+            match ports::create(stream, mode, Transport::SharedMemory, ring_size, req.credit) {
+                Ok(f) => fds = Some(f),
+                Err(e) if req.transport == TransportPreference::SharedMemory => {
+                    return Err(remote(
+                        ErrorCode::SharedMemoryUnavailable,
+                        format!("shared-memory port setup failed: {e}"),
+                    ))
+                }
+                Err(e) => {
+                    warn!(stream, error = %e, "shared-memory port setup failed; using the socket");
+                    fallback = Some(FallbackReason::SetupFailed(e.to_string()));
+                }
+            }
+        }
+        let (transport, fds) = match fds {
+            Some(f) => (Transport::SharedMemory, f),
+            None => (
+                Transport::Socket,
+                ports::create(stream, mode, Transport::Socket, ring_size, req.credit).map_err(
+                    |e| {
+                        remote(
+                            ErrorCode::LimitsExceeded,
+                            format!("stream port setup failed: {e}"),
+                        )
+                    },
+                )?,
+            ),
+        };
+        match transport {
+            Transport::SharedMemory => self.stats.shm_streams += 1,
+            Transport::Socket => self.stats.socket_streams += 1,
+        }
+        info!(stream, transport = ?transport, fallback = ?fallback, service = %req.service, method = %req.method, "stream open");
+        Ok((
+            StreamOpen {
+                stream,
+                call: req.call,
+                mode,
+                transport,
+                fallback,
+                ring_size,
+                credit: req.credit,
+            },
+            fds,
+        ))
+    }
+
+    fn result(
+        &mut self,
+        conn: ConnId,
+        call: CallId,
+        outcome: Result<Vec<u8>, RemoteError>,
+    ) -> Vec<Output> {
+        match self.calls.get(&call) {
+            Some(live) if live.service_conn == conn => {}
+            // The caller left (or the call was never ours): nothing to route.
+            None if call < self.next_call => return Vec::new(),
+            _ => {
+                return violation(
+                    conn,
+                    format!("result for call {call} that it does not serve"),
+                )
+            }
+        }
+        let live = self.calls.remove(&call).expect("checked");
+        self.by_caller.remove(&(live.caller, live.caller_call));
+        if let Some(p) = self.peers.get_mut(&live.caller) {
+            p.live_calls -= 1;
+        }
+        if let Some(s) = &live.stream {
+            info!(
+                stream = s.stream,
+                ok = outcome.is_ok(),
+                "stream call finished"
+            );
+        }
+        vec![send(
+            live.caller,
+            Frame::Result {
+                call: live.caller_call,
+                outcome,
+            },
+        )]
+    }
+
+    fn cancel(&mut self, conn: ConnId, call: CallId) -> Vec<Output> {
+        match self.by_caller.get(&(conn, call)) {
+            Some(&b) => {
+                let live = &self.calls[&b];
+                info!(call = b, stream = ?live.stream.as_ref().map(|s| s.stream), "cancel");
+                vec![send(live.service_conn, Frame::Cancel { call: b })]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn progress(&mut self, conn: ConnId, stream: StreamId, state: String, bytes: u64, credit: u64) {
+        for live in self.calls.values_mut() {
+            if live.caller != conn && live.service_conn != conn {
+                continue;
+            }
+            if let Some(s) = live.stream.as_mut().filter(|s| s.stream == stream) {
+                s.state = state.chars().take(16).collect();
+                s.bytes = bytes;
+                s.credit_outstanding = credit;
+                return;
+            }
+        }
+    }
+
+    /// A connection went away: its services vanish, its outgoing calls are
+    /// cancelled, and the callers of calls it served get "peer gone".
+    pub fn disconnect(&mut self, conn: ConnId) -> Vec<Output> {
+        let Some(peer) = self.peers.remove(&conn) else {
+            return Vec::new();
+        };
+        for name in &peer.services {
+            self.services.remove(name);
+            info!(service = %name, pid = peer.creds.pid, "service unregistered");
+        }
+        let mut out = Vec::new();
+        let affected: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, l)| l.caller == conn || l.service_conn == conn)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in affected {
+            let live = self.calls.remove(&id).expect("listed");
+            self.by_caller.remove(&(live.caller, live.caller_call));
+            if let Some(p) = self.peers.get_mut(&live.caller) {
+                p.live_calls -= 1;
+            }
+            if live.caller == conn && live.service_conn != conn {
+                out.push(send(live.service_conn, Frame::Cancel { call: id }));
+            } else if live.service_conn == conn && live.caller != conn {
+                out.push(send(
+                    live.caller,
+                    Frame::Result {
+                        call: live.caller_call,
+                        outcome: Err(remote(ErrorCode::PeerGone, "the service disconnected")),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// What `shmbusctl list` shows.
+    pub fn snapshot(&self) -> BrokerSnapshot {
+        let mut services: Vec<ServiceInfo> = self
+            .services
+            .iter()
+            .map(|(name, s)| {
+                let creds = self.peers[&s.owner].creds;
+                ServiceInfo {
+                    name: name.clone(),
+                    methods: s.specs.clone(),
+                    pid: creds.pid,
+                    uid: creds.uid,
+                }
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut streams: Vec<StreamInfo> = self
+            .calls
+            .values()
+            .filter_map(|l| l.stream.clone())
+            .collect();
+        streams.sort_by_key(|s| s.stream);
+        BrokerSnapshot {
+            services,
+            streams,
+            connections: self.peers.len() as u64,
+        }
+    }
+}
+
+fn violation(conn: ConnId, message: String) -> Vec<Output> {
+    vec![Output::Close {
+        conn,
+        error: remote(ErrorCode::ProtocolViolation, message),
+    }]
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'))
+}
