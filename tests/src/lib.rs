@@ -1,1 +1,365 @@
-//! test support
+//! Support for the end-to-end tests: a real `shmbusd` on a private socket,
+//! real peer processes (`shmbus-testpeer`, `shmbusctl`), and small helpers
+//! to watch them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shmbus_client::{ConnectOptions, Connection};
+
+/// Directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, failing with a clear message when unbuilt.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A broker process on a private socket, killed when dropped.
+pub struct Broker {
+    child: Child,
+    /// The broker's socket.
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts `shmbusd` with default settings.
+    pub fn start() -> Broker {
+        Self::start_with(&[])
+    }
+
+    /// Starts `shmbusd` with extra arguments and waits until it accepts.
+    pub fn start_with(args: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("bus.sock");
+        let child = Command::new(bin("shmbusd"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn shmbusd");
+        let broker = Broker {
+            child,
+            socket,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&broker.socket).is_ok()
+        });
+        broker
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client connection offering shared memory.
+    pub fn connect(&self) -> Connection {
+        Connection::connect(&self.socket).expect("connect to broker")
+    }
+
+    /// A client connection that does not offer shared memory.
+    pub fn connect_without_shm(&self) -> Connection {
+        Connection::connect_with(
+            &self.socket,
+            ConnectOptions {
+                shared_memory: false,
+            },
+        )
+        .expect("connect to broker")
+    }
+
+    /// Open descriptors of the broker process.
+    pub fn fd_count(&self) -> usize {
+        shmbus::sys::open_fd_count(self.pid()).expect("read /proc")
+    }
+
+    /// Waits until the broker's descriptor count is back to `baseline`.
+    pub fn wait_fds(&self, baseline: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = self.fd_count();
+            if now == baseline {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker holds {now} descriptors, baseline {baseline}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `cond` until true, panicking after `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A peer process whose stdout lines are collected as they arrive.
+pub struct Peer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Peer {
+    /// Starts `shmbus-testpeer` with these arguments against `broker`.
+    pub fn start(broker: &Broker, args: &[&str]) -> Peer {
+        let mut child = Command::new(bin("shmbus-testpeer"))
+            .args(args)
+            .env("SHMBUS_SOCKET", &broker.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn testpeer");
+        let lines = pump(child.stdout.take().expect("stdout"));
+        Peer {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line starting with `prefix` and returns the rest.
+    pub fn expect_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(_) => panic!(
+                    "no line starting {prefix:?} within {timeout:?}; saw {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// The latest line with `prefix` that has arrived so far, without waiting.
+    pub fn latest(&mut self, prefix: &str) -> Option<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for exit and returns the status code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn pump(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits until `service` is registered on the broker.
+pub fn wait_for_service(conn: &Connection, service: &str) {
+    wait_until(Duration::from_secs(10), || {
+        conn.list()
+            .map(|s| s.services.iter().any(|x| x.name == service))
+            .unwrap_or(false)
+    });
+}
+
+/// FNV-1a over bytes: the checksum peers report to each other.
+pub fn fnv1a(mut h: u64, data: &[u8]) -> u64 {
+    if h == 0 {
+        h = 0xcbf2_9ce4_8422_2325;
+    }
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Deterministic pseudo-random bytes for test payloads.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `len` pseudo-random bytes to `path`.
+pub fn write_random_file(path: &Path, len: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for chunk in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len());
+        f.write_all(&block[..n]).expect("write");
+        left -= n;
+    }
+    f.flush().expect("flush");
+}
+
+/// A hand-driven protocol client, for playing a hostile or minimal peer.
+pub struct RawClient {
+    /// The socket.
+    pub sock: std::os::unix::net::UnixStream,
+    buf: Vec<u8>,
+    fds: std::collections::VecDeque<std::os::fd::OwnedFd>,
+}
+
+impl RawClient {
+    /// Connects without a handshake.
+    pub fn connect(broker: &Broker) -> RawClient {
+        let sock = std::os::unix::net::UnixStream::connect(&broker.socket).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        RawClient {
+            sock,
+            buf: Vec::new(),
+            fds: Default::default(),
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub fn hello(broker: &Broker, shared_memory: bool) -> RawClient {
+        let mut c = Self::connect(broker);
+        c.send(&shmbus::Frame::Hello {
+            version: shmbus::frame::PROTOCOL_VERSION,
+            caps: shmbus::Capabilities { shared_memory },
+        });
+        match c.recv() {
+            Some((shmbus::Frame::Welcome { .. }, _)) => c,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Sends raw bytes with descriptors attached.
+    pub fn send_raw(
+        &mut self,
+        bytes: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsFd;
+        let mut rest = bytes;
+        let mut first = true;
+        while !rest.is_empty() {
+            let n = shmbus::sys::send_with_fds(
+                self.sock.as_fd(),
+                rest,
+                if first { fds } else { &[] },
+                true,
+            )?;
+            first = false;
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// Sends a frame.
+    pub fn send(&mut self, frame: &shmbus::Frame) {
+        let mut b = Vec::new();
+        shmbus::frame::encode(frame, &mut b);
+        self.send_raw(&b, &[]).expect("send frame");
+    }
+
+    /// The next frame and its descriptors; `None` when the broker closed.
+    pub fn recv(&mut self) -> Option<(shmbus::Frame, Vec<std::os::fd::OwnedFd>)> {
+        use std::os::fd::AsFd;
+        loop {
+            if let Ok(Some((h, body))) = shmbus::frame::split_frame(&self.buf, 1 << 24) {
+                let fds: Vec<_> = self.fds.drain(..h.fds as usize).collect();
+                let frame = shmbus::frame::decode(&self.buf[body.clone()], fds.len())
+                    .expect("broker frame");
+                self.buf.drain(..body.end);
+                return Some((frame, fds));
+            }
+            let mut chunk = vec![0u8; 65536];
+            match shmbus::sys::recv_with_fds(self.sock.as_fd(), &mut chunk, &mut self.fds, true) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}

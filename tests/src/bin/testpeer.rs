@@ -1,1 +1,212 @@
-fn main() {}
+//! `shmbus-testpeer`: service and caller roles for the end-to-end tests,
+//! each a real process talking to a real broker. It reports what it sees as
+//! lines on stdout (`key value`), which the tests read.
+//!
+//! Roles:
+//! - `numbers NAME [--delay-us N]`: method `numbers` (download) streams u64
+//!   0..count (count = args), printing `sent i` after each send;
+//! - `echo NAME`: method `echo` (bidirectional) answers each item with `Echo: item`;
+//! - `sink NAME`: method `sink` (upload) replies with `count,fnv` of all bytes;
+//! - `failing NAME`: method `fail` (download) sends `args` items then stream-error;
+//! - `endless NAME`: method `endless` (download) sends until cancelled;
+//! - `unary NAME`: method `add` (unary) returns the sum of two u64;
+//! - `consume NAME METHOD TRANSPORT`: calls NAME.METHOD and reads the stream.
+
+use std::io::Write;
+use std::time::Duration;
+
+use shmbus_client::{
+    Connection, CreditSpec, Error, IncomingCall, MethodSpec, StreamMode, TransportPreference,
+};
+use shmbus_tests::fnv1a;
+
+static CONN: std::sync::OnceLock<Connection> = std::sync::OnceLock::new();
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let role = args.first().map(String::as_str).unwrap_or("");
+    let name = args.get(1).cloned().unwrap_or_default();
+    let conn = Connection::connect_default().expect("connect");
+    let _ = CONN.set(conn.clone());
+    let result = match role {
+        "numbers" => {
+            let delay = flag(&args, "--delay-us").map(Duration::from_micros);
+            serve(&conn, &name, "numbers", StreamMode::Download, move |c| {
+                numbers(c, delay)
+            })
+        }
+        "echo" => serve(&conn, &name, "echo", StreamMode::Bidirectional, echo),
+        "sink" => serve(&conn, &name, "sink", StreamMode::Upload, sink),
+        "failing" => serve(&conn, &name, "fail", StreamMode::Download, failing),
+        "endless" => serve(&conn, &name, "endless", StreamMode::Download, endless),
+        "unary" => serve(&conn, &name, "add", StreamMode::Unary, add),
+        "consume" => consume(&conn, &name, &args[2], &args[3]),
+        other => {
+            eprintln!("unknown role {other:?}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        say(format!("error {e}"));
+        std::process::exit(1);
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<u64> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn serve(
+    conn: &Connection,
+    name: &str,
+    method: &str,
+    mode: StreamMode,
+    handler: impl Fn(IncomingCall) -> shmbus_client::Result<()> + Send + Sync + Clone + 'static,
+) -> shmbus_client::Result<()> {
+    let service = conn.register(name, &[MethodSpec::new(method, mode)])?;
+    say("ready".into());
+    while let Some(call) = service.next()? {
+        let handler = handler.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = handler(call) {
+                say(format!("handler-error {e}"));
+            }
+        });
+    }
+    Ok(())
+}
+
+fn numbers(mut call: IncomingCall, delay: Option<Duration>) -> shmbus_client::Result<()> {
+    let count: u64 = call.args_typed().unwrap_or(0);
+    let transport = call.transport();
+    say(format!("transport {transport:?}"));
+    let tx = call.sender().expect("download");
+    for i in 0..count {
+        if let Err(e) = tx.send(&i) {
+            say(format!("send-failed {e}"));
+            let e2 = e.to_string();
+            return call.fail(&e2);
+        }
+        say(format!("sent {}", i + 1));
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
+    }
+    tx.finish()?;
+    say(format!("history {:?}", tx.history()));
+    let read = call_socket_bytes();
+    call.reply(read.to_le_bytes().to_vec())
+}
+
+/// Bytes this process has read from its broker socket so far.
+fn call_socket_bytes() -> u64 {
+    CONN.get().map_or(0, |c| c.socket_bytes_read())
+}
+
+fn echo(mut call: IncomingCall) -> shmbus_client::Result<()> {
+    let mut rx = call.take_receiver().expect("bidirectional receives");
+    let tx = call.sender().expect("bidirectional sends");
+    while let Some(item) = rx.recv_bytes()? {
+        let mut reply = b"Echo: ".to_vec();
+        reply.extend_from_slice(&item);
+        tx.send_bytes(&reply)?;
+    }
+    tx.finish()?;
+    call.reply(Vec::new())
+}
+
+fn sink(mut call: IncomingCall) -> shmbus_client::Result<()> {
+    let rx = call.receiver().expect("upload receives");
+    let (mut count, mut hash) = (0u64, 0u64);
+    while let Some(item) = rx.recv_in_place()? {
+        count += item.len() as u64;
+        hash = fnv1a(hash, &item);
+    }
+    let history = format!("{:?}", rx.history());
+    say(format!("history {history}"));
+    call.reply(format!("{count},{hash}").into_bytes())
+}
+
+fn failing(mut call: IncomingCall) -> shmbus_client::Result<()> {
+    let count: u64 = call.args_typed().unwrap_or(0);
+    let tx = call.sender().expect("download");
+    for i in 0..count {
+        tx.send(&i)?;
+    }
+    tx.fail("Processing failed")?;
+    call.fail("Stream processing failed")
+}
+
+fn endless(mut call: IncomingCall) -> shmbus_client::Result<()> {
+    let tx = call.sender().expect("download");
+    let mut i = 0u64;
+    loop {
+        match tx.send(&i) {
+            Ok(()) => i += 1,
+            Err(Error::Cancelled) => {
+                say(format!("cancelled-after {i}"));
+                say(format!("history {:?}", tx.history()));
+                break;
+            }
+            Err(e) => {
+                say(format!("send-failed {e}"));
+                break;
+            }
+        }
+    }
+    call.reply(Vec::new())
+}
+
+fn add(call: IncomingCall) -> shmbus_client::Result<()> {
+    let (a, b): (u64, u64) = call.args_typed()?;
+    say(format!("caller-pid {}", call.caller_pid()));
+    call.reply((a + b).to_le_bytes().to_vec())
+}
+
+fn consume(
+    conn: &Connection,
+    name: &str,
+    method: &str,
+    transport: &str,
+) -> shmbus_client::Result<()> {
+    let transport = match transport {
+        "shm" => TransportPreference::SharedMemory,
+        "socket" => TransportPreference::Socket,
+        _ => TransportPreference::Auto,
+    };
+    let mut call = conn
+        .call(name, method)
+        .mode(StreamMode::Download)
+        .args_typed(&u64::MAX)?
+        .transport(transport)
+        .credit(CreditSpec::items(64))
+        .start()?;
+    say("open".into());
+    let rx = call.receiver().expect("download");
+    let mut n = 0u64;
+    loop {
+        match rx.recv::<u64>() {
+            Ok(Some(_)) => {
+                n += 1;
+                if n % 1000 == 0 {
+                    say(format!("received {n}"));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                say(format!("stream-error {e}"));
+                return Err(e);
+            }
+        }
+    }
+    call.finish()?;
+    say(format!("done {n}"));
+    Ok(())
+}

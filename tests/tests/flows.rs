@@ -1,0 +1,443 @@
+//! Every flow of the streaming protocol, end to end: a real broker, a real
+//! service process, and this test process as the caller. Each flow runs over
+//! both transports.
+
+use std::time::Duration;
+
+use shmbus_client::{
+    CreditSpec, Error, ErrorCode, FallbackReason, StreamMode, StreamState, Transport,
+    TransportPreference,
+};
+use shmbus_tests::{fnv1a, pattern, wait_for_service, Broker, Peer};
+
+const SEC: Duration = Duration::from_secs(1);
+const SEED_PATH: [StreamState; 5] = [
+    StreamState::Idle,
+    StreamState::Opening,
+    StreamState::Active,
+    StreamState::Closing,
+    StreamState::Closed,
+];
+
+fn pref(t: Transport) -> TransportPreference {
+    match t {
+        Transport::SharedMemory => TransportPreference::SharedMemory,
+        Transport::Socket => TransportPreference::Socket,
+    }
+}
+
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod shm {
+            $(#[test] fn $name() { super::$name(shmbus_client::Transport::SharedMemory) })*
+        }
+        mod socket {
+            $(#[test] fn $name() { super::$name(shmbus_client::Transport::Socket) })*
+        }
+    };
+}
+
+both_transports!(
+    download_with_slow_consumer_blocks_the_producer_at_the_high_water_mark,
+    bidirectional_echo,
+    upload_to_the_service,
+    stream_error_delivers_items_then_the_error,
+    cancellation_aborts_the_call,
+    batch_collects_a_whole_stream,
+    zero_copy_slots_and_in_place_reads,
+    custom_size_strategy_returns_what_the_sender_charged,
+);
+
+fn download_with_slow_consumer_blocks_the_producer_at_the_high_water_mark(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let hwm = 8u64;
+    let mut call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&200u64)
+        .unwrap()
+        .credit(CreditSpec::items(hwm))
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    assert_eq!(call.transport(), Some(t));
+    let rx = call.receiver().unwrap();
+    let mut next = 0u64;
+    for checkpoint in [10u64, 50, 120] {
+        while next < checkpoint {
+            assert_eq!(rx.recv::<u64>().unwrap(), Some(next));
+            next += 1;
+        }
+        // Let the producer run as far as its credit allows, then look.
+        std::thread::sleep(Duration::from_millis(300));
+        let sent: u64 = peer.latest("sent").unwrap().parse().unwrap();
+        assert!(
+            sent <= next + hwm,
+            "producer sent {sent} with {next} consumed and hwm {hwm}"
+        );
+        assert!(
+            sent >= next + hwm / 2,
+            "producer stopped early: sent {sent}, consumed {next}"
+        );
+    }
+    while let Some(v) = rx.recv::<u64>().unwrap() {
+        assert_eq!(v, next);
+        next += 1;
+    }
+    assert_eq!(next, 200);
+    assert_eq!(rx.history(), SEED_PATH);
+    call.finish().unwrap();
+    let history = peer.expect_line("history", 10 * SEC);
+    assert_eq!(history, "[Idle, Opening, Active, Closing, Closed]");
+}
+
+fn bidirectional_echo(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["echo", "echo"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("echo", "echo")
+        .mode(StreamMode::Bidirectional)
+        .credit(CreditSpec::items(15))
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let mut tx = call.take_sender().unwrap();
+    let mut rx = call.take_receiver().unwrap();
+    for word in ["Hello", "World"] {
+        tx.send_bytes(word.as_bytes()).unwrap();
+        assert_eq!(
+            rx.recv_bytes().unwrap().unwrap(),
+            format!("Echo: {word}").into_bytes()
+        );
+    }
+    // Many in flight at once, more than the high-water mark.
+    let writer = std::thread::spawn(move || {
+        for i in 0..500u32 {
+            tx.send_bytes(&i.to_le_bytes()).unwrap();
+        }
+        tx.finish().unwrap();
+        tx
+    });
+    for i in 0..500u32 {
+        let mut expect = b"Echo: ".to_vec();
+        expect.extend_from_slice(&i.to_le_bytes());
+        assert_eq!(rx.recv_bytes().unwrap().unwrap(), expect);
+    }
+    assert_eq!(rx.recv_bytes().unwrap(), None);
+    let tx = writer.join().unwrap();
+    assert_eq!(tx.history(), SEED_PATH);
+    assert_eq!(rx.history(), SEED_PATH);
+    call.finish().unwrap();
+}
+
+fn upload_to_the_service(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["sink", "sink"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("sink", "sink")
+        .mode(StreamMode::Upload)
+        .credit(CreditSpec::bytes(256 * 1024))
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let tx = call.sender().unwrap();
+    let (mut count, mut hash) = (0u64, 0u64);
+    for i in 0..2000u64 {
+        let item = pattern(i, (i as usize * 131) % 5000);
+        count += item.len() as u64;
+        hash = fnv1a(hash, &item);
+        tx.send_bytes(&item).unwrap();
+    }
+    tx.finish().unwrap();
+    let reply = String::from_utf8(call.finish().unwrap()).unwrap();
+    assert_eq!(reply, format!("{count},{hash}"));
+    assert_eq!(
+        peer.expect_line("history", 10 * SEC),
+        "[Idle, Opening, Active, Closing, Closed]"
+    );
+}
+
+fn stream_error_delivers_items_then_the_error(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["failing", "proc"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("proc", "fail")
+        .mode(StreamMode::Download)
+        .args_typed(&5u64)
+        .unwrap()
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    for i in 0..5u64 {
+        assert_eq!(rx.recv::<u64>().unwrap(), Some(i));
+    }
+    match rx.recv::<u64>() {
+        Err(Error::Stream(m)) => assert_eq!(m, "Processing failed"),
+        other => panic!("expected the stream error, got {other:?}"),
+    }
+    // The error sticks.
+    assert!(matches!(rx.recv::<u64>(), Err(Error::Stream(_))));
+    assert_eq!(rx.history(), SEED_PATH);
+    match call.finish() {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.code, ErrorCode::Failed);
+            assert_eq!(e.message, "Stream processing failed");
+        }
+        other => panic!("expected an error result, got {other:?}"),
+    }
+}
+
+fn cancellation_aborts_the_call(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["endless", "long"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("long", "endless")
+        .mode(StreamMode::Download)
+        .credit(CreditSpec::items(32))
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    for i in 0..100u64 {
+        assert_eq!(rx.recv::<u64>().unwrap(), Some(i));
+    }
+    call.cancel().unwrap();
+    // The service's next send fails as cancelled; it acknowledges with stream-cancel.
+    let after: u64 = peer
+        .expect_line("cancelled-after", 10 * SEC)
+        .parse()
+        .unwrap();
+    assert!(after >= 100);
+    assert_eq!(
+        peer.expect_line("history", 10 * SEC),
+        "[Idle, Opening, Active, Closing, Closed]"
+    );
+    let rx = call.receiver().unwrap();
+    let mut extra = 0;
+    let end = loop {
+        match rx.recv::<u64>() {
+            Ok(Some(_)) => extra += 1,
+            other => break other,
+        }
+    };
+    assert!(matches!(end, Err(Error::Cancelled)), "got {end:?}");
+    assert!(
+        extra <= 32 + 1,
+        "{extra} items after cancel exceed the credit"
+    );
+    match call.finish() {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.code, ErrorCode::Aborted);
+            assert_eq!(e.message, "aborted");
+        }
+        other => panic!("expected aborted, got {other:?}"),
+    }
+}
+
+fn batch_collects_a_whole_stream(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let items = conn
+        .call("nums", "numbers")
+        .args_typed(&1000u64)
+        .unwrap()
+        .credit(CreditSpec::items(16))
+        .transport(pref(t))
+        .collect()
+        .unwrap();
+    let values: Vec<u64> = items
+        .iter()
+        .map(|b| postcard::from_bytes(b).unwrap())
+        .collect();
+    assert_eq!(values, (0..1000).collect::<Vec<_>>());
+}
+
+fn zero_copy_slots_and_in_place_reads(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["sink", "sink"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("sink", "sink")
+        .mode(StreamMode::Upload)
+        .credit(CreditSpec::bytes(64 * 1024))
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let tx = call.sender().unwrap();
+    let (mut count, mut hash) = (0u64, 0u64);
+    for i in 0..300u64 {
+        let want = 1000 + (i as usize % 7) * 100;
+        let mut slot = tx.reserve(4096).unwrap();
+        let data = pattern(i, want);
+        slot.buf()[..want].copy_from_slice(&data);
+        slot.commit(want).unwrap();
+        count += want as u64;
+        hash = fnv1a(hash, &data);
+    }
+    tx.finish().unwrap();
+    let reply = String::from_utf8(call.finish().unwrap()).unwrap();
+    assert_eq!(reply, format!("{count},{hash}"));
+}
+
+fn custom_size_strategy_returns_what_the_sender_charged(t: Transport) {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["echo", "echo"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("echo", "echo")
+        .mode(StreamMode::Bidirectional)
+        .credit(CreditSpec::custom(100))
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let mut tx = call.take_sender().unwrap();
+    // Charge an item 10 per started 8 bytes.
+    tx.set_size_fn(|d| 10 * (d.len() as u64).div_ceil(8).max(1));
+    let mut rx = call.take_receiver().unwrap();
+    tx.send_bytes(b"0123456789abcdef").unwrap();
+    let item = rx.recv_in_place().unwrap().unwrap();
+    // The echo service charges its reply with the default custom charge (1).
+    assert_eq!(&item[..], b"Echo: 0123456789abcdef");
+    drop(item);
+    assert!(tx.credit_available() <= 100 - 20);
+    tx.finish().unwrap();
+    assert_eq!(rx.recv_bytes().unwrap(), None);
+    call.finish().unwrap();
+}
+
+#[test]
+fn unary_call_and_batch_on_a_unary_method() {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["unary", "math"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let sum = conn
+        .call("math", "add")
+        .args_typed(&(2u64, 40u64))
+        .unwrap()
+        .unary()
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(sum.try_into().unwrap()), 42);
+    assert_eq!(
+        peer.expect_line("caller-pid", 10 * SEC),
+        std::process::id().to_string(),
+        "the service sees the caller's pid from SO_PEERCRED"
+    );
+    let batch = conn
+        .call("math", "add")
+        .args_typed(&(1u64, 1u64))
+        .unwrap()
+        .collect()
+        .unwrap();
+    assert_eq!(batch, vec![2u64.to_le_bytes().to_vec()]);
+    // Many concurrent calls on one connection.
+    let handles: Vec<_> = (0..16u64)
+        .map(|i| {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let r = conn
+                    .call("math", "add")
+                    .args_typed(&(i, i))
+                    .unwrap()
+                    .unary()
+                    .unwrap();
+                u64::from_le_bytes(r.try_into().unwrap())
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), 2 * i as u64);
+    }
+}
+
+#[test]
+fn unknown_service_method_and_mode_are_clear_errors() {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["unary", "math"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let e = conn.call("nope", "add").unary().unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NoSuchService));
+    let e = conn.call("math", "sub").unary().unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NoSuchMethod));
+    let e = conn
+        .call("math", "add")
+        .mode(StreamMode::Download)
+        .start()
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Some(ErrorCode::NoSuchMethod));
+}
+
+#[test]
+fn fallback_to_the_socket_and_why() {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
+    peer.expect_line("ready", 10 * SEC);
+    let plain = broker.connect_without_shm();
+    let mut call = plain
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&10u64)
+        .unwrap()
+        .start()
+        .unwrap();
+    assert_eq!(call.transport(), Some(Transport::Socket));
+    assert_eq!(
+        call.fallback_reason(),
+        Some(&FallbackReason::PeerWithoutSharedMemory("caller".into()))
+    );
+    let rx = call.receiver().unwrap();
+    let mut n = 0;
+    while rx.recv::<u64>().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 10);
+    call.finish().unwrap();
+
+    let e = plain
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .transport(TransportPreference::SharedMemory)
+        .start()
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Some(ErrorCode::SharedMemoryUnavailable));
+
+    let conn = broker.connect();
+    wait_for_service(&conn, "nums");
+    let call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&0u64)
+        .unwrap()
+        .transport(TransportPreference::Socket)
+        .start()
+        .unwrap();
+    assert_eq!(call.fallback_reason(), Some(&FallbackReason::Requested));
+    let call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&0u64)
+        .unwrap()
+        .start()
+        .unwrap();
+    assert_eq!(call.transport(), Some(Transport::SharedMemory));
+    assert_eq!(call.fallback_reason(), None);
+}
