@@ -94,6 +94,20 @@ impl Broker {
         shmbus::sys::open_fd_count(self.pid()).expect("read /proc")
     }
 
+    /// The broker's descriptor count once it has stopped changing (earlier
+    /// connections, such as the readiness probe, are fully closed).
+    pub fn fd_baseline(&self) -> usize {
+        let mut last = self.fd_count();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.fd_count();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Waits until the broker's descriptor count is back to `baseline`.
     pub fn wait_fds(&self, baseline: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);

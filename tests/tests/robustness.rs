@@ -1,0 +1,437 @@
+//! Dead peers, hostile peers and malformed input, against a real broker.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use shmbus::frame::{CallRequest, ErrorCode, Frame, MethodSpec, StreamMode, TransportPreference};
+use shmbus_client::{CreditSpec, Error, Transport};
+use shmbus_tests::{wait_for_service, Broker, Peer, RawClient};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn pref(t: Transport) -> shmbus_client::TransportPreference {
+    match t {
+        Transport::SharedMemory => TransportPreference::SharedMemory,
+        Transport::Socket => TransportPreference::Socket,
+    }
+}
+
+#[test]
+fn sigkill_of_the_producer_fails_the_consumer_within_100ms_shm() {
+    producer_killed(Transport::SharedMemory);
+}
+
+#[test]
+fn sigkill_of_the_producer_fails_the_consumer_within_100ms_socket() {
+    producer_killed(Transport::Socket);
+}
+
+fn producer_killed(t: Transport) {
+    let broker = Broker::start();
+    let conn = broker.connect();
+    let mut peer = Peer::start(&broker, &["numbers", "nums", "--delay-us", "2000"]);
+    peer.expect_line("ready", 10 * SEC);
+    let baseline = broker.fd_baseline();
+    let mut call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&u64::MAX)
+        .unwrap()
+        .credit(CreditSpec::items(64))
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    for i in 0..20u64 {
+        assert_eq!(rx.recv::<u64>().unwrap(), Some(i));
+    }
+    // The consumer is now asleep waiting for the next item.
+    let killed = Instant::now();
+    peer.kill();
+    let end = loop {
+        match rx.recv::<u64>() {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let took = killed.elapsed();
+    assert!(matches!(end, Err(Error::PeerGone(_))), "got {end:?}");
+    assert!(took < Duration::from_millis(100), "error took {took:?}");
+    match call.finish() {
+        Err(Error::Remote(e)) => assert_eq!(e.code, ErrorCode::PeerGone),
+        other => panic!("expected peer gone, got {other:?}"),
+    }
+    // The broker freed the call and the dead peer's connection.
+    broker.wait_fds(baseline - 1);
+    assert!(conn.list().unwrap().streams.is_empty());
+}
+
+#[test]
+fn sigkill_of_the_consumer_fails_the_producer_within_100ms_shm() {
+    consumer_killed("shm");
+}
+
+#[test]
+fn sigkill_of_the_consumer_fails_the_producer_within_100ms_socket() {
+    consumer_killed("socket");
+}
+
+fn consumer_killed(transport: &str) {
+    let broker = Broker::start();
+    let mut service = Peer::start(&broker, &["endless", "long"]);
+    service.expect_line("ready", 10 * SEC);
+    let baseline = broker.fd_baseline();
+    let mut consumer = Peer::start(&broker, &["consume", "long", "endless", transport]);
+    consumer.expect_line("received 1000", 10 * SEC);
+    let killed = Instant::now();
+    consumer.kill();
+    // The port notices the dead peer; the broker's cancel may race it.
+    let line = service.expect_line("", 10 * SEC);
+    let took = killed.elapsed();
+    assert!(
+        line.starts_with("send-failed peer gone") || line.starts_with("cancelled-after"),
+        "{line}"
+    );
+    assert!(took < Duration::from_millis(100), "error took {took:?}");
+    broker.wait_fds(baseline);
+}
+
+#[test]
+fn shared_memory_streams_bypass_the_broker_socket() {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let before = conn.socket_bytes_read();
+    let count = 2_000_000u64;
+    let mut call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&count)
+        .unwrap()
+        .credit(CreditSpec::items(4096))
+        .transport(TransportPreference::SharedMemory)
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    let mut payload = 0u64;
+    while let Some(item) = rx.recv_in_place().unwrap() {
+        payload += item.len() as u64;
+    }
+    let service_read = u64::from_le_bytes(call.finish().unwrap().try_into().unwrap());
+    let caller_read = conn.socket_bytes_read() - before;
+    assert!(payload > 4_000_000, "payload {payload}");
+    // Control frames only: well under 1% of the payload on either side.
+    assert!(
+        caller_read * 100 < payload,
+        "caller read {caller_read} of {payload}"
+    );
+    assert!(
+        service_read * 100 < payload,
+        "service read {service_read} of {payload}"
+    );
+}
+
+#[test]
+fn malformed_frames_close_only_the_offender() {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["numbers", "nums", "--delay-us", "200"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let baseline = broker.fd_baseline();
+    let mut call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&2000u64)
+        .unwrap()
+        .credit(CreditSpec::items(16))
+        .start()
+        .unwrap();
+
+    let offenders: Vec<Box<dyn Fn(&mut RawClient)>> = vec![
+        // Random bytes.
+        Box::new(|c| {
+            c.send_raw(
+                &[
+                    14, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                ],
+                &[],
+            )
+            .unwrap()
+        }),
+        // An absurd length prefix: refused before any allocation.
+        Box::new(|c| c.send_raw(&[0xff, 0xff, 0xff, 0xff, 0], &[]).unwrap()),
+        // A wrong protocol version.
+        Box::new(|c| {
+            c.send(&Frame::Hello {
+                version: 99,
+                caps: Default::default(),
+            })
+        }),
+        // A valid frame in the wrong state: a call before hello.
+        Box::new(|c| c.send(&Frame::List { request: 1 })),
+        // Descriptors on a frame that takes none.
+        Box::new(|c| {
+            let mut b = Vec::new();
+            shmbus::frame::encode(
+                &Frame::Hello {
+                    version: 1,
+                    caps: Default::default(),
+                },
+                &mut b,
+            );
+            b[4] = 1;
+            let memfd = shmbus::sys::create_ring_memfd("x", 4096, 1).unwrap();
+            c.send_raw(&b, &[memfd.as_fd()]).unwrap();
+        }),
+        // More descriptors than declared.
+        Box::new(|c| {
+            let mut b = Vec::new();
+            shmbus::frame::encode(
+                &Frame::Hello {
+                    version: 1,
+                    caps: Default::default(),
+                },
+                &mut b,
+            );
+            let memfd = shmbus::sys::create_ring_memfd("x", 4096, 1).unwrap();
+            c.send_raw(&b, &[memfd.as_fd(), memfd.as_fd()]).unwrap();
+        }),
+    ];
+    for offend in &offenders {
+        for _ in 0..20 {
+            let mut c = RawClient::connect(&broker);
+            offend(&mut c);
+            match c.recv() {
+                Some((Frame::Error(e), _)) => assert_eq!(e.code, ErrorCode::ProtocolViolation),
+                other => panic!("expected an error frame, got {other:?}"),
+            }
+            assert!(c.recv().is_none(), "connection closed after the error");
+        }
+    }
+    // A frame that streams from a client to the broker after hello.
+    let mut c = RawClient::hello(&broker, true);
+    c.send(&Frame::StreamProgress {
+        stream: 1,
+        state: "X".into(),
+        bytes: 0,
+        credit_outstanding: 0,
+    });
+    c.send(&Frame::Welcome {
+        version: 1,
+        caps: Default::default(),
+        max_frame: 1,
+    });
+    assert!(matches!(c.recv(), Some((Frame::Error(_), _))));
+    drop(c);
+
+    // The legitimate stream never noticed.
+    let rx = call.receiver().unwrap();
+    let mut next = 0u64;
+    while let Some(v) = rx.recv::<u64>().unwrap() {
+        assert_eq!(v, next);
+        next += 1;
+    }
+    assert_eq!(next, 2000);
+    call.finish().unwrap();
+    broker.wait_fds(baseline);
+}
+
+#[test]
+fn a_truncated_frame_then_hangup_is_harmless() {
+    let broker = Broker::start();
+    let baseline = broker.fd_baseline();
+    for cut in [1usize, 4, 5, 9] {
+        let mut c = RawClient::connect(&broker);
+        let mut b = Vec::new();
+        shmbus::frame::encode(
+            &Frame::Hello {
+                version: 1,
+                caps: Default::default(),
+            },
+            &mut b,
+        );
+        c.sock.write_all(&b[..cut.min(b.len() - 1)]).unwrap();
+    }
+    broker.wait_fds(baseline);
+    let conn = broker.connect();
+    assert_eq!(conn.list().unwrap().services.len(), 0);
+}
+
+/// A service that, once a stream is open, writes hostile values into the
+/// ring header: the caller gets a protocol error on that stream only.
+#[test]
+fn hostile_ring_header_is_a_protocol_error_on_that_stream_only() {
+    let broker = Broker::start();
+    let mut good = Peer::start(&broker, &["numbers", "nums"]);
+    good.expect_line("ready", 10 * SEC);
+    let mut evil = RawClient::hello(&broker, true);
+    evil.send(&Frame::Register {
+        request: 1,
+        service: "evil".into(),
+        methods: vec![MethodSpec {
+            name: "m".into(),
+            mode: StreamMode::Download,
+        }],
+    });
+    assert!(matches!(evil.recv(), Some((Frame::Ack { request: 1 }, _))));
+    let conn = broker.connect();
+    for (what, offset, value) in [
+        ("write position beyond capacity", 128u64, 1u64 << 40),
+        ("misaligned write position", 128, 24),
+        ("record longer than published", 128, 32),
+    ] {
+        let caller = std::thread::spawn({
+            let conn = conn.clone();
+            move || {
+                let mut call = conn
+                    .call("evil", "m")
+                    .mode(StreamMode::Download)
+                    .credit(CreditSpec::bytes(4096))
+                    .ring_size(4096)
+                    .start()
+                    .unwrap();
+                let r = call.receiver().unwrap().recv_bytes();
+                (r, call)
+            }
+        });
+        let (frame, fds) = evil.recv().expect("incoming call");
+        let Frame::Incoming {
+            call,
+            open: Some(open),
+            ..
+        } = frame
+        else {
+            panic!("{frame:?}")
+        };
+        assert_eq!(open.transport, shmbus::Transport::SharedMemory);
+        let mut fds = fds.into_iter();
+        let mut link = std::os::unix::net::UnixStream::from(fds.next().unwrap());
+        let memfd = std::fs::File::from(fds.next().unwrap());
+        use std::os::unix::fs::FileExt;
+        if what == "record longer than published" {
+            // A data record claiming 1 MiB at offset 0.
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+            h[4..8].copy_from_slice(&1u32.to_le_bytes());
+            memfd.write_all_at(&h, 4096).unwrap();
+        }
+        memfd.write_all_at(&value.to_le_bytes(), offset).unwrap();
+        // The peer cannot resize the ring: the seals forbid it.
+        assert!(memfd.set_len(1 << 20).is_err());
+        assert!(memfd.set_len(100).is_err());
+        // Ring the doorbell so the caller looks now.
+        link.write_all(&[1]).unwrap();
+        let (r, call_handle) = caller.join().unwrap();
+        assert!(matches!(r, Err(Error::Protocol(_))), "{what}: got {r:?}");
+        evil.send(&Frame::Result {
+            call,
+            outcome: Ok(Vec::new()),
+        });
+        drop(call_handle);
+    }
+    // Other streams and the broker are unaffected.
+    let mut call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&100u64)
+        .unwrap()
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    let mut n = 0;
+    while rx.recv::<u64>().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 100);
+    call.finish().unwrap();
+}
+
+#[test]
+fn a_caller_that_vanishes_cancels_the_service_call() {
+    let broker = Broker::start();
+    let mut service = Peer::start(&broker, &["endless", "long"]);
+    service.expect_line("ready", 10 * SEC);
+    let baseline = broker.fd_baseline();
+    {
+        let conn = broker.connect();
+        let mut call = conn
+            .call("long", "endless")
+            .mode(StreamMode::Download)
+            .credit(CreditSpec::items(4))
+            .start()
+            .unwrap();
+        assert!(call.receiver().unwrap().recv::<u64>().unwrap().is_some());
+    }
+    let line = service.expect_line("", 10 * SEC);
+    assert!(
+        line.starts_with("cancelled-after") || line.starts_with("send-failed"),
+        "{line}"
+    );
+    broker.wait_fds(baseline);
+}
+
+#[test]
+fn raw_call_frames_are_validated() {
+    let broker = Broker::start();
+    let mut c = RawClient::hello(&broker, true);
+    let mut req = CallRequest {
+        call: 7,
+        service: "none".into(),
+        method: "m".into(),
+        args: vec![],
+        mode: Some(StreamMode::Unary),
+        credit: CreditSpec::items(1),
+        transport: TransportPreference::Auto,
+        ring_size: None,
+    };
+    c.send(&Frame::Call(req.clone()));
+    match c.recv() {
+        Some((
+            Frame::Result {
+                call: 7,
+                outcome: Err(e),
+            },
+            _,
+        )) => assert_eq!(e.code, ErrorCode::NoSuchService),
+        other => panic!("{other:?}"),
+    }
+    let mut svc = RawClient::hello(&broker, true);
+    svc.send(&Frame::Register {
+        request: 1,
+        service: "s".into(),
+        methods: vec![MethodSpec {
+            name: "m".into(),
+            mode: StreamMode::Download,
+        }],
+    });
+    assert!(matches!(svc.recv(), Some((Frame::Ack { .. }, _))));
+    req.service = "s".into();
+    req.mode = Some(StreamMode::Download);
+    for (hwm, ring) in [(0u64, None), (1, Some(12345u32)), (1, Some(1 << 30))] {
+        req.call += 1;
+        req.credit = CreditSpec::items(hwm);
+        req.ring_size = ring;
+        c.send(&Frame::Call(req.clone()));
+        match c.recv() {
+            Some((
+                Frame::Result {
+                    outcome: Err(e), ..
+                },
+                _,
+            )) => assert_eq!(e.code, ErrorCode::LimitsExceeded),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A result for a call the connection does not serve is a violation.
+    c.send(&Frame::Result {
+        call: 999_999,
+        outcome: Ok(vec![]),
+    });
+    assert!(matches!(c.recv(), Some((Frame::Error(_), _))));
+    let mut buf = [0u8; 1];
+    assert_eq!(c.sock.read(&mut buf).unwrap_or(0), 0);
+    let conn = broker.connect();
+    wait_for_service(&conn, "s");
+}
