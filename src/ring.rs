@@ -189,7 +189,7 @@ impl SharedRing {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= HEADER_SIZE);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= HEADER_SIZE);
         // SAFETY: `off` is one of the fixed 8-aligned header offsets, inside
         // the mapping (size ≥ HEADER_SIZE, checked in `map`), and the page is
         // 4096-aligned. The peer may write it concurrently, which atomics allow.
@@ -197,7 +197,7 @@ impl SharedRing {
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off % 4 == 0 && off + 4 <= HEADER_SIZE);
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= HEADER_SIZE);
         // SAFETY: as in `u64_at`, for a fixed 4-aligned header offset.
         unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU32) }
     }
@@ -362,7 +362,10 @@ impl RingProducer {
         // SYNC: Acquire pairs with the Release store in `RingConsumer::release`,
         // so the consumer is done with the bytes before we overwrite them.
         let pos = self.ring.u64_at(OFF_READ_POS).load(Ordering::Acquire);
-        if pos < self.read_pos_cache || pos > self.published || pos % RECORD_HEADER as u64 != 0 {
+        if pos < self.read_pos_cache
+            || pos > self.published
+            || !pos.is_multiple_of(RECORD_HEADER as u64)
+        {
             return Err(violation(format!(
                 "read position {pos} outside [{}, {}] or misaligned",
                 self.read_pos_cache, self.published
@@ -579,7 +582,7 @@ impl RingConsumer {
         let cap = self.ring.capacity as u64;
         if pos < self.write_pos_cache
             || pos.saturating_sub(self.released) > cap
-            || pos % RECORD_HEADER as u64 != 0
+            || !pos.is_multiple_of(RECORD_HEADER as u64)
         {
             return Err(violation(format!(
                 "write position {pos} invalid (last {}, released {}, capacity {cap})",

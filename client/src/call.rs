@@ -272,18 +272,16 @@ impl Call {
         if let Some(outcome) = self.outcome.take() {
             return outcome.map_err(Error::Remote);
         }
-        loop {
-            match self.events.recv() {
-                Ok(CallEvent::Result(outcome)) => return outcome.map_err(Error::Remote),
-                Ok(CallEvent::Open(open, fds)) => {
-                    drop(fds);
-                    return Err(Error::Protocol(format!(
-                        "unexpected stream-open for stream {}",
-                        open.stream
-                    )));
-                }
-                Err(_) => return Err(Error::BrokerGone),
+        match self.events.recv() {
+            Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::Remote),
+            Ok(CallEvent::Open(open, fds)) => {
+                drop(fds);
+                Err(Error::Protocol(format!(
+                    "unexpected stream-open for stream {}",
+                    open.stream
+                )))
             }
+            Err(_) => Err(Error::BrokerGone),
         }
     }
 }

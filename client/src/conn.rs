@@ -345,15 +345,10 @@ impl Inner {
 }
 
 fn read_loop(inner: Arc<Inner>, mut reader: FrameReader) {
-    loop {
-        match reader.next() {
-            Ok(Some((frame, fds))) => {
-                inner.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
-                if inner.dispatch(frame, fds).is_err() {
-                    break;
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some((frame, fds))) = reader.next() {
+        inner.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
+        if inner.dispatch(frame, fds).is_err() {
+            break;
         }
     }
     inner.closed.store(true, Ordering::Release);

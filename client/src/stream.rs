@@ -584,7 +584,7 @@ impl Receiver {
                 let p = &mut self.progress;
                 p.bytes += len;
                 p.items += 1;
-                if (p.items % 1024 == 0 || p.bytes - p.reported_bytes >= 16 << 20)
+                if (p.items.is_multiple_of(1024) || p.bytes - p.reported_bytes >= 16 << 20)
                     && p.last.elapsed() >= REPORT_EVERY
                 {
                     self.report();

@@ -41,6 +41,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = server.stop_on_signals() {
+        eprintln!("shmbusd: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -28,11 +28,22 @@ pub struct Server {
     listener: Option<UnixListener>,
     socket_path: Option<PathBuf>,
     signals: UnixStream,
+    stop_writer: StdUnixStream,
     conns: HashMap<ConnId, Conn>,
     router: Router,
     limits: Limits,
     next_conn: ConnId,
     started: Instant,
+}
+
+/// Stops a running [`Server`].
+pub struct StopHandle(StdUnixStream);
+
+impl StopHandle {
+    /// Asks the broker to stop; it finishes the current event first.
+    pub fn stop(&self) {
+        let _ = io::Write::write(&mut &self.0, &[1]);
+    }
 }
 
 /// Binds `path`, creating its directory; refuses when a broker already answers there.
@@ -66,9 +77,6 @@ impl Server {
         let (sig_read, sig_write) = StdUnixStream::pair()?;
         sig_read.set_nonblocking(true)?;
         sig_write.set_nonblocking(true)?;
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::low_level::pipe::register(sig, sig_write.try_clone()?)?;
-        }
         let mut signals = UnixStream::from_std(sig_read);
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -77,6 +85,7 @@ impl Server {
             listener: Some(listener),
             socket_path,
             signals,
+            stop_writer: sig_write,
             conns: HashMap::new(),
             router: Router::new(limits.clone()),
             limits,
@@ -85,7 +94,20 @@ impl Server {
         })
     }
 
-    /// Runs until SIGTERM or SIGINT.
+    /// Makes SIGTERM and SIGINT stop the broker.
+    pub fn stop_on_signals(&self) -> io::Result<()> {
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::low_level::pipe::register(sig, self.stop_writer.try_clone()?)?;
+        }
+        Ok(())
+    }
+
+    /// A handle that stops the broker from another thread.
+    pub fn stop_handle(&self) -> io::Result<StopHandle> {
+        Ok(StopHandle(self.stop_writer.try_clone()?))
+    }
+
+    /// Runs until stopped.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         info!(socket = ?self.socket_path, "broker ready");

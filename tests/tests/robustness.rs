@@ -133,6 +133,9 @@ fn shared_memory_streams_bypass_the_broker_socket() {
     );
 }
 
+/// One way of breaking the protocol.
+type Offence = Box<dyn Fn(&mut RawClient)>;
+
 #[test]
 fn malformed_frames_close_only_the_offender() {
     let broker = Broker::start();
@@ -149,7 +152,7 @@ fn malformed_frames_close_only_the_offender() {
         .start()
         .unwrap();
 
-    let offenders: Vec<Box<dyn Fn(&mut RawClient)>> = vec![
+    let offenders: Vec<Offence> = vec![
         // Random bytes.
         Box::new(|c| {
             c.send_raw(

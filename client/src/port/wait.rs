@@ -57,7 +57,7 @@ pub(crate) fn spin<T, E>(
             return Ok(Some(v));
         }
         round += 1;
-        if round % 8 == 0 && start.elapsed() >= policy.spin {
+        if round.is_multiple_of(8) && start.elapsed() >= policy.spin {
             return Ok(None);
         }
     }

@@ -195,7 +195,7 @@ fn consume(
         match rx.recv::<u64>() {
             Ok(Some(_)) => {
                 n += 1;
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     say(format!("received {n}"));
                 }
             }
