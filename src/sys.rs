@@ -230,6 +230,16 @@ pub fn wait_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
     }
 }
 
+/// Makes a write past RLIMIT_FSIZE fail with EFBIG instead of killing the
+/// process with SIGXFSZ, so a ring that cannot be sized is an error the
+/// broker can answer (by falling back to the socket).
+pub fn ignore_file_size_signal() -> io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing SIG_IGN runs no handler code, so no async-signal-safety concerns.
+    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }?;
+    Ok(())
+}
+
 /// Counts open descriptors of a process (from /proc), for leak checks.
 pub fn open_fd_count(pid: u32) -> io::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())

@@ -23,6 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = shmbus::sys::ignore_file_size_signal() {
+        eprintln!("shmbusd: {e}");
+        return ExitCode::FAILURE;
+    }
     let path = args
         .socket
         .clone()

@@ -47,9 +47,19 @@ impl Broker {
 
     /// Starts `shmbusd` with extra arguments and waits until it accepts.
     pub fn start_with(args: &[&str]) -> Broker {
+        Self::start_limited(args, None)
+    }
+
+    /// Starts `shmbusd` with its file-size limit (RLIMIT_FSIZE) set to `fsize` bytes.
+    pub fn start_limited(args: &[&str], fsize: Option<u64>) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("bus.sock");
-        let child = Command::new(bin("shmbusd"))
+        let mut cmd = Command::new("bash");
+        let limit = fsize.map_or("unlimited".to_string(), |b| (b / 1024).to_string());
+        cmd.arg("-c")
+            .arg(format!("ulimit -f {limit} && exec \"$0\" \"$@\""))
+            .arg(bin("shmbusd"));
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .args(args)

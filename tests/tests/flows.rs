@@ -441,3 +441,127 @@ fn fallback_to_the_socket_and_why() {
     assert_eq!(call.transport(), Some(Transport::SharedMemory));
     assert_eq!(call.fallback_reason(), None);
 }
+
+#[test]
+fn memfd_setup_failure_falls_back_to_the_socket() {
+    // A broker whose files may not exceed 1 MiB cannot size a 2 MiB ring.
+    let broker = Broker::start_limited(&[], Some(1 << 20));
+    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let run = |ring: u32, pref: TransportPreference| {
+        conn.call("nums", "numbers")
+            .mode(StreamMode::Download)
+            .args_typed(&50u64)
+            .unwrap()
+            .ring_size(ring)
+            .transport(pref)
+            .start()
+    };
+    let mut call = run(2 << 20, TransportPreference::Auto).unwrap();
+    assert_eq!(call.transport(), Some(Transport::Socket));
+    assert!(
+        matches!(call.fallback_reason(), Some(FallbackReason::SetupFailed(m)) if m.contains("large")),
+        "{:?}",
+        call.fallback_reason()
+    );
+    let rx = call.receiver().unwrap();
+    let mut n = 0;
+    while rx.recv::<u64>().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 50);
+    call.finish().unwrap();
+    let e = run(2 << 20, TransportPreference::SharedMemory)
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Some(ErrorCode::SharedMemoryUnavailable));
+    let call = run(64 << 10, TransportPreference::Auto).unwrap();
+    assert_eq!(call.transport(), Some(Transport::SharedMemory));
+}
+
+#[test]
+fn many_concurrent_streams_share_one_connection() {
+    let broker = Broker::start();
+    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
+    peer.expect_line("ready", 10 * SEC);
+    let conn = broker.connect();
+    let workers: Vec<_> = (0..16u64)
+        .map(|i| {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let t = if i % 2 == 0 {
+                    TransportPreference::SharedMemory
+                } else {
+                    TransportPreference::Socket
+                };
+                let mut call = conn
+                    .call("nums", "numbers")
+                    .mode(StreamMode::Download)
+                    .args_typed(&(5000 + i))
+                    .unwrap()
+                    .credit(CreditSpec::items(32))
+                    .ring_size(64 << 10)
+                    .transport(t)
+                    .start()
+                    .unwrap();
+                let rx = call.receiver().unwrap();
+                let mut next = 0;
+                while let Some(v) = rx.recv::<u64>().unwrap() {
+                    assert_eq!(v, next);
+                    next += 1;
+                }
+                call.finish().unwrap();
+                next
+            })
+        })
+        .collect();
+    for (i, w) in workers.into_iter().enumerate() {
+        assert_eq!(w.join().unwrap(), 5000 + i as u64);
+    }
+}
+
+/// CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_open_stream_sleeps_in_the_kernel() {
+    for t in [Transport::SharedMemory, Transport::Socket] {
+        let broker = Broker::start();
+        let mut peer = Peer::start(&broker, &["echo", "echo"]);
+        peer.expect_line("ready", 10 * SEC);
+        let conn = broker.connect();
+        let mut call = conn
+            .call("echo", "echo")
+            .mode(StreamMode::Bidirectional)
+            .transport(pref(t))
+            .start()
+            .unwrap();
+        call.sender().unwrap().send_bytes(b"x").unwrap();
+        assert!(call.receiver().unwrap().recv_bytes().unwrap().is_some());
+        // Both sides now wait with nothing flowing: the service for an item,
+        // a thread of ours for nothing at all.
+        let before = (cpu_ticks(peer.pid()), cpu_ticks(broker.pid()));
+        std::thread::sleep(Duration::from_secs(2));
+        let after = (cpu_ticks(peer.pid()), cpu_ticks(broker.pid()));
+        // 2 s of spinning would be ~200 ticks; a sleeping peer uses ~0.
+        assert!(
+            after.0 - before.0 <= 2,
+            "{t:?}: service used {} ticks idle",
+            after.0 - before.0
+        );
+        assert!(
+            after.1 - before.1 <= 2,
+            "{t:?}: broker used {} ticks idle",
+            after.1 - before.1
+        );
+        call.sender().unwrap().finish().unwrap();
+        assert!(call.receiver().unwrap().recv_bytes().unwrap().is_none());
+        call.finish().unwrap();
+    }
+}
