@@ -184,6 +184,13 @@ impl Peer {
         }
     }
 
+    /// Starts a `shmbus-testpeer` service role and waits until it serves.
+    pub fn serve(broker: &Broker, args: &[&str]) -> Peer {
+        let mut p = Peer::start(broker, args);
+        p.expect_line("ready", Duration::from_secs(10));
+        p
+    }
+
     /// Waits for a line starting with `prefix` and returns the rest.
     pub fn expect_line(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

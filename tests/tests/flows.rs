@@ -50,8 +50,7 @@ both_transports!(
 
 fn download_with_slow_consumer_blocks_the_producer_at_the_high_water_mark(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
-    peer.expect_line("ready", 10 * SEC);
+    let mut peer = Peer::serve(&broker, &["numbers", "nums"]);
     let conn = broker.connect();
     let hwm = 8u64;
     let mut call = conn
@@ -96,8 +95,7 @@ fn download_with_slow_consumer_blocks_the_producer_at_the_high_water_mark(t: Tra
 
 fn bidirectional_echo(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["echo", "echo"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["echo", "echo"]);
     let conn = broker.connect();
     let mut call = conn
         .call("echo", "echo")
@@ -137,8 +135,7 @@ fn bidirectional_echo(t: Transport) {
 
 fn upload_to_the_service(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["sink", "sink"]);
-    peer.expect_line("ready", 10 * SEC);
+    let mut peer = Peer::serve(&broker, &["sink", "sink"]);
     let conn = broker.connect();
     let mut call = conn
         .call("sink", "sink")
@@ -166,8 +163,7 @@ fn upload_to_the_service(t: Transport) {
 
 fn stream_error_delivers_items_then_the_error(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["failing", "proc"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["failing", "proc"]);
     let conn = broker.connect();
     let mut call = conn
         .call("proc", "fail")
@@ -199,8 +195,7 @@ fn stream_error_delivers_items_then_the_error(t: Transport) {
 
 fn cancellation_aborts_the_call(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["endless", "long"]);
-    peer.expect_line("ready", 10 * SEC);
+    let mut peer = Peer::serve(&broker, &["endless", "long"]);
     let conn = broker.connect();
     let mut call = conn
         .call("long", "endless")
@@ -248,8 +243,7 @@ fn cancellation_aborts_the_call(t: Transport) {
 
 fn batch_collects_a_whole_stream(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["numbers", "nums"]);
     let conn = broker.connect();
     let items = conn
         .call("nums", "numbers")
@@ -268,8 +262,7 @@ fn batch_collects_a_whole_stream(t: Transport) {
 
 fn zero_copy_slots_and_in_place_reads(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["sink", "sink"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["sink", "sink"]);
     let conn = broker.connect();
     let mut call = conn
         .call("sink", "sink")
@@ -296,8 +289,7 @@ fn zero_copy_slots_and_in_place_reads(t: Transport) {
 
 fn custom_size_strategy_returns_what_the_sender_charged(t: Transport) {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["echo", "echo"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["echo", "echo"]);
     let conn = broker.connect();
     let mut call = conn
         .call("echo", "echo")
@@ -324,8 +316,7 @@ fn custom_size_strategy_returns_what_the_sender_charged(t: Transport) {
 #[test]
 fn unary_call_and_batch_on_a_unary_method() {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["unary", "math"]);
-    peer.expect_line("ready", 10 * SEC);
+    let mut peer = Peer::serve(&broker, &["unary", "math"]);
     let conn = broker.connect();
     let sum = conn
         .call("math", "add")
@@ -369,8 +360,7 @@ fn unary_call_and_batch_on_a_unary_method() {
 #[test]
 fn unknown_service_method_and_mode_are_clear_errors() {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["unary", "math"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["unary", "math"]);
     let conn = broker.connect();
     let e = conn.call("nope", "add").unary().unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NoSuchService));
@@ -388,8 +378,7 @@ fn unknown_service_method_and_mode_are_clear_errors() {
 #[test]
 fn fallback_to_the_socket_and_why() {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["numbers", "nums"]);
     let plain = broker.connect_without_shm();
     let mut call = plain
         .call("nums", "numbers")
@@ -446,8 +435,7 @@ fn fallback_to_the_socket_and_why() {
 fn memfd_setup_failure_falls_back_to_the_socket() {
     // A broker whose files may not exceed 1 MiB cannot size a 2 MiB ring.
     let broker = Broker::start_limited(&[], Some(1 << 20));
-    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["numbers", "nums"]);
     let conn = broker.connect();
     let run = |ring: u32, pref: TransportPreference| {
         conn.call("nums", "numbers")
@@ -483,8 +471,7 @@ fn memfd_setup_failure_falls_back_to_the_socket() {
 #[test]
 fn many_concurrent_streams_share_one_connection() {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["numbers", "nums"]);
     let conn = broker.connect();
     let workers: Vec<_> = (0..16u64)
         .map(|i| {
@@ -533,8 +520,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn an_idle_open_stream_sleeps_in_the_kernel() {
     for t in [Transport::SharedMemory, Transport::Socket] {
         let broker = Broker::start();
-        let mut peer = Peer::start(&broker, &["echo", "echo"]);
-        peer.expect_line("ready", 10 * SEC);
+        let peer = Peer::serve(&broker, &["echo", "echo"]);
         let conn = broker.connect();
         let mut call = conn
             .call("echo", "echo")

@@ -30,8 +30,7 @@ fn sigkill_of_the_producer_fails_the_consumer_within_100ms_socket() {
 fn producer_killed(t: Transport) {
     let broker = Broker::start();
     let conn = broker.connect();
-    let mut peer = Peer::start(&broker, &["numbers", "nums", "--delay-us", "2000"]);
-    peer.expect_line("ready", 10 * SEC);
+    let mut peer = Peer::serve(&broker, &["numbers", "nums", "--delay-us", "2000"]);
     let baseline = broker.fd_baseline();
     let mut call = conn
         .call("nums", "numbers")
@@ -79,8 +78,7 @@ fn sigkill_of_the_consumer_fails_the_producer_within_100ms_socket() {
 
 fn consumer_killed(transport: &str) {
     let broker = Broker::start();
-    let mut service = Peer::start(&broker, &["endless", "long"]);
-    service.expect_line("ready", 10 * SEC);
+    let mut service = Peer::serve(&broker, &["endless", "long"]);
     let baseline = broker.fd_baseline();
     let mut consumer = Peer::start(&broker, &["consume", "long", "endless", transport]);
     consumer.expect_line("received 1000", 10 * SEC);
@@ -100,8 +98,7 @@ fn consumer_killed(transport: &str) {
 #[test]
 fn shared_memory_streams_bypass_the_broker_socket() {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["numbers", "nums"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["numbers", "nums"]);
     let conn = broker.connect();
     let before = conn.socket_bytes_read();
     let count = 2_000_000u64;
@@ -139,8 +136,7 @@ type Offence = Box<dyn Fn(&mut RawClient)>;
 #[test]
 fn malformed_frames_close_only_the_offender() {
     let broker = Broker::start();
-    let mut peer = Peer::start(&broker, &["numbers", "nums", "--delay-us", "200"]);
-    peer.expect_line("ready", 10 * SEC);
+    let _peer = Peer::serve(&broker, &["numbers", "nums", "--delay-us", "200"]);
     let conn = broker.connect();
     let baseline = broker.fd_baseline();
     let mut call = conn
@@ -267,8 +263,7 @@ fn a_truncated_frame_then_hangup_is_harmless() {
 #[test]
 fn hostile_ring_header_is_a_protocol_error_on_that_stream_only() {
     let broker = Broker::start();
-    let mut good = Peer::start(&broker, &["numbers", "nums"]);
-    good.expect_line("ready", 10 * SEC);
+    let _good = Peer::serve(&broker, &["numbers", "nums"]);
     let mut evil = RawClient::hello(&broker, true);
     evil.send(&Frame::Register {
         request: 1,
@@ -354,8 +349,7 @@ fn hostile_ring_header_is_a_protocol_error_on_that_stream_only() {
 #[test]
 fn a_caller_that_vanishes_cancels_the_service_call() {
     let broker = Broker::start();
-    let mut service = Peer::start(&broker, &["endless", "long"]);
-    service.expect_line("ready", 10 * SEC);
+    let mut service = Peer::serve(&broker, &["endless", "long"]);
     let baseline = broker.fd_baseline();
     {
         let conn = broker.connect();
