@@ -89,8 +89,9 @@ pub enum CreditError {
     /// The high-water mark is zero or absurd.
     #[error("high-water mark {0} is out of range")]
     BadHighWaterMark(u64),
-    /// An item costs more than the high-water mark: it could never be sent.
-    #[error("item charge {charge} exceeds the high-water mark {hwm}")]
+    /// An item costs more than half the high-water mark: it could never be
+    /// sent safely (see [`max_charge`]).
+    #[error("item charge {charge} exceeds half the high-water mark {hwm}")]
     ItemExceedsHighWaterMark {
         /// The item's charge.
         charge: u64,
@@ -130,6 +131,15 @@ pub enum CreditError {
     ReleaseUnderflow,
 }
 
+/// The most one item may be charged: half the high-water mark (at least 1).
+///
+/// The receiver re-grants only once outstanding credit drops below half the
+/// mark; capping items at that half guarantees the re-grant always frees
+/// enough for any blocked item, so sender and receiver can never both wait.
+pub fn max_charge(hwm: u64) -> u64 {
+    (hwm / 2).max(1)
+}
+
 /// The sender's side: what it has charged and the limit it was granted.
 #[derive(Debug, Clone)]
 pub struct SendCredit {
@@ -165,7 +175,7 @@ impl SendCredit {
 
     /// Whether an item of this charge may be sent now; an error if it never can.
     pub fn check(&self, charge: u64) -> Result<bool, CreditError> {
-        if charge > self.hwm {
+        if charge > max_charge(self.hwm) {
             return Err(CreditError::ItemExceedsHighWaterMark {
                 charge,
                 hwm: self.hwm,
@@ -321,6 +331,28 @@ mod tests {
     }
 
     #[test]
+    fn a_blocked_item_is_always_freed_once_everything_is_consumed() {
+        // Any item the sender may send fits once the receiver consumed all.
+        for hwm in [1u64, 2, 3, 10, 1000, 1001] {
+            for first in 0..=max_charge(hwm) {
+                let spec = CreditSpec::custom(hwm);
+                let (mut tx, mut rx) = (SendCredit::new(spec), RecvCredit::new(spec));
+                if first > 0 {
+                    tx.charge(first);
+                    rx.on_receive(0, first).unwrap();
+                    if let Some(l) = rx.on_consume(first).unwrap() {
+                        tx.update_limit(l).unwrap();
+                    }
+                }
+                assert!(
+                    tx.check(max_charge(hwm)).unwrap(),
+                    "hwm {hwm}, first {first}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn hostile_values_are_rejected() {
         let spec = CreditSpec::items(4);
         let mut tx = SendCredit::new(spec);
@@ -339,7 +371,7 @@ mod tests {
             Err(CreditError::Overrun { .. })
         ));
         assert!(matches!(
-            tx.check(5),
+            tx.check(3),
             Err(CreditError::ItemExceedsHighWaterMark { .. })
         ));
         let mut bytes = RecvCredit::new(CreditSpec::bytes(10));

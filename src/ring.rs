@@ -133,6 +133,13 @@ pub fn initial_header(capacity: u32, hwm: u64) -> Vec<u8> {
     h
 }
 
+/// Largest payload one record can carry in a ring of `capacity` bytes: half
+/// the ring, so that a record always fits once the ring has drained, whatever
+/// the current offset (padding to the end plus the record stay within it).
+pub fn max_record(capacity: u32) -> usize {
+    capacity as usize / 2 - RECORD_HEADER
+}
+
 fn align_record(len: usize) -> u64 {
     ((RECORD_HEADER + len + RECORD_HEADER - 1) & !(RECORD_HEADER - 1)) as u64
 }
@@ -344,7 +351,7 @@ impl RingProducer {
 
     /// Largest payload one record can carry.
     pub fn max_record(&self) -> usize {
-        self.ring.capacity as usize - RECORD_HEADER
+        max_record(self.ring.capacity)
     }
 
     /// Credit state.
@@ -436,10 +443,14 @@ impl RingProducer {
         if !self.credit.check(charge)? {
             self.refresh_credit()?;
             if !self.credit.check(charge)? {
+                // Fresh caches of both counters, so `prepare_sleep` compares
+                // against what was just seen.
+                self.refresh_read_pos()?;
                 return Ok(Err(Blocked::Credit));
             }
         }
         let Some((pad, off)) = self.place(align_record(max_len))? else {
+            self.refresh_credit()?;
             return Ok(Err(Blocked::Space));
         };
         Ok(Ok(Slot {

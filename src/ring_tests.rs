@@ -273,3 +273,32 @@ fn threads_move_every_byte_through_a_small_ring() {
     producer.join().unwrap();
     assert_eq!(got, total);
 }
+
+#[test]
+fn the_largest_record_fits_at_any_offset_once_drained() {
+    for first in [1usize, 100, 1000, 2000] {
+        let (mut p, mut c, _f) = pair(4096, CreditSpec::items(8));
+        send(&mut p, &vec![1; first], 1).unwrap();
+        let r = c.try_next().unwrap().unwrap();
+        let _ = c.release(&r).unwrap();
+        let big = vec![7u8; p.max_record()];
+        send(&mut p, &big, 1).unwrap_or_else(|b| panic!("offset after {first}: blocked on {b:?}"));
+        let r = c.try_next().unwrap().unwrap();
+        assert_eq!(c.data(&r), &big[..]);
+    }
+}
+
+#[test]
+fn a_producer_blocked_after_releases_may_sleep() {
+    let (mut p, mut c, _f) = pair(1 << 16, CreditSpec::items(16));
+    for _ in 0..16 {
+        send(&mut p, b"x", 1).unwrap();
+    }
+    // Releases that move the read position but do not yet re-grant credit.
+    for _ in 0..3 {
+        let r = c.try_next().unwrap().unwrap();
+        let _ = c.release(&r).unwrap();
+    }
+    assert_eq!(send(&mut p, b"x", 1), Err(Blocked::Credit));
+    assert!(p.prepare_sleep(), "nothing moved since the blocked attempt");
+}

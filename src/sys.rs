@@ -194,33 +194,27 @@ pub enum Readiness {
 
 /// Waits until `fd` is readable or hung up, or `timeout` passes (`None`: forever).
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Readiness> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let timeout = match timeout {
-        None => PollTimeout::NONE,
-        Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX),
-    };
-    loop {
-        let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut pfd, timeout) {
-            Ok(0) => return Ok(Readiness::TimedOut),
-            Ok(_) => return Ok(Readiness::Readable),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    wait_any(fd, false, timeout)
 }
 
-/// Waits until `fd` can be written or `timeout` passes.
-pub fn wait_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Readiness> {
+/// Waits until `fd` is readable, or also writable when `writable` is set.
+pub fn wait_any(
+    fd: BorrowedFd<'_>,
+    writable: bool,
+    timeout: Option<Duration>,
+) -> io::Result<Readiness> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let timeout = match timeout {
         None => PollTimeout::NONE,
         Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
             .unwrap_or(PollTimeout::MAX),
     };
+    let mut flags = PollFlags::POLLIN;
+    if writable {
+        flags |= PollFlags::POLLOUT;
+    }
     loop {
-        let mut pfd = [PollFd::new(fd, PollFlags::POLLOUT)];
+        let mut pfd = [PollFd::new(fd, flags)];
         match poll(&mut pfd, timeout) {
             Ok(0) => return Ok(Readiness::TimedOut),
             Ok(_) => return Ok(Readiness::Readable),

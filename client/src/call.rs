@@ -261,7 +261,7 @@ impl Call {
         }
         if let Some(tx) = self.sender.as_mut() {
             if tx.is_open() {
-                let _ = tx.fail("cancelled by the caller");
+                tx.abort("cancelled by the caller");
             }
         }
         self.shared.inner.send(&Frame::Cancel { call: self.id })

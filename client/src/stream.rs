@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use shmbus::credit::{CreditSpec, SizeStrategy};
+use shmbus::credit::{max_charge, CreditSpec, SizeStrategy};
 use shmbus::frame::{Frame, StreamId, Transport};
 use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
 
@@ -136,7 +136,8 @@ impl Sender {
         match e {
             Error::Cancelled => {
                 self.cancelled.store(true, Ordering::Release);
-                self.close_with(Ending::Cancelled, CloseCause::Cancel);
+                // The receiver may have stopped reading: never wait here.
+                self.close_with(Ending::Cancelled, CloseCause::Cancel, false);
                 Error::Cancelled
             }
             Error::TooLarge(_) => e,
@@ -167,6 +168,24 @@ impl Sender {
         r.map_err(|e| self.failed(e))
     }
 
+    /// Like [`feed_bytes`](Self::feed_bytes) but never waits: `Ok(false)`
+    /// when credit or room is short. [`pollable_fd`](Self::pollable_fd) then
+    /// turns readable once it is worth trying again.
+    pub fn try_feed_bytes(&mut self, data: &[u8]) -> Result<bool> {
+        let charge = self.charge_for(data);
+        let r = (|| {
+            let port = self.port()?;
+            let Some(buf) = port.try_begin(data.len(), charge)? else {
+                return Ok(false);
+            };
+            buf.copy_from_slice(data);
+            port.commit(data.len(), charge)?;
+            port.after_commit();
+            Ok(true)
+        })();
+        r.map_err(|e| self.failed(e))
+    }
+
     /// Sends an item and makes it visible to the receiver now.
     pub fn send_bytes(&mut self, data: &[u8]) -> Result<()> {
         self.feed_bytes(data)?;
@@ -189,7 +208,7 @@ impl Sender {
             let max_item = self.port()?.max_item();
             let guess = self.typed_guess.min(max_item);
             let charge = match strategy {
-                SizeStrategy::Bytes => (guess as u64).min(hwm),
+                SizeStrategy::Bytes => (guess as u64).min(max_charge(hwm)),
                 _ => 1,
             };
             let port = self.port()?;
@@ -204,7 +223,7 @@ impl Sender {
                     if actual > charge {
                         port.abandon();
                         return Err(Error::TooLarge(format!(
-                            "item of {len} bytes exceeds the high-water mark {hwm}"
+                            "item of {len} bytes exceeds half the high-water mark {hwm}"
                         )));
                     }
                     port.commit(len, actual)?;
@@ -266,10 +285,10 @@ impl Sender {
         }
     }
 
-    fn close_with(&mut self, how: Ending, cause: CloseCause) {
+    fn close_with(&mut self, how: Ending, cause: CloseCause, blocking: bool) {
         if let Some(mut port) = self.port.take() {
             port.abandon();
-            let _ = port.close(&how);
+            let _ = port.close(&how, blocking);
         }
         let _ = self.life.apply(StreamEvent::Close(cause));
         let _ = self.life.apply(StreamEvent::Cleanup);
@@ -285,10 +304,10 @@ impl Sender {
             });
         };
         if port.is_cancelled() {
-            self.close_with(Ending::Cancelled, CloseCause::Cancel);
+            self.close_with(Ending::Cancelled, CloseCause::Cancel, false);
             return Err(Error::Cancelled);
         }
-        let r = port.close(&Ending::End);
+        let r = port.close(&Ending::End, true);
         self.port = None;
         let _ = self.life.apply(StreamEvent::Close(CloseCause::End));
         let _ = self.life.apply(StreamEvent::Cleanup);
@@ -304,8 +323,20 @@ impl Sender {
         self.close_with(
             Ending::Error(message.to_string()),
             CloseCause::Error(message.to_string()),
+            true,
         );
         Ok(())
+    }
+
+    /// Ends the stream with stream-error without ever waiting: one attempt,
+    /// then the port closes (the receiver sees the peer gone if the error
+    /// did not fit).
+    pub(crate) fn abort(&mut self, message: &str) {
+        self.close_with(
+            Ending::Error(message.to_string()),
+            CloseCause::Error(message.to_string()),
+            false,
+        );
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -335,7 +366,7 @@ impl Drop for Sender {
             } else {
                 "sender dropped without finishing the stream"
             };
-            self.close_with(Ending::Error(msg.into()), CloseCause::Error(msg.into()));
+            self.abort(msg);
         }
     }
 }
@@ -446,6 +477,7 @@ pub struct Receiver {
     offset: usize,
     finished: Option<Finished>,
     progress: Progress,
+    scratch: Vec<u8>,
 }
 
 impl Receiver {
@@ -464,6 +496,7 @@ impl Receiver {
                 last: Instant::now(),
                 reported_bytes: 0,
             },
+            scratch: Vec::new(),
         };
         r.report();
         r
@@ -639,11 +672,28 @@ impl Receiver {
     }
 
     /// The next typed item, decoded in place. `None` at stream-end.
+    ///
+    /// The item is copied out of the port first: decoding validates (UTF-8,
+    /// lengths) and then reads again, which must not see bytes a hostile
+    /// peer changed in between.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
-        match self.recv_in_place()? {
-            Some(item) => Ok(Some(postcard::from_bytes(&item)?)),
-            None => Ok(None),
-        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let got = match self.recv_in_place()? {
+            Some(item) => {
+                scratch.clear();
+                scratch.extend_from_slice(&item);
+                true
+            }
+            None => false,
+        };
+        let r = if got {
+            Some(postcard::from_bytes(&scratch))
+        } else {
+            None
+        };
+        let out = r.transpose().map_err(Error::from);
+        self.scratch = scratch;
+        out
     }
 
     /// Asks the sender to stop (stream-cancel). Items already sent are dropped.

@@ -15,6 +15,8 @@ pub struct Limits {
     pub max_ring_size: u32,
     /// Services one connection may register.
     pub max_services_per_connection: usize,
+    /// Methods one service may declare.
+    pub max_methods_per_service: usize,
     /// Calls one connection may have live.
     pub max_calls_per_connection: usize,
     /// Connections at once.
@@ -30,6 +32,7 @@ impl Default for Limits {
             default_ring_size: shmbus::DEFAULT_RING_SIZE,
             max_ring_size: 64 << 20,
             max_services_per_connection: 256,
+            max_methods_per_service: 64,
             max_calls_per_connection: 4096,
             max_connections: 4096,
             max_queued_bytes: 16 << 20,

@@ -11,6 +11,8 @@ use shmbus::sys::{self, PeerCredentials};
 
 /// Bytes read per receive call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Receive calls per turn, so one busy peer cannot starve the others.
+const READ_BUDGET: usize = 16;
 
 struct Outgoing {
     bytes: Vec<u8>,
@@ -47,6 +49,8 @@ pub struct Conn {
     queued: usize,
     /// Set once an error frame is queued: close when the queue drains.
     pub closing: bool,
+    /// The peer hung up; report it once the frames before it are handled.
+    eof: bool,
 }
 
 impl Conn {
@@ -60,40 +64,47 @@ impl Conn {
             out: VecDeque::new(),
             queued: 0,
             closing: false,
+            eof: false,
         }
     }
 
     /// Reads what is available and returns the complete frames, each with its
-    /// descriptors. Stops at the first violation; descriptors that arrived
-    /// with a rejected frame are closed when the connection is dropped.
-    pub fn read_frames(&mut self, max_frame: u32) -> Result<Vec<(Frame, Vec<OwnedFd>)>, ReadError> {
+    /// descriptors, and whether more may be waiting (the read budget ran out:
+    /// call again before sleeping, since readiness is edge-triggered). Stops at
+    /// the first violation; descriptors that arrived with a rejected frame are
+    /// closed when the connection is dropped. A hang-up is reported only after
+    /// every frame that arrived before it was returned.
+    pub fn read_frames(
+        &mut self,
+        max_frame: u32,
+    ) -> Result<(Vec<(Frame, Vec<OwnedFd>)>, bool), ReadError> {
         let mut frames = Vec::new();
+        if self.eof {
+            return Err(ReadError::Closed);
+        }
         let mut chunk = vec![0u8; READ_CHUNK];
-        loop {
+        for _ in 0..READ_BUDGET {
             match sys::recv_with_fds(self.sock.as_fd(), &mut chunk, &mut self.fds, false) {
                 Ok(0) => {
-                    // Deliver what arrived before the close, then report it.
                     self.parse(max_frame, &mut frames)?;
+                    self.eof = true;
                     if frames.is_empty() {
                         return Err(ReadError::Closed);
                     }
-                    return Ok(frames);
+                    return Ok((frames, true));
                 }
                 Ok(n) => {
                     self.rbuf.extend_from_slice(&chunk[..n]);
                     self.parse(max_frame, &mut frames)?;
-                    if frames.len() >= 256 {
-                        // Leave the rest for the next readiness event: fairness.
-                        return Ok(frames);
-                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(frames),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((frames, false)),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     return Err(ReadError::Violation(e.to_string()))
                 }
                 Err(e) => return Err(ReadError::Io(e)),
             }
         }
+        Ok((frames, true))
     }
 
     fn parse(

@@ -223,6 +223,12 @@ impl Router {
         if !valid_name(&name) {
             return refuse(ErrorCode::Denied, format!("invalid service name {name:?}"));
         }
+        if methods.len() > self.limits.max_methods_per_service {
+            return refuse(
+                ErrorCode::LimitsExceeded,
+                format!("more than {} methods", self.limits.max_methods_per_service),
+            );
+        }
         let mut table = HashMap::new();
         for m in &methods {
             if !valid_name(&m.name) || table.insert(m.name.clone(), m.mode).is_some() {
@@ -587,11 +593,25 @@ impl Router {
             .filter_map(|l| l.stream.clone())
             .collect();
         streams.sort_by_key(|s| s.stream);
-        BrokerSnapshot {
+        let mut snap = BrokerSnapshot {
             services,
             streams,
             connections: self.peers.len() as u64,
+        };
+        // Keep the reply within the frame limit: drop entries from the end.
+        let fits = |s: &BrokerSnapshot| {
+            postcard::to_stdvec(s).is_ok_and(|v| v.len() + 64 <= self.limits.max_frame as usize)
+        };
+        while !fits(&snap) {
+            if snap.streams.len() >= snap.services.len() && !snap.streams.is_empty() {
+                snap.streams.truncate(snap.streams.len() / 2);
+            } else if !snap.services.is_empty() {
+                snap.services.truncate(snap.services.len() / 2);
+            } else {
+                break;
+            }
         }
+        snap
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Server {
     limits: Limits,
     next_conn: ConnId,
     started: Instant,
+    /// Connections whose read budget ran out with data possibly left.
+    again: Vec<ConnId>,
 }
 
 /// Stops a running [`Server`].
@@ -91,6 +93,7 @@ impl Server {
             limits,
             next_conn: FIRST_CONN,
             started: Instant::now(),
+            again: Vec::new(),
         })
     }
 
@@ -112,7 +115,9 @@ impl Server {
         let mut events = Events::with_capacity(256);
         info!(socket = ?self.socket_path, "broker ready");
         loop {
-            match self.poll.poll(&mut events, None) {
+            // Connections with unread input get another turn before sleeping.
+            let timeout = (!self.again.is_empty()).then_some(std::time::Duration::ZERO);
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -136,6 +141,9 @@ impl Server {
                         }
                     }
                 }
+            }
+            for conn in std::mem::take(&mut self.again) {
+                self.readable(conn);
             }
         }
     }
@@ -230,7 +238,12 @@ impl Server {
         };
         let result = conn.read_frames(self.limits.max_frame);
         let (frames, end) = match result {
-            Ok(frames) => (frames, None),
+            Ok((frames, more)) => {
+                if more && !self.again.contains(&id) {
+                    self.again.push(id);
+                }
+                (frames, None)
+            }
             Err(e) => (Vec::new(), Some(e)),
         };
         for (frame, fds) in frames {

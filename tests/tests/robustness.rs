@@ -432,3 +432,50 @@ fn raw_call_frames_are_validated() {
     let conn = broker.connect();
     wait_for_service(&conn, "s");
 }
+
+#[test]
+fn a_peer_that_registers_and_hangs_up_at_once_leaves_nothing_behind() {
+    let broker = Broker::start();
+    let baseline = broker.fd_baseline();
+    for i in 0..20 {
+        let mut c = RawClient::hello(&broker, true);
+        // The frame and the hang-up reach the broker together.
+        c.send(&Frame::Register {
+            request: 1,
+            service: format!("svc-{i}"),
+            methods: vec![MethodSpec {
+                name: "m".into(),
+                mode: StreamMode::Unary,
+            }],
+        });
+        c.sock.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    broker.wait_fds(baseline);
+    let conn = broker.connect();
+    shmbus_tests::wait_until(Duration::from_secs(5), || {
+        conn.list().unwrap().services.is_empty()
+    });
+}
+
+#[test]
+fn too_many_methods_are_refused() {
+    let broker = Broker::start();
+    let mut c = RawClient::hello(&broker, true);
+    let methods = (0..65)
+        .map(|i| MethodSpec {
+            name: format!("m{i}"),
+            mode: StreamMode::Unary,
+        })
+        .collect();
+    c.send(&Frame::Register {
+        request: 1,
+        service: "wide".into(),
+        methods,
+    });
+    match c.recv() {
+        Some((Frame::Refused { error, .. }, _)) => {
+            assert_eq!(error.code, ErrorCode::LimitsExceeded)
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -197,10 +197,20 @@ impl TxPort {
         }
     }
 
-    pub(crate) fn close(&mut self, how: &Ending) -> Result<()> {
+    /// Sends the closing message; without `blocking`, one attempt that never waits.
+    pub(crate) fn close(&mut self, how: &Ending, blocking: bool) -> Result<()> {
         match self {
-            TxPort::Shm(p) => p.close(how),
-            TxPort::Socket(p) => p.close(how),
+            TxPort::Shm(p) => p.close(how, blocking),
+            TxPort::Socket(p) => p.close(how, blocking),
+        }
+    }
+
+    /// Like `begin` but never waits: `None` when blocked; the pollable
+    /// descriptor then turns readable once it is worth trying again.
+    pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
+        match self {
+            TxPort::Shm(p) => p.try_begin(max_len, charge),
+            TxPort::Socket(p) => p.try_begin(max_len, charge),
         }
     }
 

@@ -108,15 +108,53 @@ impl ShmTx {
         if moved.is_some() {
             return Ok(());
         }
+        self.sleep()
+    }
+
+    /// Sleeps on the doorbell unless the consumer moved since the last look.
+    fn sleep(&mut self) -> Result<()> {
         if self.ring.prepare_sleep() {
             self.bell.sleep()?;
             self.ring.woke();
+        } else {
+            // Something moved; also notice a consumer that has died meanwhile.
+            self.bell.drain();
         }
         Ok(())
     }
 
+    /// Like [`begin`](Self::begin) but never waits: `None` when blocked, with
+    /// the sleep flag armed so the doorbell becomes readable when the
+    /// consumer makes room or credit (for event loops).
+    pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
+        self.slot = None;
+        self.ring.woke();
+        self.bell.drain();
+        for _ in 0..2 {
+            if self.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if let Ok(slot) = self.ring.try_reserve(max_len, charge)? {
+                let slot = self.slot.insert(slot);
+                return Ok(Some(self.ring.slot_buf(slot)));
+            }
+            if self.bell.peer_closed() {
+                return Err(Error::PeerGone(
+                    "the receiving peer closed the stream".into(),
+                ));
+            }
+            self.publish();
+            if self.ring.prepare_sleep() {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     /// Writes the closing record (end, error or cancel acknowledgement).
-    pub(crate) fn close(&mut self, how: &Ending) -> Result<()> {
+    /// Without `blocking`, makes one attempt that never waits (drop and
+    /// cancel paths); the closing doorbell then tells the consumer.
+    pub(crate) fn close(&mut self, how: &Ending, blocking: bool) -> Result<()> {
         let kind = match how {
             Ending::End => RecordKind::End,
             Ending::Error(m) => RecordKind::Error(m.clone()),
@@ -127,22 +165,17 @@ impl ShmTx {
                 self.publish();
                 return Ok(());
             }
-            self.wait_for_room()?;
+            self.publish();
+            if !blocking {
+                return Ok(());
+            }
+            if self.bell.peer_closed() {
+                return Err(Error::PeerGone(
+                    "the receiving peer closed the stream".into(),
+                ));
+            }
+            self.sleep()?;
         }
-    }
-
-    fn wait_for_room(&mut self) -> Result<()> {
-        self.publish();
-        if self.bell.peer_closed() {
-            return Err(Error::PeerGone(
-                "the receiving peer closed the stream".into(),
-            ));
-        }
-        if self.ring.prepare_sleep() {
-            self.bell.sleep()?;
-            self.ring.woke();
-        }
-        Ok(())
     }
 
     pub(crate) fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -188,6 +221,10 @@ impl ShmRx {
     /// The next event; waits when `block`, else `None` when nothing is there.
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none(), "release before the next item");
+        if !block {
+            self.ring.woke();
+            self.bell.drain();
+        }
         loop {
             if let Some(rec) = self.ring.try_next()? {
                 return Ok(Some(self.event(rec)));
@@ -198,8 +235,11 @@ impl ShmRx {
                 ));
             }
             if !block {
-                self.bell.drain();
-                return Ok(None);
+                // Arm the flag so the doorbell turns readable when data comes.
+                if self.ring.prepare_sleep() {
+                    return Ok(None);
+                }
+                continue;
             }
             let ring = &mut self.ring;
             if let Some(rec) = spin(self.policy, || ring.try_next())? {
@@ -208,6 +248,8 @@ impl ShmRx {
             if self.ring.prepare_sleep() {
                 self.bell.sleep()?;
                 self.ring.woke();
+            } else {
+                self.bell.drain();
             }
         }
     }

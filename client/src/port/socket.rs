@@ -2,7 +2,7 @@
 //! peers, items batched into stream-data messages, credit in stream-credit
 //! messages (see [`shmbus::link`]).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ impl SocketGeometry {
     pub(crate) fn for_ring_size(ring_size: u32) -> Self {
         let ring = ring_size as usize;
         let window = ring.clamp(64 * 1024, 1 << 20);
-        let max_item = ring - shmbus::ring::RECORD_HEADER;
+        let max_item = shmbus::ring::max_record(ring_size);
         SocketGeometry {
             max_item,
             window,
@@ -55,7 +55,7 @@ fn write_all(
 ) -> Result<usize> {
     let total = bytes.len();
     while !bytes.is_empty() {
-        match (&*sock).write(bytes) {
+        match sys::send_with_fds(sock.as_fd(), bytes, &[], false) {
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -206,7 +206,11 @@ impl SockTx {
             if self.credit.check(charge)? {
                 return Ok(true);
             }
-            self.flush()?;
+            if block {
+                self.flush()?;
+            } else {
+                self.flush_without_waiting();
+            }
             if self.peer_closed {
                 return Err(Error::PeerGone(
                     "the receiving peer closed the stream".into(),
@@ -217,6 +221,14 @@ impl SockTx {
                 return Ok(false);
             }
         }
+    }
+
+    /// Like [`begin`](Self::begin) but never waits.
+    pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
+        if !self.wait_credit(max_len, charge, false)? {
+            return Ok(None);
+        }
+        Ok(Some(self.enc.begin_item(max_len, charge)))
     }
 
     pub(crate) fn commit(&mut self, len: usize, charge: u64) -> Result<()> {
@@ -234,6 +246,16 @@ impl SockTx {
 
     pub(crate) fn abandon(&mut self) {
         self.enc.abandon_item();
+    }
+
+    /// Writes what the socket takes now, never waiting.
+    fn flush_without_waiting(&mut self) {
+        if self.enc.is_empty() {
+            return;
+        }
+        if let Ok(n) = sys::send_with_fds(self.sock.as_fd(), self.enc.bytes(), &[], false) {
+            self.enc.consume(n);
+        }
     }
 
     /// Writes every buffered message.
@@ -265,14 +287,20 @@ impl SockTx {
         self.parse_control()
     }
 
-    /// Sends the closing message.
-    pub(crate) fn close(&mut self, how: &Ending) -> Result<()> {
+    /// Sends the closing message. Without `blocking`, makes one attempt
+    /// that never waits (for drop and cancel paths).
+    pub(crate) fn close(&mut self, how: &Ending, blocking: bool) -> Result<()> {
         match how {
             Ending::End => self.enc.end(),
             Ending::Error(m) => self.enc.error(m),
             Ending::Cancelled => self.enc.cancelled(),
         }
-        self.flush()
+        if blocking {
+            return self.flush();
+        }
+        let bytes = self.enc.bytes();
+        let _ = sys::send_with_fds(self.sock.as_fd(), bytes, &[], false);
+        Ok(())
     }
 
     pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
@@ -290,7 +318,9 @@ pub(crate) struct SockRx {
     held: Option<(usize, usize, u64)>,
     credit: RecvCredit,
     geometry: SocketGeometry,
-    out: LinkEncoder,
+    pending_credit: Option<u64>,
+    pending_cancel: bool,
+    unsent: Vec<u8>,
     peer_closed: bool,
 }
 
@@ -311,14 +341,43 @@ impl SockRx {
             held: None,
             credit: RecvCredit::new(credit),
             geometry,
-            out: LinkEncoder::new(),
+            pending_credit: None,
+            pending_cancel: false,
+            unsent: Vec::new(),
             peer_closed: false,
         })
+    }
+
+    /// Writes pending credit and cancel messages without ever waiting: a
+    /// sender that stops reading cannot block its receiver. Credit is an
+    /// absolute limit, so only the latest one is kept.
+    fn flush_control(&mut self) {
+        if self.unsent.is_empty() {
+            let mut enc = LinkEncoder::new();
+            if let Some(limit) = self.pending_credit.take() {
+                enc.credit(limit);
+            }
+            if std::mem::take(&mut self.pending_cancel) {
+                enc.cancel();
+            }
+            self.unsent = enc.bytes().to_vec();
+        }
+        while !self.unsent.is_empty() {
+            match sys::send_with_fds(self.sock.as_fd(), &self.unsent, &[], false) {
+                Ok(n) => {
+                    self.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Full: retried on the next call. Gone: what was sent stays readable.
+                Err(_) => return,
+            }
+        }
     }
 
     /// The next event; waits when `block`, else `None` when nothing is there.
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none());
+        self.flush_control();
         loop {
             if let Some((pos, bend)) = self.batch {
                 let len = u32::from_le_bytes(self.buf[pos..pos + 4].try_into().unwrap()) as usize;
@@ -397,7 +456,13 @@ impl SockRx {
                     if !block {
                         return Ok(false);
                     }
-                    sys::wait_readable(self.sock.as_fd(), None)?;
+                    if !self.unsent.is_empty() {
+                        // Credit not yet delivered: wait for room to send it too.
+                        sys::wait_any(self.sock.as_fd(), true, None)?;
+                        self.flush_control();
+                    } else {
+                        sys::wait_readable(self.sock.as_fd(), None)?;
+                    }
                 }
                 Err(e) if gone(&e) => {
                     self.peer_closed = true;
@@ -422,33 +487,16 @@ impl SockRx {
     pub(crate) fn release(&mut self) -> Result<()> {
         if let Some((_, _, charge)) = self.held.take() {
             if let Some(limit) = self.credit.on_consume(charge)? {
-                self.out.credit(limit);
-                self.send_out()?;
+                self.pending_credit = Some(limit);
+                self.flush_control();
             }
         }
         Ok(())
     }
 
-    fn send_out(&mut self) -> Result<()> {
-        let bytes = self.out.bytes();
-        // Anything the sender writes meanwhile stays queued in the socket.
-        match write_all(&self.sock, bytes, None) {
-            Ok(n) => {
-                self.out.consume(n);
-                Ok(())
-            }
-            Err(Error::PeerGone(_)) => {
-                // The sender is gone; what it sent is still readable.
-                self.out = LinkEncoder::new();
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     pub(crate) fn cancel(&mut self) {
-        self.out.cancel();
-        let _ = self.send_out();
+        self.pending_cancel = true;
+        self.flush_control();
     }
 
     pub(crate) fn credit_outstanding(&self) -> u64 {

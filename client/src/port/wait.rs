@@ -7,7 +7,7 @@
 //! at once: no wait outlives the peer. The descriptor is pollable, so an event
 //! loop can watch it instead of sleeping here.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ impl Doorbell {
 
     /// Wakes the other peer. A full socket means a wake-up is already pending.
     pub(crate) fn ring(&mut self) {
-        match (&self.sock).write(&[1]) {
+        match sys::send_with_fds(self.sock.as_fd(), &[1], &[], false) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.peer_closed = true,
