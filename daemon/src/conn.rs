@@ -14,6 +14,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Receive calls per turn, so one busy peer cannot starve the others.
 const READ_BUDGET: usize = 16;
 
+/// A frame with the descriptors that came with it.
+pub type Received = (Frame, Vec<OwnedFd>);
+
 struct Outgoing {
     bytes: Vec<u8>,
     sent: usize,
@@ -74,10 +77,7 @@ impl Conn {
     /// the first violation; descriptors that arrived with a rejected frame are
     /// closed when the connection is dropped. A hang-up is reported only after
     /// every frame that arrived before it was returned.
-    pub fn read_frames(
-        &mut self,
-        max_frame: u32,
-    ) -> Result<(Vec<(Frame, Vec<OwnedFd>)>, bool), ReadError> {
+    pub fn read_frames(&mut self, max_frame: u32) -> Result<(Vec<Received>, bool), ReadError> {
         let mut frames = Vec::new();
         if self.eof {
             return Err(ReadError::Closed);
@@ -107,11 +107,7 @@ impl Conn {
         Ok((frames, true))
     }
 
-    fn parse(
-        &mut self,
-        max_frame: u32,
-        frames: &mut Vec<(Frame, Vec<OwnedFd>)>,
-    ) -> Result<(), ReadError> {
+    fn parse(&mut self, max_frame: u32, frames: &mut Vec<Received>) -> Result<(), ReadError> {
         let mut start = 0;
         while let Some((header, body)) = frame::split_frame(&self.rbuf[start..], max_frame)? {
             let n = header.fds as usize;
