@@ -255,6 +255,64 @@ pub struct BrokerSnapshot {
     pub connections: u64,
 }
 
+/// The broker's vital signs, for `shmbusctl status`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct BrokerStatus {
+    /// Broker version.
+    pub version: String,
+    /// Milliseconds since the broker started.
+    pub uptime_ms: u64,
+    /// Open connections.
+    pub connections: u64,
+    /// Registered services.
+    pub services: u64,
+    /// Live streams.
+    pub streams: u64,
+    /// Calls routed since start.
+    pub calls_total: u64,
+    /// Streams opened since start over shared memory.
+    pub shm_streams_total: u64,
+    /// Streams opened since start over the socket fallback.
+    pub socket_streams_total: u64,
+    /// Stream payload bytes moved since start, as reported by receivers.
+    pub bytes_moved: u64,
+}
+
+/// What happened to a stream, for `shmbusctl monitor`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MonitorKind {
+    /// The port was set up (transport, and why not shared memory).
+    Open {
+        /// Shared memory or socket.
+        transport: Transport,
+        /// Why shared memory was not used.
+        fallback: Option<FallbackReason>,
+    },
+    /// The call finished successfully.
+    End,
+    /// The call failed with this error.
+    Error(RemoteError),
+    /// The caller cancelled.
+    Cancel,
+}
+
+/// One stream event.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MonitorEvent {
+    /// Broker-wide stream id.
+    pub stream: StreamId,
+    /// Service name.
+    pub service: String,
+    /// Method name.
+    pub method: String,
+    /// Caller's process id.
+    pub caller_pid: i32,
+    /// Payload bytes last reported.
+    pub bytes: u64,
+    /// What happened.
+    pub kind: MonitorKind,
+}
+
 /// A control-plane frame.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -352,6 +410,31 @@ pub enum Frame {
         /// What the broker knows.
         snapshot: BrokerSnapshot,
     },
+    /// Peer → broker: ask for the broker's status.
+    Status {
+        /// Request id echoed in the reply.
+        request: RequestId,
+    },
+    /// Broker → peer: the status.
+    StatusReply {
+        /// The request being answered.
+        request: RequestId,
+        /// Vital signs.
+        status: BrokerStatus,
+    },
+    /// Peer → broker: send me stream events from now on.
+    Monitor {
+        /// Request id acknowledged with `Ack`.
+        request: RequestId,
+    },
+    /// Broker → monitoring peer: a stream event.
+    Event(MonitorEvent),
+    /// Broker → peer: the broker is stopping; calls in flight may finish
+    /// within the grace period, new calls are refused.
+    ShuttingDown {
+        /// Milliseconds left before the broker exits.
+        grace_ms: u32,
+    },
     /// Broker → peer: a fatal connection error, sent just before closing.
     Error(RemoteError),
 }
@@ -384,6 +467,11 @@ impl Frame {
             Frame::StreamProgress { .. } => "stream-progress",
             Frame::List { .. } => "list",
             Frame::ListReply { .. } => "list-reply",
+            Frame::Status { .. } => "status",
+            Frame::StatusReply { .. } => "status-reply",
+            Frame::Monitor { .. } => "monitor",
+            Frame::Event(_) => "event",
+            Frame::ShuttingDown { .. } => "shutting-down",
             Frame::Error(_) => "error",
         }
     }

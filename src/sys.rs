@@ -224,6 +224,32 @@ pub fn wait_any(
     }
 }
 
+/// Takes ownership of a listening Unix stream socket passed by the service
+/// manager (socket activation) and checks that it is one.
+pub fn adopt_listener(raw: RawFd) -> io::Result<std::os::unix::net::UnixListener> {
+    if raw < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {raw} cannot be a passed socket"),
+        ));
+    }
+    // SAFETY: the service manager passed `raw` (LISTEN_FDS, checked against
+    // LISTEN_PID by the caller) for this process to own; nothing else in the
+    // process holds it, and it is adopted exactly once at start-up.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let listening = socket::getsockopt(&fd, sockopt::AcceptConn)?;
+    let kind = socket::getsockopt(&fd, sockopt::SockType)?;
+    let addr: socket::UnixAddr = socket::getsockname(fd.as_raw_fd())?;
+    let _ = addr;
+    if !listening || kind != socket::SockType::Stream {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "passed descriptor is not a listening Unix stream socket",
+        ));
+    }
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
 /// Makes a write past RLIMIT_FSIZE fail with EFBIG instead of killing the
 /// process with SIGXFSZ, so a ring that cannot be sized is an error the
 /// broker can answer (by falling back to the socket).

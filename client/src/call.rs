@@ -37,7 +37,8 @@ impl Connection {
                 method: method.to_string(),
                 args: Vec::new(),
                 mode: Some(StreamMode::Unary),
-                credit: CreditSpec::default(),
+                // A high-water mark of 0 takes the broker's default.
+                credit: CreditSpec::bytes(0),
                 transport: TransportPreference::Auto,
                 ring_size: None,
             },
@@ -76,7 +77,8 @@ impl CallBuilder {
         self
     }
 
-    /// Credit for the stream's directions (default: 1 MiB of bytes).
+    /// Credit for the stream's directions (default: bytes, with the broker's
+    /// default high-water mark).
     pub fn credit(mut self, credit: CreditSpec) -> Self {
         self.request.credit = credit;
         self

@@ -11,8 +11,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use shmbus::frame::{
-    self, BrokerSnapshot, CallId, Capabilities, Frame, RemoteError, RequestId, StreamOpen,
-    DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    self, BrokerSnapshot, BrokerStatus, CallId, Capabilities, ErrorCode, Frame, MonitorEvent,
+    RemoteError, RequestId, StreamOpen, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 use shmbus::sys;
 
@@ -44,6 +44,7 @@ enum Reply {
     Ack,
     Refused(RemoteError),
     List(BrokerSnapshot),
+    Status(BrokerStatus),
 }
 
 /// State shared by the reader thread and every handle.
@@ -53,8 +54,10 @@ pub(crate) struct Inner {
     requests: Mutex<HashMap<RequestId, mpsc::Sender<Reply>>>,
     services: Mutex<HashMap<String, mpsc::Sender<IncomingRaw>>>,
     served: Mutex<HashMap<CallId, Arc<AtomicBool>>>,
+    monitor: Mutex<Option<mpsc::Sender<MonitorEvent>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    draining: AtomicBool,
     bytes_read: AtomicU64,
     caps: Capabilities,
     max_frame: u32,
@@ -147,8 +150,10 @@ impl Connection {
             requests: Mutex::default(),
             services: Mutex::default(),
             served: Mutex::default(),
+            monitor: Mutex::default(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
             caps,
             max_frame,
@@ -176,12 +181,38 @@ impl Connection {
         self.inner().bytes_read.load(Ordering::Relaxed)
     }
 
+    /// The broker's version, uptime and counters.
+    pub fn status(&self) -> Result<BrokerStatus> {
+        match self.inner().request(|request| Frame::Status { request })? {
+            Reply::Status(s) => Ok(s),
+            Reply::Refused(e) => Err(Error::Remote(e)),
+            _ => Err(Error::Protocol("unexpected reply to status".into())),
+        }
+    }
+
+    /// Subscribes to stream events (open, end, error, cancel) from now on.
+    /// The receiver ends when the connection closes.
+    pub fn monitor(&self) -> Result<mpsc::Receiver<MonitorEvent>> {
+        let (tx, rx) = mpsc::channel();
+        *self.inner().monitor.lock().unwrap() = Some(tx);
+        match self.inner().request(|request| Frame::Monitor { request })? {
+            Reply::Ack => Ok(rx),
+            Reply::Refused(e) => Err(Error::Remote(e)),
+            _ => Err(Error::Protocol("unexpected reply to monitor".into())),
+        }
+    }
+
+    /// True once the broker announced it is stopping: new calls fail.
+    pub fn broker_stopping(&self) -> bool {
+        self.inner().draining.load(Ordering::Acquire)
+    }
+
     /// A snapshot of the broker's services and live streams.
     pub fn list(&self) -> Result<BrokerSnapshot> {
         match self.inner().request(|request| Frame::List { request })? {
             Reply::List(s) => Ok(s),
             Reply::Refused(e) => Err(Error::Remote(e)),
-            Reply::Ack => Err(Error::Protocol("list answered with ack".into())),
+            _ => Err(Error::Protocol("unexpected reply to list".into())),
         }
     }
 
@@ -243,6 +274,12 @@ impl Inner {
 
     /// Registers a waiter for a call's events.
     pub(crate) fn expect_call(&self, call: CallId) -> Result<mpsc::Receiver<CallEvent>> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Error::Remote(RemoteError {
+                code: ErrorCode::ShuttingDown,
+                message: "the broker is shutting down".into(),
+            }));
+        }
         let (tx, rx) = mpsc::channel();
         self.calls.lock().unwrap().insert(call, tx);
         if self.closed.load(Ordering::Acquire) {
@@ -331,6 +368,13 @@ impl Inner {
             Frame::Ack { request } => self.reply(request, Reply::Ack),
             Frame::Refused { request, error } => self.reply(request, Reply::Refused(error)),
             Frame::ListReply { request, snapshot } => self.reply(request, Reply::List(snapshot)),
+            Frame::StatusReply { request, status } => self.reply(request, Reply::Status(status)),
+            Frame::Event(ev) => {
+                if let Some(tx) = self.monitor.lock().unwrap().as_ref() {
+                    let _ = tx.send(ev);
+                }
+            }
+            Frame::ShuttingDown { .. } => self.draining.store(true, Ordering::Release),
             Frame::Error(e) => return Err(format!("broker closed the connection: {}", e.message)),
             other => return Err(format!("unexpected {} frame from broker", other.kind())),
         }
@@ -356,6 +400,7 @@ fn read_loop(inner: Arc<Inner>, mut reader: FrameReader) {
     inner.calls.lock().unwrap().clear();
     inner.requests.lock().unwrap().clear();
     inner.services.lock().unwrap().clear();
+    inner.monitor.lock().unwrap().take();
     for flag in inner.served.lock().unwrap().values() {
         flag.store(true, Ordering::Release);
     }

@@ -56,7 +56,7 @@ pub use stream::{InPlace, Receiver, SendSlot, Sender, SizeFn};
 
 pub use shmbus::credit::{CreditSpec, SizeStrategy};
 pub use shmbus::frame::{
-    BrokerSnapshot, ErrorCode, FallbackReason, MethodSpec, RemoteError, ServiceInfo, StreamInfo,
-    StreamMode, Transport, TransportPreference,
+    BrokerSnapshot, BrokerStatus, ErrorCode, FallbackReason, MethodSpec, MonitorEvent, MonitorKind,
+    RemoteError, ServiceInfo, StreamInfo, StreamMode, Transport, TransportPreference,
 };
 pub use shmbus::state::StreamState;

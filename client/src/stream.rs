@@ -40,7 +40,7 @@ pub struct Sender {
     typed_guess: usize,
     cancelled: Arc<AtomicBool>,
     scratch: Vec<u8>,
-    _conn: Arc<Shared>,
+    progress: Progress,
 }
 
 impl Sender {
@@ -60,7 +60,7 @@ impl Sender {
             typed_guess: 256,
             cancelled,
             scratch: Vec::new(),
-            _conn: conn,
+            progress: Progress::new(conn, stream),
         }
     }
 
@@ -130,6 +130,24 @@ impl Sender {
         self.port.as_mut().ok_or(Error::Closed)
     }
 
+    /// Counts a committed item and reports progress when due.
+    fn sent(&mut self, len: usize) {
+        if self.progress.count(len) {
+            let credit = self.credit_available();
+            self.progress.report(self.life.state(), credit);
+        }
+    }
+
+    /// Items sent so far.
+    pub fn items_sent(&self) -> u64 {
+        self.progress.items
+    }
+
+    /// Payload bytes sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.progress.bytes
+    }
+
     /// Maps a port failure onto the stream: a cancellation is acknowledged
     /// with stream-cancel; other failures close the port.
     fn failed(&mut self, e: Error) -> Error {
@@ -165,7 +183,13 @@ impl Sender {
             port.after_commit();
             Ok(())
         })();
-        r.map_err(|e| self.failed(e))
+        match r {
+            Ok(()) => {
+                self.sent(data.len());
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     /// Like [`feed_bytes`](Self::feed_bytes) but never waits: `Ok(false)`
@@ -183,7 +207,14 @@ impl Sender {
             port.after_commit();
             Ok(true)
         })();
-        r.map_err(|e| self.failed(e))
+        match r {
+            Ok(true) => {
+                self.sent(data.len());
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     /// Sends an item and makes it visible to the receiver now.
@@ -204,48 +235,56 @@ impl Sender {
         }
         let hwm = self.credit.high_water_mark;
         let strategy = self.credit.strategy;
-        let r = (|| loop {
-            let max_item = self.port()?.max_item();
-            let guess = self.typed_guess.min(max_item);
-            let charge = match strategy {
-                SizeStrategy::Bytes => (guess as u64).min(max_charge(hwm)),
-                _ => 1,
-            };
-            let port = self.port()?;
-            let buf = port.begin(guess, charge)?;
-            match postcard::to_slice(value, buf) {
-                Ok(used) => {
-                    let len = used.len();
-                    let actual = match strategy {
-                        SizeStrategy::Bytes => len as u64,
-                        _ => 1,
-                    };
-                    if actual > charge {
+        let r = (|| -> Result<usize> {
+            loop {
+                let max_item = self.port()?.max_item();
+                let guess = self.typed_guess.min(max_item);
+                let charge = match strategy {
+                    SizeStrategy::Bytes => (guess as u64).min(max_charge(hwm)),
+                    _ => 1,
+                };
+                let port = self.port()?;
+                let buf = port.begin(guess, charge)?;
+                match postcard::to_slice(value, buf) {
+                    Ok(used) => {
+                        let len = used.len();
+                        let actual = match strategy {
+                            SizeStrategy::Bytes => len as u64,
+                            _ => 1,
+                        };
+                        if actual > charge {
+                            port.abandon();
+                            return Err(Error::TooLarge(format!(
+                                "item of {len} bytes exceeds half the high-water mark {hwm}"
+                            )));
+                        }
+                        port.commit(len, actual)?;
+                        port.after_commit();
+                        return Ok(len);
+                    }
+                    Err(postcard::Error::SerializeBufferFull) => {
                         port.abandon();
-                        return Err(Error::TooLarge(format!(
-                            "item of {len} bytes exceeds half the high-water mark {hwm}"
-                        )));
+                        if guess >= max_item {
+                            return Err(Error::TooLarge(format!(
+                                "encoded item exceeds the stream's largest item ({max_item} bytes)"
+                            )));
+                        }
+                        self.typed_guess = guess.saturating_mul(4);
                     }
-                    port.commit(len, actual)?;
-                    port.after_commit();
-                    return Ok(());
-                }
-                Err(postcard::Error::SerializeBufferFull) => {
-                    port.abandon();
-                    if guess >= max_item {
-                        return Err(Error::TooLarge(format!(
-                            "encoded item exceeds the stream's largest item ({max_item} bytes)"
-                        )));
+                    Err(e) => {
+                        port.abandon();
+                        return Err(e.into());
                     }
-                    self.typed_guess = guess.saturating_mul(4);
-                }
-                Err(e) => {
-                    port.abandon();
-                    return Err(e.into());
                 }
             }
         })();
-        r.map_err(|e| self.failed(e))
+        match r {
+            Ok(len) => {
+                self.sent(len);
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     /// Sends a typed item and makes it visible now.
@@ -292,6 +331,7 @@ impl Sender {
         }
         let _ = self.life.apply(StreamEvent::Close(cause));
         let _ = self.life.apply(StreamEvent::Cleanup);
+        self.progress.report(self.life.state(), 0);
     }
 
     /// Ends the stream normally (stream-end).
@@ -311,6 +351,7 @@ impl Sender {
         self.port = None;
         let _ = self.life.apply(StreamEvent::Close(CloseCause::End));
         let _ = self.life.apply(StreamEvent::Cleanup);
+        self.progress.report(self.life.state(), 0);
         r
     }
 
@@ -418,6 +459,7 @@ impl SendSlot<'_> {
         let port = self.sender.port.as_mut().expect("open");
         port.commit(used, charge)?;
         port.after_commit();
+        self.sender.sent(used);
         Ok(())
     }
 }
@@ -457,9 +499,11 @@ impl FailKind {
     }
 }
 
-/// Reports receive progress to the broker now and then, for `shmbusctl list`.
+/// Counts a stream half's items and reports them to the broker now and then
+/// (for `shmbusctl list` and `status`), and when the half closes.
 struct Progress {
     conn: Arc<Shared>,
+    stream: StreamId,
     bytes: u64,
     items: u64,
     last: Instant,
@@ -467,6 +511,38 @@ struct Progress {
 }
 
 const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+impl Progress {
+    fn new(conn: Arc<Shared>, stream: StreamId) -> Self {
+        Progress {
+            conn,
+            stream,
+            bytes: 0,
+            items: 0,
+            last: Instant::now(),
+            reported_bytes: 0,
+        }
+    }
+
+    /// Counts an item; true when a report is due.
+    fn count(&mut self, len: usize) -> bool {
+        self.bytes += len as u64;
+        self.items += 1;
+        (self.items.is_multiple_of(1024) || self.bytes - self.reported_bytes >= 16 << 20)
+            && self.last.elapsed() >= REPORT_EVERY
+    }
+
+    fn report(&mut self, state: StreamState, credit_outstanding: u64) {
+        self.last = Instant::now();
+        self.reported_bytes = self.bytes;
+        let _ = self.conn.inner.send(&Frame::StreamProgress {
+            stream: self.stream,
+            state: state.name().to_string(),
+            bytes: self.bytes,
+            credit_outstanding,
+        });
+    }
+}
 
 /// The receiving half of a stream direction.
 pub struct Receiver {
@@ -489,13 +565,7 @@ impl Receiver {
             holding: false,
             offset: 0,
             finished: None,
-            progress: Progress {
-                conn,
-                bytes: 0,
-                items: 0,
-                last: Instant::now(),
-                reported_bytes: 0,
-            },
+            progress: Progress::new(conn, stream),
             scratch: Vec::new(),
         };
         r.report();
@@ -551,19 +621,8 @@ impl Receiver {
     }
 
     fn report(&mut self) {
-        let (credit, state) = (
-            self.credit_outstanding(),
-            self.life.state().name().to_string(),
-        );
-        let p = &mut self.progress;
-        p.last = Instant::now();
-        p.reported_bytes = p.bytes;
-        let _ = p.conn.inner.send(&Frame::StreamProgress {
-            stream: self.stream,
-            state,
-            bytes: p.bytes,
-            credit_outstanding: credit,
-        });
+        let credit = self.credit_outstanding();
+        self.progress.report(self.life.state(), credit);
     }
 
     fn finish_with(&mut self, how: Finished, cause: CloseCause) {
@@ -613,13 +672,8 @@ impl Receiver {
             Ok(Some(RxEvent::Item)) => {
                 self.holding = true;
                 self.offset = 0;
-                let len = port.item().len() as u64;
-                let p = &mut self.progress;
-                p.bytes += len;
-                p.items += 1;
-                if (p.items.is_multiple_of(1024) || p.bytes - p.reported_bytes >= 16 << 20)
-                    && p.last.elapsed() >= REPORT_EVERY
-                {
+                let len = port.item().len();
+                if self.progress.count(len) {
                     self.report();
                 }
                 Ok(Some(true))

@@ -1,11 +1,17 @@
-//! Command-line configuration and the broker's limits.
+//! Configuration: a TOML file (`/etc/shmbus/shmbusd.toml` by default) whose
+//! every key is also a command-line flag that overrides it, checked into the
+//! [`Settings`] the broker runs with. Every problem is reported on one line
+//! naming the key (or flag) and what is wrong.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
+/// The configuration file read when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/shmbus/shmbusd.toml";
+
 /// Limits the broker enforces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest control frame body accepted or sent.
     pub max_frame: u32,
@@ -13,6 +19,8 @@ pub struct Limits {
     pub default_ring_size: u32,
     /// Largest ring a call may ask for.
     pub max_ring_size: u32,
+    /// High-water mark given to calls that leave it to the broker (0 in the call).
+    pub default_high_water_mark: u64,
     /// Services one connection may register.
     pub max_services_per_connection: usize,
     /// Methods one service may declare.
@@ -31,6 +39,7 @@ impl Default for Limits {
             max_frame: shmbus::frame::DEFAULT_MAX_FRAME,
             default_ring_size: shmbus::DEFAULT_RING_SIZE,
             max_ring_size: 64 << 20,
+            default_high_water_mark: shmbus::DEFAULT_HIGH_WATER_MARK,
             max_services_per_connection: 256,
             max_methods_per_service: 64,
             max_calls_per_connection: 4096,
@@ -40,69 +49,347 @@ impl Default for Limits {
     }
 }
 
+/// Everything the broker runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Socket to listen on (unless systemd passes one).
+    pub socket: PathBuf,
+    /// Permission bits of a socket the broker binds itself.
+    pub socket_mode: u32,
+    /// Group owning a socket the broker binds itself.
+    pub socket_group: Option<String>,
+    /// Log filter (`info`, `shmbusd=debug`, …); `RUST_LOG` overrides.
+    pub log_level: String,
+    /// Limits.
+    pub limits: Limits,
+}
+
 /// `shmbusd`: the shmbus broker.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "shmbusd",
     version,
-    about = "The shmbus broker: routes calls and sets up shared-memory stream ports"
+    about = "The shmbus broker: routes calls and sets up shared-memory stream ports",
+    after_help = "Every option can also be set in the configuration file, under the same name \
+                  with underscores (ring-size → ring_size); options given here win."
 )]
 pub struct Args {
+    /// Configuration file [default: /etc/shmbus/shmbusd.toml, if present].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Socket to listen on [default: $SHMBUS_SOCKET, else $XDG_RUNTIME_DIR/shmbus/bus.sock, else /run/shmbus/bus.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Ring data bytes per direction when a call names none (power of two).
-    #[arg(long, value_name = "BYTES")]
+    /// Permission bits of the socket, in octal [default: 0666].
+    #[arg(long, value_name = "OCTAL", value_parser = |s: &str| parse_mode(s))]
+    pub socket_mode: Option<u32>,
+    /// Group owning the socket.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Ring data bytes per direction when a call names none (power of two; K/M/G suffixes).
+    #[arg(long, value_name = "BYTES", value_parser = |s: &str| parse_ring(s))]
     pub ring_size: Option<u32>,
     /// Largest ring a call may ask for.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = |s: &str| parse_ring(s))]
     pub max_ring_size: Option<u32>,
+    /// High-water mark for calls that leave it to the broker.
+    #[arg(long, value_name = "CREDIT", value_parser = |s: &str| parse_hwm(s))]
+    pub high_water_mark: Option<u64>,
     /// Largest control frame body.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = |s: &str| parse_frame(s))]
     pub max_frame: Option<u32>,
     /// Connections accepted at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
     pub max_connections: Option<usize>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
+    /// Services one connection may register.
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
+    pub max_services_per_connection: Option<usize>,
+    /// Methods one service may declare.
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
+    pub max_methods_per_service: Option<usize>,
+    /// Calls one connection may have live.
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
+    pub max_calls_per_connection: Option<usize>,
+    /// Bytes queued toward a connection before it is cut off as too slow.
+    #[arg(long, value_name = "BYTES", value_parser = |s: &str| parse_queued(s))]
+    pub max_queued_bytes: Option<usize>,
+    /// Log level or filter (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (a number, optionally with K, M or G)"))
+}
+
+fn parse_ring(s: &str) -> Result<u32, String> {
+    let v = parse_size(s)?;
+    u32::try_from(v)
+        .ok()
+        .filter(|v| shmbus::ring::valid_capacity(*v))
+        .ok_or_else(|| {
+            format!(
+                "must be a power of two between {} and {}, got {v}",
+                shmbus::ring::MIN_CAPACITY,
+                shmbus::ring::MAX_CAPACITY
+            )
+        })
+}
+
+fn parse_hwm(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    if v == 0 || v > 1 << 48 {
+        return Err(format!("must be between 1 and 2^48, got {v}"));
+    }
+    Ok(v)
+}
+
+fn parse_frame(s: &str) -> Result<u32, String> {
+    let v = parse_size(s)?;
+    if !(4096..=64 << 20).contains(&v) {
+        return Err(format!("must be between 4096 and 67108864, got {v}"));
+    }
+    Ok(v as u32)
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number from 1 to 1048576, got {s:?}"
+        )),
+    }
+}
+
+fn parse_queued(s: &str) -> Result<usize, String> {
+    let v = parse_size(s)?;
+    if !(64 << 10..=1 << 30).contains(&v) {
+        return Err(format!("must be between 64K and 1G, got {v}"));
+    }
+    Ok(v as usize)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim().trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "must be octal permission bits such as 0660, got {s:?}"
+        )),
+    }
+}
+
+fn parse_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log level or filter: {e}"))
+}
+
+/// A value from the file as the text its parser takes.
+fn scalar(v: &toml::Value) -> Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        other => Err(format!(
+            "expected a number or a string, got {}",
+            other.type_str()
+        )),
+    }
 }
 
 impl Args {
-    /// The limits these arguments ask for, checked.
-    pub fn limits(&self) -> Result<Limits, String> {
-        let mut l = Limits::default();
-        if let Some(v) = self.max_frame {
-            if !(4096..=(64 << 20)).contains(&v) {
-                return Err(format!("max-frame {v}: must be between 4096 and 67108864"));
-            }
-            l.max_frame = v;
+    /// Reads the configuration file (if any) and applies these flags over it.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => Some(t),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut merged = match text {
+            Some(t) => from_file(&path, &t)?,
+            None => Args::parse_from(["shmbusd"]),
+        };
+        merged.overlay(self);
+        merged.resolve()
+    }
+
+    /// Takes every option `other` sets.
+    fn overlay(&mut self, other: &Args) {
+        macro_rules! take {
+            ($($f:ident),*) => { $(if other.$f.is_some() { self.$f = other.$f.clone(); })* };
         }
-        if let Some(v) = self.max_ring_size {
-            if !shmbus::ring::valid_capacity(v) {
-                return Err(format!(
-                    "max-ring-size {v}: must be a power of two between 4096 and 1 GiB"
-                ));
-            }
-            l.max_ring_size = v;
-        }
-        if let Some(v) = self.ring_size {
-            if !shmbus::ring::valid_capacity(v) {
-                return Err(format!(
-                    "ring-size {v}: must be a power of two between 4096 and 1 GiB"
-                ));
-            }
-            l.default_ring_size = v;
-        }
-        if l.default_ring_size > l.max_ring_size {
+        take!(
+            socket,
+            socket_mode,
+            socket_group,
+            ring_size,
+            max_ring_size,
+            high_water_mark,
+            max_frame,
+            max_connections,
+            max_services_per_connection,
+            max_methods_per_service,
+            max_calls_per_connection,
+            max_queued_bytes,
+            log_level
+        );
+    }
+
+    fn resolve(&self) -> Result<Settings, String> {
+        let d = Limits::default();
+        let limits = Limits {
+            max_frame: self.max_frame.unwrap_or(d.max_frame),
+            default_ring_size: self.ring_size.unwrap_or(d.default_ring_size),
+            max_ring_size: self.max_ring_size.unwrap_or(d.max_ring_size),
+            default_high_water_mark: self.high_water_mark.unwrap_or(d.default_high_water_mark),
+            max_services_per_connection: self
+                .max_services_per_connection
+                .unwrap_or(d.max_services_per_connection),
+            max_methods_per_service: self
+                .max_methods_per_service
+                .unwrap_or(d.max_methods_per_service),
+            max_calls_per_connection: self
+                .max_calls_per_connection
+                .unwrap_or(d.max_calls_per_connection),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_queued_bytes: self.max_queued_bytes.unwrap_or(d.max_queued_bytes),
+        };
+        if limits.default_ring_size > limits.max_ring_size {
             return Err(format!(
-                "ring-size {} exceeds max-ring-size {}",
-                l.default_ring_size, l.max_ring_size
+                "ring_size {} exceeds max_ring_size {}",
+                limits.default_ring_size, limits.max_ring_size
             ));
         }
-        if let Some(v) = self.max_connections {
-            l.max_connections = v.max(1);
+        let log_level = match &self.log_level {
+            Some(l) => parse_level(l).map_err(|e| format!("log_level: {e}"))?,
+            None => "info".into(),
+        };
+        Ok(Settings {
+            socket: self
+                .socket
+                .clone()
+                .unwrap_or_else(shmbus::default_socket_path),
+            socket_mode: self.socket_mode.unwrap_or(0o666),
+            socket_group: self.socket_group.clone(),
+            log_level,
+            limits,
+        })
+    }
+}
+
+/// Parses a configuration file into the same shape as the flags.
+fn from_file(path: &Path, text: &str) -> Result<Args, String> {
+    let at = |msg: String| format!("{}: {msg}", path.display());
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+        at(format!(
+            "line {line}, column {col}: {}",
+            e.message().lines().next().unwrap_or("invalid TOML")
+        ))
+    })?;
+    let mut args = Args::parse_from(["shmbusd"]);
+    for (key, value) in &table {
+        let bad = |msg: String| at(format!("key `{key}`: {msg}"));
+        let text = scalar(value).map_err(bad)?;
+        let err = |r: Result<(), String>| r.map_err(|m| at(format!("key `{key}`: {m}")));
+        match key.as_str() {
+            "socket" => args.socket = Some(PathBuf::from(text)),
+            "socket_mode" => err(parse_mode(&text).map(|v| args.socket_mode = Some(v)))?,
+            "socket_group" => args.socket_group = Some(text),
+            "ring_size" => err(parse_ring(&text).map(|v| args.ring_size = Some(v)))?,
+            "max_ring_size" => err(parse_ring(&text).map(|v| args.max_ring_size = Some(v)))?,
+            "high_water_mark" => err(parse_hwm(&text).map(|v| args.high_water_mark = Some(v)))?,
+            "max_frame" => err(parse_frame(&text).map(|v| args.max_frame = Some(v)))?,
+            "max_connections" => err(parse_count(&text).map(|v| args.max_connections = Some(v)))?,
+            "max_services_per_connection" => {
+                err(parse_count(&text).map(|v| args.max_services_per_connection = Some(v)))?
+            }
+            "max_methods_per_service" => {
+                err(parse_count(&text).map(|v| args.max_methods_per_service = Some(v)))?
+            }
+            "max_calls_per_connection" => {
+                err(parse_count(&text).map(|v| args.max_calls_per_connection = Some(v)))?
+            }
+            "max_queued_bytes" => {
+                err(parse_queued(&text).map(|v| args.max_queued_bytes = Some(v)))?
+            }
+            "log_level" => err(parse_level(&text).map(|v| args.log_level = Some(v)))?,
+            _ => return Err(at(format!("key `{key}`: unknown key"))),
         }
-        Ok(l)
+    }
+    Ok(args)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Result<Settings, String> {
+        let mut a = from_file(Path::new("/etc/x.toml"), text)?;
+        a.overlay(&Args::parse_from(["shmbusd"]));
+        a.resolve()
+    }
+
+    #[test]
+    fn keys_parse_and_flags_win() {
+        let s = file("ring_size = \"4M\"\nmax_ring_size = 16777216\nsocket_mode = \"0660\"\nlog_level = \"debug\"\n")
+            .unwrap();
+        assert_eq!(s.limits.default_ring_size, 4 << 20);
+        assert_eq!(s.limits.max_ring_size, 16 << 20);
+        assert_eq!(s.socket_mode, 0o660);
+        let mut a = from_file(Path::new("f"), "ring_size = 8192").unwrap();
+        a.overlay(&Args::parse_from(["shmbusd", "--ring-size", "16K"]));
+        assert_eq!(a.resolve().unwrap().limits.default_ring_size, 16384);
+    }
+
+    #[test]
+    fn every_problem_is_one_line_naming_the_key() {
+        for (text, expect) in [
+            (
+                "ring_size = 1000",
+                "key `ring_size`: must be a power of two",
+            ),
+            ("max_frame = 12", "key `max_frame`: must be between 4096"),
+            ("bogus = 1", "key `bogus`: unknown key"),
+            ("max_connections = 0", "key `max_connections`"),
+            ("socket_mode = \"999\"", "key `socket_mode`"),
+            (
+                "ring_size = [1]",
+                "key `ring_size`: expected a number or a string",
+            ),
+            ("ring_size = = 3", "line 1, column"),
+            (
+                "ring_size = \"64M\"\nmax_ring_size = \"1M\"",
+                "ring_size 67108864 exceeds max_ring_size 1048576",
+            ),
+        ] {
+            let e = file(text).unwrap_err();
+            assert!(e.contains(expect), "{text:?} gave {e:?}");
+            assert_eq!(e.lines().count(), 1, "{e:?}");
+        }
     }
 }

@@ -9,11 +9,17 @@
 //! - [`router`]: bus semantics (peers, services, calls, streams), no I/O;
 //! - [`ports`]: creating stream ports;
 //! - [`conn`]: one connection's buffers;
-//! - [`server`]: the event loop;
-//! - [`config`]: arguments and limits.
+//! - [`server`]: the event loop and the process lifecycle (stop, reload);
+//! - [`signals`]: signals as pollable events;
+//! - [`notify`]: readiness, status and watchdog for the service manager;
+//! - [`logging`]: log lines, journald-aware;
+//! - [`config`]: the configuration file and flags.
 
 pub mod config;
 pub mod conn;
+pub mod logging;
+pub mod notify;
 pub mod ports;
 pub mod router;
 pub mod server;
+pub mod signals;

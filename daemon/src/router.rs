@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
+use std::collections::HashSet;
+use std::time::Instant;
+
 use shmbus::frame::{
-    BrokerSnapshot, CallId, CallRequest, Capabilities, ErrorCode, FallbackReason, Frame,
-    MethodSpec, RemoteError, ServiceInfo, StreamId, StreamInfo, StreamMode, StreamOpen, Transport,
-    TransportPreference, PROTOCOL_VERSION,
+    BrokerSnapshot, BrokerStatus, CallId, CallRequest, Capabilities, ErrorCode, FallbackReason,
+    Frame, MethodSpec, MonitorEvent, MonitorKind, RemoteError, ServiceInfo, StreamId, StreamInfo,
+    StreamMode, StreamOpen, Transport, TransportPreference, PROTOCOL_VERSION,
 };
 use shmbus::sys::PeerCredentials;
 use tracing::{debug, info, warn};
@@ -71,6 +74,7 @@ struct Service {
 struct LiveCall {
     caller: ConnId,
     caller_call: CallId,
+    caller_pid: i32,
     service_conn: ConnId,
     stream: Option<StreamInfo>,
 }
@@ -84,6 +88,9 @@ pub struct Router {
     by_caller: HashMap<(ConnId, CallId), CallId>,
     next_call: CallId,
     next_stream: StreamId,
+    monitors: HashSet<ConnId>,
+    draining: bool,
+    started: Instant,
     /// Counters for status.
     pub stats: Stats,
 }
@@ -97,6 +104,8 @@ pub struct Stats {
     pub shm_streams: u64,
     /// Streams opened over sockets.
     pub socket_streams: u64,
+    /// Payload bytes of finished streams.
+    pub finished_bytes: u64,
 }
 
 impl Router {
@@ -110,8 +119,78 @@ impl Router {
             by_caller: HashMap::new(),
             next_call: 1,
             next_stream: 1,
+            monitors: HashSet::new(),
+            draining: false,
+            started: Instant::now(),
             stats: Stats::default(),
         }
+    }
+
+    /// Stops taking new calls and registrations (the broker is stopping).
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Fails every call still live (the broker stops now): callers get a
+    /// result error, services a cancel.
+    pub fn abort_all(&mut self, why: &str) -> Vec<Output> {
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let error = remote(ErrorCode::ShuttingDown, why);
+            out.extend(self.finish_call(id, Err(error)));
+            // finish_call removed it; tell the service too.
+        }
+        out
+    }
+
+    /// Live streams.
+    pub fn live_streams(&self) -> usize {
+        self.calls.values().filter(|c| c.stream.is_some()).count()
+    }
+
+    /// Registered services.
+    pub fn services(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The broker's vital signs.
+    pub fn status(&self) -> BrokerStatus {
+        let live_bytes: u64 = self
+            .calls
+            .values()
+            .filter_map(|c| c.stream.as_ref())
+            .map(|s| s.bytes)
+            .sum();
+        BrokerStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            connections: self.peers.len() as u64,
+            services: self.services.len() as u64,
+            streams: self.live_streams() as u64,
+            calls_total: self.stats.calls,
+            shm_streams_total: self.stats.shm_streams,
+            socket_streams_total: self.stats.socket_streams,
+            bytes_moved: self.stats.finished_bytes + live_bytes,
+        }
+    }
+
+    fn event(&self, live: &LiveCall, kind: MonitorKind) -> Vec<Output> {
+        let Some(s) = &live.stream else {
+            return Vec::new();
+        };
+        let ev = MonitorEvent {
+            stream: s.stream,
+            service: s.service.clone(),
+            method: s.method.clone(),
+            caller_pid: live.caller_pid,
+            bytes: s.bytes,
+            kind,
+        };
+        self.monitors
+            .iter()
+            .map(|&m| send(m, Frame::Event(ev.clone())))
+            .collect()
     }
 
     /// Replaces the limits (on reload).
@@ -197,6 +276,17 @@ impl Router {
                     snapshot: self.snapshot(),
                 },
             )],
+            Frame::Status { request } => vec![send(
+                conn,
+                Frame::StatusReply {
+                    request,
+                    status: self.status(),
+                },
+            )],
+            Frame::Monitor { request } => {
+                self.monitors.insert(conn);
+                vec![send(conn, Frame::Ack { request })]
+            }
             other => violation(
                 conn,
                 format!("{} frame is not accepted by the broker", other.kind()),
@@ -277,6 +367,12 @@ impl Router {
                 },
             )]
         };
+        if self.draining {
+            return fail(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down".into(),
+            );
+        }
         let Some(service) = self.services.get(&req.service) else {
             return fail(
                 ErrorCode::NoSuchService,
@@ -315,15 +411,18 @@ impl Router {
         let mut live = LiveCall {
             caller: conn,
             caller_call: req.call,
+            caller_pid,
             service_conn,
             stream: None,
         };
         let mut out = Vec::new();
+        let mut open_fallback = None;
         let incoming_open = if mode == StreamMode::Unary {
             None
         } else {
             match self.open_stream(conn, service_conn, &req, mode) {
                 Ok((open, fds)) => {
+                    open_fallback = open.fallback.clone();
                     live.stream = Some(StreamInfo {
                         stream: open.stream,
                         service: req.service.clone(),
@@ -375,6 +474,15 @@ impl Router {
             },
             fds,
         });
+        if let Some(s) = &live.stream {
+            out.extend(self.event(
+                &live,
+                MonitorKind::Open {
+                    transport: s.transport,
+                    fallback: open_fallback.clone(),
+                },
+            ));
+        }
         self.by_caller.insert((conn, req.call), broker_call);
         self.calls.insert(broker_call, live);
         if let Some(p) = self.peers.get_mut(&conn) {
@@ -390,6 +498,14 @@ impl Router {
         req: &CallRequest,
         mode: StreamMode,
     ) -> Result<(StreamOpen, ports::PortFds), RemoteError> {
+        let mut credit = req.credit;
+        if credit.high_water_mark == 0 {
+            credit.high_water_mark = self.limits.default_high_water_mark;
+        }
+        let req = &CallRequest {
+            credit,
+            ..req.clone()
+        };
         req.credit
             .validate()
             .map_err(|e| remote(ErrorCode::LimitsExceeded, e.to_string()))?;
@@ -487,25 +603,48 @@ impl Router {
                 )
             }
         }
-        let live = self.calls.remove(&call).expect("checked");
+        self.finish_call(call, outcome)
+    }
+
+    /// Removes a call and sends its result to the caller.
+    fn finish_call(&mut self, call: CallId, outcome: Result<Vec<u8>, RemoteError>) -> Vec<Output> {
+        let Some(live) = self.calls.remove(&call) else {
+            return Vec::new();
+        };
         self.by_caller.remove(&(live.caller, live.caller_call));
         if let Some(p) = self.peers.get_mut(&live.caller) {
             p.live_calls -= 1;
         }
+        let mut out = Vec::new();
         if let Some(s) = &live.stream {
             info!(
                 stream = s.stream,
                 ok = outcome.is_ok(),
+                bytes = s.bytes,
                 "stream call finished"
             );
+            self.stats.finished_bytes += s.bytes;
+            let kind = match &outcome {
+                Ok(_) => MonitorKind::End,
+                Err(e) => MonitorKind::Error(e.clone()),
+            };
+            out.extend(self.event(&live, kind));
         }
-        vec![send(
+        if self.draining && self.peers.contains_key(&live.service_conn) {
+            if let Err(e) = &outcome {
+                if e.code == ErrorCode::ShuttingDown {
+                    out.push(send(live.service_conn, Frame::Cancel { call }));
+                }
+            }
+        }
+        out.push(send(
             live.caller,
             Frame::Result {
                 call: live.caller_call,
                 outcome,
             },
-        )]
+        ));
+        out
     }
 
     fn cancel(&mut self, conn: ConnId, call: CallId) -> Vec<Output> {
@@ -513,7 +652,9 @@ impl Router {
             Some(&b) => {
                 let live = &self.calls[&b];
                 info!(call = b, stream = ?live.stream.as_ref().map(|s| s.stream), "cancel");
-                vec![send(live.service_conn, Frame::Cancel { call: b })]
+                let mut out = self.event(live, MonitorKind::Cancel);
+                out.push(send(live.service_conn, Frame::Cancel { call: b }));
+                out
             }
             None => Vec::new(),
         }
@@ -525,8 +666,9 @@ impl Router {
                 continue;
             }
             if let Some(s) = live.stream.as_mut().filter(|s| s.stream == stream) {
+                // Both halves report; the sender's count is never behind the receiver's.
                 s.state = state.chars().take(16).collect();
-                s.bytes = bytes;
+                s.bytes = s.bytes.max(bytes);
                 s.credit_outstanding = credit;
                 return;
             }
@@ -539,6 +681,7 @@ impl Router {
         let Some(peer) = self.peers.remove(&conn) else {
             return Vec::new();
         };
+        self.monitors.remove(&conn);
         for name in &peer.services {
             self.services.remove(name);
             info!(service = %name, pid = peer.creds.pid, "service unregistered");
@@ -556,6 +699,16 @@ impl Router {
             if let Some(p) = self.peers.get_mut(&live.caller) {
                 p.live_calls -= 1;
             }
+            let gone = remote(ErrorCode::PeerGone, "the service disconnected");
+            if let Some(s) = &live.stream {
+                self.stats.finished_bytes += s.bytes;
+                let kind = if live.caller == conn {
+                    MonitorKind::Cancel
+                } else {
+                    MonitorKind::Error(gone.clone())
+                };
+                out.extend(self.event(&live, kind));
+            }
             if live.caller == conn && live.service_conn != conn {
                 out.push(send(live.service_conn, Frame::Cancel { call: id }));
             } else if live.service_conn == conn && live.caller != conn {
@@ -563,7 +716,7 @@ impl Router {
                     live.caller,
                     Frame::Result {
                         call: live.caller_call,
-                        outcome: Err(remote(ErrorCode::PeerGone, "the service disconnected")),
+                        outcome: Err(gone),
                     },
                 ));
             }

@@ -1,34 +1,49 @@
 //! The broker process: a single-threaded mio loop that accepts connections,
 //! reads frames, hands them to the [`Router`] and writes what it returns.
+//! It also owns the process's lifecycle: stop (drain, then exit), reload,
+//! and the service manager's notifications.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use mio::net::{UnixListener, UnixStream};
+use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token};
 use shmbus::frame::{ErrorCode, Frame, RemoteError};
 use shmbus::sys;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::Limits;
+use crate::config::{Limits, Settings};
 use crate::conn::{Conn, ReadError};
+use crate::logging::LogHandle;
+use crate::notify::Notifier;
 use crate::router::{ConnId, Output, Router};
+use crate::signals::{SignalPipe, Trigger};
 
 const LISTENER: Token = Token(0);
-const SIGNALS: Token = Token(1);
+const STOP: Token = Token(1);
+const RELOAD: Token = Token(2);
 const FIRST_CONN: u64 = 16;
+
+/// How long calls in flight may take to finish once the broker is asked to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(4);
+
+/// Stops a running [`Server`].
+pub type StopHandle = Trigger;
+
+/// Re-reads the configuration on reload.
+pub type Reloader = Box<dyn FnMut() -> Result<Settings, String> + Send>;
 
 /// A running broker.
 pub struct Server {
     poll: Poll,
     listener: Option<UnixListener>,
     socket_path: Option<PathBuf>,
-    signals: UnixStream,
-    stop_writer: StdUnixStream,
+    stop: SignalPipe,
+    reload: SignalPipe,
     conns: HashMap<ConnId, Conn>,
     router: Router,
     limits: Limits,
@@ -36,16 +51,11 @@ pub struct Server {
     started: Instant,
     /// Connections whose read budget ran out with data possibly left.
     again: Vec<ConnId>,
-}
-
-/// Stops a running [`Server`].
-pub struct StopHandle(StdUnixStream);
-
-impl StopHandle {
-    /// Asks the broker to stop; it finishes the current event first.
-    pub fn stop(&self) {
-        let _ = io::Write::write(&mut &self.0, &[1]);
-    }
+    notifier: Notifier,
+    reloader: Option<Reloader>,
+    log: Option<LogHandle>,
+    settings: Option<Settings>,
+    stop_deadline: Option<Instant>,
 }
 
 /// Binds `path`, creating its directory; refuses when a broker already answers there.
@@ -66,7 +76,10 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 impl Server {
-    /// Prepares a broker on a bound listener. SIGTERM and SIGINT stop it.
+    /// Prepares a broker on a bound listener. `socket_path` is removed at
+    /// exit (pass `None` for a socket the service manager owns). It runs until
+    /// stopped through a [`StopHandle`] or, after
+    /// [`handle_signals`](Self::handle_signals), by SIGTERM or SIGINT.
     pub fn new(
         listener: UnixListener,
         socket_path: Option<PathBuf>,
@@ -76,47 +89,77 @@ impl Server {
         let mut listener = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let (sig_read, sig_write) = StdUnixStream::pair()?;
-        sig_read.set_nonblocking(true)?;
-        sig_write.set_nonblocking(true)?;
-        let mut signals = UnixStream::from_std(sig_read);
+        let mut stop = SignalPipe::new()?;
+        let mut reload = SignalPipe::new()?;
         poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            .register(&mut stop.rx, STOP, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut reload.rx, RELOAD, Interest::READABLE)?;
         Ok(Server {
             poll,
             listener: Some(listener),
             socket_path,
-            signals,
-            stop_writer: sig_write,
+            stop,
+            reload,
             conns: HashMap::new(),
             router: Router::new(limits.clone()),
             limits,
             next_conn: FIRST_CONN,
             started: Instant::now(),
             again: Vec::new(),
+            notifier: Notifier::from_env(),
+            reloader: None,
+            log: None,
+            settings: None,
+            stop_deadline: None,
         })
     }
 
-    /// Makes SIGTERM and SIGINT stop the broker.
-    pub fn stop_on_signals(&self) -> io::Result<()> {
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::low_level::pipe::register(sig, self.stop_writer.try_clone()?)?;
-        }
-        Ok(())
+    /// SIGTERM and SIGINT stop the broker, SIGHUP reloads it.
+    pub fn handle_signals(&self) -> io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        self.stop.route(&[SIGTERM, SIGINT])?;
+        self.reload.route(&[SIGHUP])
+    }
+
+    /// How to re-read the configuration on SIGHUP, and the settings now in force.
+    pub fn set_reloader(&mut self, current: Settings, reloader: Reloader, log: LogHandle) {
+        self.settings = Some(current);
+        self.reloader = Some(reloader);
+        self.log = Some(log);
     }
 
     /// A handle that stops the broker from another thread.
     pub fn stop_handle(&self) -> io::Result<StopHandle> {
-        Ok(StopHandle(self.stop_writer.try_clone()?))
+        self.stop.trigger()
     }
 
-    /// Runs until stopped.
+    fn status_line(&self) -> String {
+        format!(
+            "{} connections, {} services, {} streams",
+            self.conns.len(),
+            self.router.services(),
+            self.router.live_streams()
+        )
+    }
+
+    /// Runs until stopped: after a stop request, calls in flight get
+    /// [`STOP_GRACE`] to finish.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         info!(socket = ?self.socket_path, "broker ready");
+        let status = self.status_line();
+        self.notifier.ready(&status);
         loop {
             // Connections with unread input get another turn before sleeping.
-            let timeout = (!self.again.is_empty()).then_some(std::time::Duration::ZERO);
+            let mut timeout = self.notifier.next_wakeup();
+            if !self.again.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+            if let Some(deadline) = self.stop_deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -125,10 +168,14 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    SIGNALS => {
-                        if self.take_signal() {
-                            self.shutdown();
-                            return Ok(());
+                    STOP => {
+                        if self.stop.take() {
+                            self.begin_stop();
+                        }
+                    }
+                    RELOAD => {
+                        if self.reload.take() {
+                            self.reload_config();
                         }
                     }
                     Token(t) => {
@@ -145,47 +192,103 @@ impl Server {
             for conn in std::mem::take(&mut self.again) {
                 self.readable(conn);
             }
-        }
-    }
-
-    fn take_signal(&mut self) -> bool {
-        let mut buf = [0u8; 16];
-        let mut got = false;
-        while let Ok(n) = io::Read::read(&mut &self.signals, &mut buf) {
-            if n == 0 {
-                break;
+            self.notifier.tick();
+            let status = self.status_line();
+            self.notifier.status(status);
+            if let Some(deadline) = self.stop_deadline {
+                if self.router.live_calls() == 0 || Instant::now() >= deadline {
+                    self.finish_stop();
+                    return Ok(());
+                }
             }
-            got = true;
         }
-        got
     }
 
-    fn shutdown(&mut self) {
+    fn begin_stop(&mut self) {
+        if self.stop_deadline.is_some() {
+            info!("second stop request: stopping now");
+            self.stop_deadline = Some(Instant::now());
+            return;
+        }
         info!(
             connections = self.conns.len(),
             live_calls = self.router.live_calls(),
             uptime_s = self.started.elapsed().as_secs(),
-            "stopping"
+            "stopping: no new calls; calls in flight may finish"
         );
-        self.listener = None;
+        self.notifier.stopping("stopping: draining calls in flight");
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
         if let Some(p) = &self.socket_path {
             let _ = std::fs::remove_file(p);
         }
+        self.router.drain();
+        let grace_ms = STOP_GRACE.as_millis() as u32;
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
-            if let Some(c) = self.conns.get_mut(&id) {
-                let _ = c.queue(
-                    &Frame::Error(RemoteError {
-                        code: ErrorCode::ShuttingDown,
-                        message: "broker shutting down".into(),
-                    }),
-                    Vec::new(),
-                    usize::MAX,
-                );
-                let _ = c.flush();
-            }
+        let notices = ids
+            .into_iter()
+            .map(|to| Output::Send {
+                to,
+                frame: Frame::ShuttingDown { grace_ms },
+                fds: Vec::new(),
+            })
+            .collect();
+        self.apply(notices);
+        self.stop_deadline = Some(Instant::now() + STOP_GRACE);
+    }
+
+    fn finish_stop(&mut self) {
+        let left = self.router.live_calls();
+        if left > 0 {
+            warn!(
+                calls = left,
+                "grace period over: failing the calls still in flight"
+            );
+        }
+        let outputs = self
+            .router
+            .abort_all("the broker stopped before the call finished");
+        self.apply(outputs);
+        for conn in self.conns.values_mut() {
+            let _ = conn.flush();
         }
         self.conns.clear();
+        info!("stopped");
+    }
+
+    fn reload_config(&mut self) {
+        self.notifier.reloading();
+        let Some(reloader) = self.reloader.as_mut() else {
+            info!("reload requested, but no configuration source is set");
+            let status = self.status_line();
+            self.notifier.ready(&status);
+            return;
+        };
+        match reloader() {
+            Ok(new) => {
+                if let Some(old) = &self.settings {
+                    if old.socket != new.socket
+                        || old.socket_mode != new.socket_mode
+                        || old.socket_group != new.socket_group
+                    {
+                        warn!("socket settings changed: they take effect at the next start");
+                    }
+                }
+                if let Some(log) = &self.log {
+                    if let Err(e) = log.set_level(&new.log_level) {
+                        warn!(error = %e, "log level not applied");
+                    }
+                }
+                self.limits = new.limits.clone();
+                self.router.set_limits(new.limits.clone());
+                info!(limits = ?new.limits, "configuration reloaded");
+                self.settings = Some(new);
+            }
+            Err(e) => error!("reload failed, keeping the running configuration: {e}"),
+        }
+        let status = self.status_line();
+        self.notifier.ready(&status);
     }
 
     fn accept(&mut self) {

@@ -11,7 +11,10 @@ fn invalid_limits_are_refused_with_a_one_line_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("exceeds max-ring-size"), "{err}");
+    assert!(
+        err.contains("ring_size 8192 exceeds max_ring_size 4096"),
+        "{err}"
+    );
 }
 
 #[test]

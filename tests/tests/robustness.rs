@@ -406,7 +406,7 @@ fn raw_call_frames_are_validated() {
     assert!(matches!(svc.recv(), Some((Frame::Ack { .. }, _))));
     req.service = "s".into();
     req.mode = Some(StreamMode::Download);
-    for (hwm, ring) in [(0u64, None), (1, Some(12345u32)), (1, Some(1 << 30))] {
+    for (hwm, ring) in [(1u64 << 50, None), (1, Some(12345u32)), (1, Some(1 << 30))] {
         req.call += 1;
         req.credit = CreditSpec::items(hwm);
         req.ring_size = ring;

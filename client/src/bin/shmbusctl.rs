@@ -14,6 +14,8 @@ use shmbus_client::{
 
 /// The method `serve` registers and `cat` calls.
 const METHOD: &str = "read";
+/// The unary method answering the served size (when known).
+const SIZE_METHOD: &str = "size";
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +53,19 @@ enum Command {
         /// Collect the whole stream as one result (batch RPC), then write it.
         #[arg(long)]
         batch: bool,
+        /// Show bytes and rate on stderr (a progress bar when the size is known).
+        #[arg(long)]
+        progress: bool,
     },
+    /// Broker version, uptime, connections, services, streams, bytes moved.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live stream events: open (with transport, and why not shared memory),
+    /// end, error, cancel. Runs until interrupted.
+    Monitor,
     /// Services and live streams.
     List {
         /// JSON instead of a table.
@@ -101,8 +115,11 @@ fn main() -> ExitCode {
             name,
             transport,
             batch,
-        } => cat(&socket, &name, transport.into(), batch),
+            progress,
+        } => cat(&socket, &name, transport.into(), batch, progress),
         Command::List { json } => list(&socket, json),
+        Command::Status { json } => status(&socket, json),
+        Command::Monitor => monitor(&socket),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,7 +151,13 @@ fn stream_reader(mut reader: impl Read, call: &mut IncomingCall) -> shmbus_clien
 }
 
 fn serve_one(mut call: IncomingCall, file: Option<&Path>, stdin: bool) {
-    let result = if call.method() != METHOD {
+    let result = if call.method() == SIZE_METHOD {
+        match file.map(std::fs::metadata) {
+            Some(Ok(m)) => call.reply(m.len().to_le_bytes().to_vec()),
+            Some(Err(e)) => call.fail(&e.to_string()),
+            None => call.fail("size unknown: serving standard input"),
+        }
+    } else if call.method() != METHOD {
         let msg = format!("unknown method {}", call.method());
         call.fail(&msg)
     } else if stdin {
@@ -169,11 +192,21 @@ fn serve(socket: &Path, name: &str, file: Option<PathBuf>) -> shmbus_client::Res
             .map_err(|e| Error::Io(io::Error::new(e.kind(), format!("{}: {e}", f.display()))))?;
     }
     let conn = Connection::connect(socket)?;
-    let service = conn.register(name, &[MethodSpec::new(METHOD, StreamMode::Download)])?;
+    let service = conn.register(
+        name,
+        &[
+            MethodSpec::new(METHOD, StreamMode::Download),
+            MethodSpec::new(SIZE_METHOD, StreamMode::Unary),
+        ],
+    )?;
     match file {
         None => {
-            if let Some(call) = service.next()? {
+            while let Some(call) = service.next()? {
+                let streams = call.method() == METHOD;
                 serve_one(call, None, true);
+                if streams {
+                    break;
+                }
             }
             Ok(())
         }
@@ -192,8 +225,17 @@ fn cat(
     name: &str,
     transport: TransportPreference,
     batch: bool,
+    progress: bool,
 ) -> shmbus_client::Result<()> {
     let conn = Connection::connect(socket)?;
+    let mut meter = progress.then(|| {
+        let size = conn
+            .call(name, SIZE_METHOD)
+            .unary()
+            .ok()
+            .and_then(|b| b.try_into().ok().map(u64::from_le_bytes));
+        Progress::new(size)
+    });
     let builder = conn
         .call(name, METHOD)
         .transport(transport)
@@ -203,8 +245,14 @@ fn cat(
     if batch {
         for item in builder.collect()? {
             out.write_all(&item)?;
+            if let Some(m) = meter.as_mut() {
+                m.add(item.len());
+            }
         }
         out.flush()?;
+        if let Some(m) = meter.as_mut() {
+            m.done();
+        }
         return Ok(());
     }
     let mut call = builder.mode(StreamMode::Download).start()?;
@@ -219,10 +267,166 @@ fn cat(
         let n = buf.len();
         out.write_all(buf)?;
         rx.consume(n);
+        if let Some(m) = meter.as_mut() {
+            m.add(n);
+        }
     }
     out.flush()?;
     call.finish()?;
+    if let Some(m) = meter.as_mut() {
+        m.done();
+    }
     Ok(())
+}
+
+/// Bytes and rate on stderr; a bar when the total is known and stderr is a terminal.
+struct Progress {
+    total: Option<u64>,
+    bytes: u64,
+    start: std::time::Instant,
+    last: std::time::Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: Option<u64>) -> Self {
+        let now = std::time::Instant::now();
+        Progress {
+            total,
+            bytes: 0,
+            start: now,
+            last: now,
+            tty: io::IsTerminal::is_terminal(&io::stderr()),
+        }
+    }
+
+    fn add(&mut self, n: usize) {
+        self.bytes += n as u64;
+        let every = if self.tty { 100 } else { 1000 };
+        if self.last.elapsed() >= std::time::Duration::from_millis(every) {
+            self.last = std::time::Instant::now();
+            self.show(false);
+        }
+    }
+
+    fn line(&self) -> String {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let rate = format!("{}/s", human(self.bytes as f64 / secs));
+        match self.total {
+            Some(t) if t > 0 => {
+                let frac = (self.bytes as f64 / t as f64).min(1.0);
+                let filled = (frac * 30.0).round() as usize;
+                format!(
+                    "[{}{}] {:>3.0}% {} / {}  {rate}",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    frac * 100.0,
+                    human(self.bytes as f64),
+                    human(t as f64)
+                )
+            }
+            _ => format!("{}  {rate}", human(self.bytes as f64)),
+        }
+    }
+
+    fn show(&self, last: bool) {
+        let mut err = io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[K{}", self.line());
+            if last {
+                let _ = writeln!(err);
+            }
+        } else {
+            let _ = writeln!(err, "{}", self.line());
+        }
+        let _ = err.flush();
+    }
+
+    fn done(&mut self) {
+        self.show(true);
+    }
+}
+
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn status(socket: &Path, json: bool) -> shmbus_client::Result<()> {
+    let conn = Connection::connect(socket)?;
+    let s = conn.status()?;
+    if json {
+        let v = serde_json::json!({
+            "version": s.version, "uptime_ms": s.uptime_ms, "connections": s.connections,
+            "services": s.services, "streams": s.streams, "calls_total": s.calls_total,
+            "shm_streams_total": s.shm_streams_total, "socket_streams_total": s.socket_streams_total,
+            "bytes_moved": s.bytes_moved,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    let up = s.uptime_ms / 1000;
+    println!("shmbusd {}", s.version);
+    println!(
+        "uptime       {}h {:02}m {:02}s",
+        up / 3600,
+        up / 60 % 60,
+        up % 60
+    );
+    println!("connections  {}", s.connections);
+    println!("services     {}", s.services);
+    println!(
+        "streams      {} live; {} opened over shm, {} over socket",
+        s.streams, s.shm_streams_total, s.socket_streams_total
+    );
+    println!("calls        {}", s.calls_total);
+    println!(
+        "bytes moved  {} ({})",
+        s.bytes_moved,
+        human(s.bytes_moved as f64)
+    );
+    Ok(())
+}
+
+fn monitor(socket: &Path) -> shmbus_client::Result<()> {
+    use shmbus_client::MonitorKind;
+    let conn = Connection::connect(socket)?;
+    let events = conn.monitor()?;
+    let mut out = io::stdout();
+    for ev in events {
+        let what = match &ev.kind {
+            MonitorKind::Open {
+                transport,
+                fallback,
+            } => match fallback {
+                None => format!("open transport={}", transport_name(*transport)),
+                Some(why) => format!(
+                    "open transport={} fallback={why:?}",
+                    transport_name(*transport)
+                ),
+            },
+            MonitorKind::End => "end".to_string(),
+            MonitorKind::Error(e) => format!("error code={:?} message={:?}", e.code, e.message),
+            MonitorKind::Cancel => "cancel".to_string(),
+        };
+        writeln!(
+            out,
+            "stream={} service={} method={} caller_pid={} bytes={} {what}",
+            ev.stream, ev.service, ev.method, ev.caller_pid, ev.bytes
+        )?;
+        out.flush()?;
+    }
+    Err(Error::BrokerGone)
 }
 
 /// Recovers the stream error carried inside an `io::Error`.
