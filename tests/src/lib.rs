@@ -169,9 +169,14 @@ pub struct Peer {
 impl Peer {
     /// Starts `shmbus-testpeer` with these arguments against `broker`.
     pub fn start(broker: &Broker, args: &[&str]) -> Peer {
+        Self::start_at(&broker.socket, args)
+    }
+
+    /// Starts `shmbus-testpeer` against the broker listening on `socket`.
+    pub fn start_at(socket: &Path, args: &[&str]) -> Peer {
         let mut child = Command::new(bin("shmbus-testpeer"))
             .args(args)
-            .env("SHMBUS_SOCKET", &broker.socket)
+            .env("SHMBUS_SOCKET", socket)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -186,7 +191,12 @@ impl Peer {
 
     /// Starts a `shmbus-testpeer` service role and waits until it serves.
     pub fn serve(broker: &Broker, args: &[&str]) -> Peer {
-        let mut p = Peer::start(broker, args);
+        Self::serve_at(&broker.socket, args)
+    }
+
+    /// Like [`serve`](Self::serve), for the broker listening on `socket`.
+    pub fn serve_at(socket: &Path, args: &[&str]) -> Peer {
+        let mut p = Peer::start_at(socket, args);
         p.expect_line("ready", Duration::from_secs(10));
         p
     }
