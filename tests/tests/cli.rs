@@ -205,3 +205,92 @@ fn a_second_broker_on_the_same_socket_refuses_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn status_monitor_and_progress() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    write_random_file(&file, 8 << 20);
+    let ctl = bin("shmbusctl");
+    let sock = broker.socket.to_str().unwrap().to_string();
+    let mut monitor = Command::new(&ctl)
+        .args(["--socket", &sock, "monitor"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Command::new(&ctl)
+        .args(["--socket", &sock, "serve", "f"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    let conn = broker.connect();
+    wait_for_service(&conn, "f");
+    let out = Command::new(&ctl)
+        .args(["--socket", &sock, "cat", "f", "--progress"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 8 << 20);
+    let progress = String::from_utf8(out.stderr).unwrap();
+    let last = progress.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.contains("100%") && last.contains("8.0 MiB / 8.0 MiB") && last.contains("/s"),
+        "{progress}"
+    );
+    let out = Command::new(&ctl)
+        .args(["--socket", &sock, "cat", "f", "--transport", "socket"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    let out = Command::new(&ctl)
+        .args(["--socket", &sock, "status", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["services"], 1);
+    assert_eq!(v["shm_streams_total"], 1);
+    assert_eq!(v["socket_streams_total"], 1);
+    assert!(v["bytes_moved"].as_u64().unwrap() >= 16 << 20, "{v}");
+    let text = Command::new(&ctl)
+        .args(["--socket", &sock, "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    for field in [
+        "shmbusd ",
+        "uptime",
+        "connections",
+        "services",
+        "streams",
+        "bytes moved",
+    ] {
+        assert!(text.contains(field), "{field} missing:\n{text}");
+    }
+
+    server.kill().unwrap();
+    let _ = server.wait();
+    drop(broker);
+    let _ = monitor.wait();
+    let mut events = String::new();
+    std::io::Read::read_to_string(&mut monitor.stdout.take().unwrap(), &mut events).unwrap();
+    let lines: Vec<&str> = events.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("service=f") && l.ends_with("open transport=shm")),
+        "{events}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("open transport=socket fallback=Requested")),
+        "{events}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with(" end")).count(),
+        2,
+        "{events}"
+    );
+}
