@@ -1,0 +1,328 @@
+//! The receiving half.
+
+use std::io::{self, BufRead, Read};
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use shmbus::frame::{StreamId, Transport};
+use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
+
+use super::lifecycle_opened;
+use super::progress::Progress;
+use crate::conn::Shared;
+use crate::error::{Error, Result};
+use crate::port::wait::WaitPolicy;
+use crate::port::{RxEvent, RxPort};
+
+#[derive(Debug, Clone)]
+enum Finished {
+    End,
+    Failed(FailKind),
+}
+
+#[derive(Debug, Clone)]
+enum FailKind {
+    Stream(String),
+    Cancelled,
+    PeerGone(String),
+    Protocol(String),
+}
+
+impl FailKind {
+    fn error(&self) -> Error {
+        match self {
+            FailKind::Stream(m) => Error::Stream(m.clone()),
+            FailKind::Cancelled => Error::Cancelled,
+            FailKind::PeerGone(m) => Error::PeerGone(m.clone()),
+            FailKind::Protocol(m) => Error::Protocol(m.clone()),
+        }
+    }
+}
+
+/// The receiving half of a stream direction.
+pub struct Receiver {
+    port: Option<RxPort>,
+    life: StreamLifecycle,
+    stream: StreamId,
+    holding: bool,
+    offset: usize,
+    finished: Option<Finished>,
+    progress: Progress,
+    scratch: Vec<u8>,
+}
+
+impl Receiver {
+    pub(crate) fn new(port: RxPort, stream: StreamId, conn: Arc<Shared>) -> Self {
+        let mut r = Receiver {
+            port: Some(port),
+            life: lifecycle_opened(),
+            stream,
+            holding: false,
+            offset: 0,
+            finished: None,
+            progress: Progress::new(conn, stream),
+            scratch: Vec::new(),
+        };
+        r.report();
+        r
+    }
+
+    /// Broker-wide stream id.
+    pub fn stream_id(&self) -> StreamId {
+        self.stream
+    }
+
+    /// Shared memory or socket, while the port is open.
+    pub fn transport(&self) -> Option<Transport> {
+        self.port.as_ref().map(|p| p.transport())
+    }
+
+    /// Current state in the seed's state machine.
+    pub fn state(&self) -> StreamState {
+        self.life.state()
+    }
+
+    /// Every state this direction passed through, in order.
+    pub fn history(&self) -> &[StreamState] {
+        self.life.history()
+    }
+
+    /// Payload bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.progress.bytes
+    }
+
+    /// Items received so far.
+    pub fn items_received(&self) -> u64 {
+        self.progress.items
+    }
+
+    /// Credit granted and not yet used by the sender.
+    pub fn credit_outstanding(&self) -> u64 {
+        self.port.as_ref().map_or(0, |p| p.credit_outstanding())
+    }
+
+    /// Chooses how long a blocked receive spins before sleeping.
+    pub fn set_wait_policy(&mut self, policy: WaitPolicy) {
+        if let Some(p) = &mut self.port {
+            p.set_wait_policy(policy);
+        }
+    }
+
+    /// A descriptor that becomes readable when items may have arrived or the
+    /// sender went away: for event loops.
+    pub fn pollable_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.port.as_ref().map(|p| p.pollable())
+    }
+
+    fn report(&mut self) {
+        let credit = self.credit_outstanding();
+        self.progress.report(self.life.state(), credit);
+    }
+
+    fn finish_with(&mut self, how: Finished, cause: CloseCause) {
+        self.port = None;
+        self.holding = false;
+        self.finished = Some(how);
+        let _ = self.life.apply(StreamEvent::Close(cause));
+        let _ = self.life.apply(StreamEvent::Cleanup);
+        self.report();
+    }
+
+    fn release_held(&mut self) -> Result<()> {
+        if self.holding {
+            self.holding = false;
+            self.offset = 0;
+            if let Some(p) = self.port.as_mut() {
+                if let Err(e) = p.release() {
+                    return Err(self.fail_port(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_port(&mut self, e: Error) -> Error {
+        let kind = match &e {
+            Error::PeerGone(m) => FailKind::PeerGone(m.clone()),
+            Error::Cancelled => FailKind::Cancelled,
+            other => FailKind::Protocol(other.to_string()),
+        };
+        self.finish_with(Finished::Failed(kind), CloseCause::Failed(e.to_string()));
+        e
+    }
+
+    /// Advances to the next item and holds it; `Ok(false)` at stream-end.
+    fn advance(&mut self, block: bool) -> Result<Option<bool>> {
+        self.release_held()?;
+        if let Some(f) = &self.finished {
+            return match f {
+                Finished::End => Ok(Some(false)),
+                Finished::Failed(k) => Err(k.error()),
+            };
+        }
+        let port = self.port.as_mut().ok_or(Error::Closed)?;
+        match port.next(block) {
+            Ok(None) => Ok(None),
+            Ok(Some(RxEvent::Item)) => {
+                self.holding = true;
+                self.offset = 0;
+                let len = port.item().len();
+                if self.progress.count(len) {
+                    self.report();
+                }
+                Ok(Some(true))
+            }
+            Ok(Some(RxEvent::End)) => {
+                self.finish_with(Finished::End, CloseCause::End);
+                Ok(Some(false))
+            }
+            Ok(Some(RxEvent::Error(m))) => {
+                self.finish_with(
+                    Finished::Failed(FailKind::Stream(m.clone())),
+                    CloseCause::Error(m.clone()),
+                );
+                Err(Error::Stream(m))
+            }
+            Ok(Some(RxEvent::Cancelled)) => {
+                self.finish_with(Finished::Failed(FailKind::Cancelled), CloseCause::Cancel);
+                Err(Error::Cancelled)
+            }
+            Err(e) => Err(self.fail_port(e)),
+        }
+    }
+
+    /// The next item, in place; released when the returned guard drops.
+    /// `None` at stream-end.
+    pub fn recv_in_place(&mut self) -> Result<Option<InPlace<'_>>> {
+        match self.advance(true)? {
+            Some(true) => Ok(Some(InPlace { rx: self })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Like [`recv_in_place`](Self::recv_in_place) without waiting:
+    /// `Ok(None)` also when nothing has arrived yet (see [`is_finished`](Self::is_finished)).
+    pub fn try_recv_in_place(&mut self) -> Result<Option<InPlace<'_>>> {
+        match self.advance(false)? {
+            Some(true) => Ok(Some(InPlace { rx: self })),
+            _ => Ok(None),
+        }
+    }
+
+    /// True once stream-end was seen.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.finished, Some(Finished::End))
+    }
+
+    /// The next item, copied out. `None` at stream-end.
+    pub fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(self.recv_in_place()?.map(|item| item.to_vec()))
+    }
+
+    /// The next typed item, decoded in place. `None` at stream-end.
+    ///
+    /// The item is copied out of the port first: decoding validates (UTF-8,
+    /// lengths) and then reads again, which must not see bytes a hostile
+    /// peer changed in between.
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let got = match self.recv_in_place()? {
+            Some(item) => {
+                scratch.clear();
+                scratch.extend_from_slice(&item);
+                true
+            }
+            None => false,
+        };
+        let r = if got {
+            Some(postcard::from_bytes(&scratch))
+        } else {
+            None
+        };
+        let out = r.transpose().map_err(Error::from);
+        self.scratch = scratch;
+        out
+    }
+
+    /// Asks the sender to stop (stream-cancel). Items already sent are dropped.
+    pub fn cancel(&mut self) {
+        let _ = self.release_held();
+        if let Some(p) = self.port.as_mut() {
+            p.cancel();
+        }
+    }
+
+    fn held(&self) -> &[u8] {
+        match (&self.port, self.holding) {
+            (Some(p), true) => p.item(),
+            _ => &[],
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if self.finished.is_none() {
+            self.cancel();
+            self.finish_with(Finished::Failed(FailKind::Cancelled), CloseCause::Cancel);
+        }
+    }
+}
+
+/// An item held in place; dropping it releases its room and credit.
+pub struct InPlace<'a> {
+    rx: &'a mut Receiver,
+}
+
+impl InPlace<'_> {
+    /// The item's credit charge.
+    pub fn charge(&self) -> u64 {
+        self.rx.port.as_ref().map_or(0, |p| p.charge())
+    }
+}
+
+impl std::ops::Deref for InPlace<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.rx.held()
+    }
+}
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        // A failed release closes the stream; the next call reports it.
+        let _ = self.rx.release_held();
+    }
+}
+
+impl BufRead for Receiver {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while !self.holding || self.offset >= self.held().len() {
+            match self.advance(true).map_err(Error::into_io)? {
+                Some(true) => {}
+                _ => return Ok(&[]),
+            }
+        }
+        let off = self.offset;
+        Ok(&self.held()[off..])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.offset += amt;
+        if self.holding && self.offset >= self.held().len() {
+            let _ = self.release_held();
+        }
+    }
+}
+
+impl Read for Receiver {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}

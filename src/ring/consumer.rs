@@ -1,0 +1,208 @@
+//! The consuming side of one direction.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{fence, Ordering};
+
+use super::*;
+use crate::credit::{CreditSpec, RecvCredit};
+
+/// What a record carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An item.
+    Data,
+    /// stream-end: the producer finished.
+    End,
+    /// stream-error with the producer's message.
+    Error(String),
+    /// stream-cancel: the producer acknowledges a cancellation and stops.
+    Cancelled,
+}
+
+/// A validated record handed to the consumer; release it when done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// What it carries.
+    pub kind: RecordKind,
+    /// Payload length.
+    pub len: usize,
+    /// Credit the producer charged for it.
+    pub charge: u64,
+    data_off: usize,
+    end_pos: u64,
+}
+
+/// The consuming side of one direction.
+pub struct RingConsumer {
+    ring: SharedRing,
+    read_pos: u64,
+    released: u64,
+    write_pos_cache: u64,
+    credit: RecvCredit,
+}
+
+impl RingConsumer {
+    /// Maps a ring to consume from it.
+    pub fn open(fd: OwnedFd, capacity: u32, credit: CreditSpec) -> Result<Self, RingError> {
+        let ring = SharedRing::map(fd, capacity, credit.high_water_mark)?;
+        Ok(RingConsumer {
+            ring,
+            read_pos: 0,
+            released: 0,
+            write_pos_cache: 0,
+            credit: RecvCredit::new(credit),
+        })
+    }
+
+    /// Credit state.
+    pub fn credit(&self) -> &RecvCredit {
+        &self.credit
+    }
+
+    fn refresh_write_pos(&mut self) -> Result<(), RingError> {
+        // SYNC: Acquire pairs with the Release store in `RingProducer::publish`.
+        let pos = self.ring.u64_at(OFF_WRITE_POS).load(Ordering::Acquire);
+        let cap = self.ring.capacity as u64;
+        if pos < self.write_pos_cache
+            || pos.saturating_sub(self.released) > cap
+            || !pos.is_multiple_of(RECORD_HEADER as u64)
+        {
+            return Err(violation(format!(
+                "write position {pos} invalid (last {}, released {}, capacity {cap})",
+                self.write_pos_cache, self.released
+            )));
+        }
+        self.write_pos_cache = pos;
+        Ok(())
+    }
+
+    /// The next record, validated, or `None` when nothing is published yet.
+    /// Records must be released in the order they were returned.
+    pub fn try_next(&mut self) -> Result<Option<Record>, RingError> {
+        loop {
+            if self.read_pos == self.write_pos_cache {
+                self.refresh_write_pos()?;
+                if self.read_pos == self.write_pos_cache {
+                    return Ok(None);
+                }
+            }
+            let cap = self.ring.capacity as usize;
+            let off = (self.read_pos & self.ring.mask()) as usize;
+            let avail = self.write_pos_cache - self.read_pos;
+            let mut h = [0u8; RECORD_HEADER];
+            self.ring.copy_out(HEADER_SIZE + off, &mut h);
+            let len = u32::from_le_bytes(h[0..4].try_into().unwrap()) as usize;
+            let kind = u32::from_le_bytes(h[4..8].try_into().unwrap());
+            let charge = u64::from_le_bytes(h[8..16].try_into().unwrap());
+            let total = align_record(len);
+            if total > avail || off + total as usize > cap {
+                return Err(violation(format!(
+                    "record of {len} bytes at offset {off} overruns the published data"
+                )));
+            }
+            let data_off = off + RECORD_HEADER;
+            let end_pos = self.read_pos + total;
+            let kind = match kind {
+                KIND_PAD => {
+                    if off + total as usize != cap {
+                        return Err(violation("padding record does not reach the end"));
+                    }
+                    self.read_pos = end_pos;
+                    continue;
+                }
+                KIND_DATA => {
+                    self.credit.on_receive(len, charge)?;
+                    RecordKind::Data
+                }
+                KIND_END => RecordKind::End,
+                KIND_CANCELLED => RecordKind::Cancelled,
+                KIND_ERROR => {
+                    let mut msg = vec![0u8; len.min(4096)];
+                    self.ring.copy_out(HEADER_SIZE + data_off, &mut msg);
+                    RecordKind::Error(String::from_utf8_lossy(&msg).into_owned())
+                }
+                other => return Err(violation(format!("unknown record kind {other}"))),
+            };
+            if kind != RecordKind::Data && charge != 0 {
+                return Err(violation("control record carries credit"));
+            }
+            self.read_pos = end_pos;
+            return Ok(Some(Record {
+                kind,
+                len,
+                charge,
+                data_off,
+                end_pos,
+            }));
+        }
+    }
+
+    /// The record's payload, in place in the ring.
+    pub fn data(&self, record: &Record) -> &[u8] {
+        assert!(record.data_off + record.len <= self.ring.capacity as usize);
+        // SAFETY: the range was validated in `try_next` to lie inside the data
+        // area and inside the published, unreleased region; the producer does
+        // not touch it until `release` moves the read position past it.
+        unsafe { self.ring.data(record.data_off, record.len) }
+    }
+
+    /// Gives the record's room back to the producer and consumes its credit.
+    /// Returns true when the producer said it is asleep: ring the doorbell.
+    pub fn release(&mut self, record: &Record) -> Result<bool, RingError> {
+        if record.end_pos <= self.released || record.end_pos > self.read_pos {
+            return Err(violation("record released twice or out of order"));
+        }
+        self.released = record.end_pos;
+        // SYNC: Release pairs with the Acquire load in `RingProducer::refresh_read_pos`:
+        // our reads of the record happen before the producer reuses its bytes.
+        self.ring
+            .u64_at(OFF_READ_POS)
+            .store(self.released, Ordering::Release);
+        if let Some(limit) = self.credit.on_consume(record.charge)? {
+            // SYNC: Release pairs with the Acquire load in `RingProducer::refresh_credit`.
+            self.ring
+                .u64_at(OFF_CREDIT_LIMIT)
+                .store(limit, Ordering::Release);
+        }
+        // SYNC: pairs with the fence in `RingProducer::prepare_sleep`.
+        fence(Ordering::SeqCst);
+        Ok(take_flag(self.ring.u32_at(OFF_PRODUCER_SLEEPING)))
+    }
+
+    /// Tells the producer to stop (stream-cancel). Returns true when the
+    /// producer is asleep: ring the doorbell.
+    pub fn cancel(&self) -> bool {
+        // SYNC: Release pairs with the Acquire load in `RingProducer::is_cancelled`.
+        self.ring.u32_at(OFF_CANCELLED).store(1, Ordering::Release);
+        // SYNC: pairs with the fence in `RingProducer::prepare_sleep`.
+        fence(Ordering::SeqCst);
+        take_flag(self.ring.u32_at(OFF_PRODUCER_SLEEPING))
+    }
+
+    /// Announces the intent to sleep, then re-checks. Returns true when the
+    /// caller should sleep on its doorbell; false when data arrived meanwhile.
+    pub fn prepare_sleep(&mut self) -> bool {
+        let flag = self.ring.u32_at(OFF_CONSUMER_SLEEPING);
+        flag.store(1, Ordering::Relaxed);
+        // SYNC: pairs with the fence in `RingProducer::publish`.
+        fence(Ordering::SeqCst);
+        let pos = self.ring.u64_at(OFF_WRITE_POS).load(Ordering::Relaxed);
+        if pos != self.write_pos_cache {
+            flag.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Clears the sleep flag after waking.
+    pub fn woke(&self) {
+        self.ring
+            .u32_at(OFF_CONSUMER_SLEEPING)
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Payload bytes of records released so far, headers included.
+    pub fn position(&self) -> u64 {
+        self.released
+    }
+}

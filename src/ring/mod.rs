@@ -1,0 +1,289 @@
+//! The shared-memory stream port: one single-producer single-consumer ring
+//! per direction, in a sealed memfd shared by two processes that do not
+//! trust each other.
+//!
+//! This is the only module that reads or writes shared memory.
+//!
+//! # Layout
+//!
+//! ```text
+//! 0     static line   magic u64 | version u32 | capacity u32 | hwm u64
+//! 128   producer line write_pos u64 | charged u64          (written by the producer)
+//! 256   consumer line read_pos u64 | credit_limit u64 | cancelled u32
+//! 384   consumer_sleeping u32  (set by the consumer, cleared by the producer)
+//! 512   producer_sleeping u32  (set by the producer, cleared by the consumer)
+//! 4096  data: `capacity` bytes (a power of two) of 16-byte aligned records
+//! ```
+//!
+//! A record is a 16-byte header (`len u32 | kind u32 | charge u64`, little
+//! endian) followed by `len` bytes, padded to 16. Records never wrap: when a
+//! record does not fit before the end, a padding record fills the tail.
+//! Positions are monotonic byte counts; `position % capacity` is the offset.
+//!
+//! # Trust
+//!
+//! Every value read from shared memory is loaded once into a local, checked,
+//! and only the local copy is used: positions must be monotonic, aligned and
+//! within one capacity of each other, a record must lie wholly inside the
+//! published region, credit must follow [`crate::credit`]. A violation is a
+//! [`RingError::Violation`] for this stream alone; nothing is ever read or
+//! written outside the mapping. The memfd must carry the shrink, grow and seal
+//! seals and have exactly the expected size before it is mapped, so the peer
+//! cannot truncate it under us (which would raise SIGBUS).
+//!
+//! # Sleeping
+//!
+//! A side that finds nothing to do sets its `*_sleeping` flag, issues a
+//! SeqCst fence, and re-checks before sleeping on its doorbell; the other side
+//! publishes, issues a SeqCst fence, and rings the doorbell only when it sees
+//! the flag. This is the classic store–fence–load handshake: at least one of
+//! the two sees the other's store, so no wake-up is lost, and a running peer
+//! costs no syscall.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::credit::CreditError;
+use crate::sys;
+
+/// "SHMBUSR1", little endian.
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSR1");
+/// Layout version.
+pub const RING_VERSION: u32 = 1;
+/// Bytes before the data area.
+pub const HEADER_SIZE: usize = 4096;
+/// Bytes of a record header; also the record alignment.
+pub const RECORD_HEADER: usize = 16;
+/// Smallest data area.
+pub const MIN_CAPACITY: u32 = 4096;
+/// Largest data area.
+pub const MAX_CAPACITY: u32 = 1 << 30;
+
+pub(super) const OFF_MAGIC: usize = 0;
+pub(super) const OFF_VERSION: usize = 8;
+pub(super) const OFF_CAPACITY: usize = 12;
+pub(super) const OFF_HWM: usize = 16;
+pub(super) const OFF_WRITE_POS: usize = 128;
+pub(super) const OFF_CHARGED: usize = 136;
+pub(super) const OFF_READ_POS: usize = 256;
+pub(super) const OFF_CREDIT_LIMIT: usize = 264;
+pub(super) const OFF_CANCELLED: usize = 272;
+pub(super) const OFF_CONSUMER_SLEEPING: usize = 384;
+pub(super) const OFF_PRODUCER_SLEEPING: usize = 512;
+
+pub(super) const KIND_DATA: u32 = 1;
+pub(super) const KIND_END: u32 = 2;
+pub(super) const KIND_ERROR: u32 = 3;
+pub(super) const KIND_CANCELLED: u32 = 4;
+pub(super) const KIND_PAD: u32 = 5;
+
+/// Why a ring could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// A system call failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The memfd is unsealed, mis-sized or carries a wrong header.
+    #[error("refusing stream port: {0}")]
+    BadPort(String),
+    /// The peer wrote a value that breaks the protocol.
+    #[error("protocol violation on shared memory: {0}")]
+    Violation(String),
+    /// The item can never fit in this ring.
+    #[error("item of {len} bytes exceeds the ring's largest record ({max} bytes)")]
+    TooLarge {
+        /// Requested length.
+        len: usize,
+        /// Largest payload a record can carry.
+        max: usize,
+    },
+    /// Credit rules broken or impossible.
+    #[error(transparent)]
+    Credit(#[from] CreditError),
+}
+
+pub(super) fn violation(msg: impl Into<String>) -> RingError {
+    RingError::Violation(msg.into())
+}
+
+/// Total file size for a ring with `capacity` data bytes.
+pub fn file_size(capacity: u32) -> u64 {
+    HEADER_SIZE as u64 + capacity as u64
+}
+
+/// Checks a requested capacity.
+pub fn valid_capacity(capacity: u32) -> bool {
+    (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) && capacity.is_power_of_two()
+}
+
+/// The bytes a fresh ring's header starts with. The broker writes them with
+/// `pwrite` before sealing, so it never maps the ring. Credit starts at a
+/// full grant of `hwm`.
+pub fn initial_header(capacity: u32, hwm: u64) -> Vec<u8> {
+    let mut h = vec![0u8; HEADER_SIZE];
+    h[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&RING_MAGIC.to_le_bytes());
+    h[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&RING_VERSION.to_le_bytes());
+    h[OFF_CAPACITY..OFF_CAPACITY + 4].copy_from_slice(&capacity.to_le_bytes());
+    h[OFF_HWM..OFF_HWM + 8].copy_from_slice(&hwm.to_le_bytes());
+    h[OFF_CREDIT_LIMIT..OFF_CREDIT_LIMIT + 8].copy_from_slice(&hwm.to_le_bytes());
+    h
+}
+
+/// Largest payload one record can carry in a ring of `capacity` bytes: half
+/// the ring, so that a record always fits once the ring has drained, whatever
+/// the current offset (padding to the end plus the record stay within it).
+pub fn max_record(capacity: u32) -> usize {
+    capacity as usize / 2 - RECORD_HEADER
+}
+
+pub(super) fn align_record(len: usize) -> u64 {
+    ((RECORD_HEADER + len + RECORD_HEADER - 1) & !(RECORD_HEADER - 1)) as u64
+}
+
+/// A mapped, validated ring. Owns the mapping; the descriptor is closed once mapped.
+pub(super) struct SharedRing {
+    map: MmapRaw,
+    base: NonNull<u8>,
+    pub(super) capacity: u32,
+}
+
+// SAFETY: the mapping is plain shared memory; all shared fields are accessed
+// through atomics or copied out, so moving the owner to another thread is fine.
+unsafe impl Send for SharedRing {}
+
+impl SharedRing {
+    pub(super) fn map(fd: OwnedFd, capacity: u32, hwm: u64) -> Result<Self, RingError> {
+        if !valid_capacity(capacity) {
+            return Err(RingError::BadPort(format!(
+                "capacity {capacity} out of range"
+            )));
+        }
+        sys::check_ring_seals(&fd).map_err(|e| RingError::BadPort(e.to_string()))?;
+        let file = File::from(fd);
+        let size = file.metadata()?.len();
+        if size != file_size(capacity) {
+            return Err(RingError::BadPort(format!(
+                "memfd is {size} bytes, {} expected",
+                file_size(capacity)
+            )));
+        }
+        let map = MmapOptions::new()
+            .len(size as usize)
+            .map_raw(&file)
+            .map_err(RingError::Io)?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| violation("null mapping"))?;
+        let ring = SharedRing {
+            map,
+            base,
+            capacity,
+        };
+        let mut head = [0u8; 24];
+        ring.copy_out(0, &mut head);
+        let magic = u64::from_le_bytes(head[0..8].try_into().unwrap());
+        let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
+        let cap = u32::from_le_bytes(head[12..16].try_into().unwrap());
+        let ring_hwm = u64::from_le_bytes(head[16..24].try_into().unwrap());
+        if magic != RING_MAGIC || version != RING_VERSION || cap != capacity || ring_hwm != hwm {
+            return Err(RingError::BadPort(format!(
+                "ring header mismatch (magic {magic:#x}, version {version}, capacity {cap}, hwm {ring_hwm})"
+            )));
+        }
+        Ok(ring)
+    }
+
+    pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= HEADER_SIZE);
+        // SAFETY: `off` is one of the fixed 8-aligned header offsets, inside
+        // the mapping (size ≥ HEADER_SIZE, checked in `map`), and the page is
+        // 4096-aligned. The peer may write it concurrently, which atomics allow.
+        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    pub(super) fn u32_at(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= HEADER_SIZE);
+        // SAFETY: as in `u64_at`, for a fixed 4-aligned header offset.
+        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU32) }
+    }
+
+    /// Copies bytes at absolute file offset `off` out of the mapping.
+    pub(super) fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        assert!(off + dst.len() <= self.map.len());
+        // SAFETY: the range is inside the mapping (asserted). Volatile reads
+        // because the peer may be writing; `dst` is local memory.
+        unsafe {
+            let src = self.base.as_ptr().add(off);
+            for (i, b) in dst.iter_mut().enumerate() {
+                *b = std::ptr::read_volatile(src.add(i));
+            }
+        }
+    }
+
+    /// Writes bytes at absolute file offset `off`.
+    pub(super) fn copy_in(&self, off: usize, src: &[u8]) {
+        assert!(off + src.len() <= self.map.len());
+        // SAFETY: the range is inside the mapping (asserted) and the protocol
+        // gives this side exclusive use of it until it is published.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(off), src.len())
+        }
+    }
+
+    /// Data-area slice `[off, off+len)` for reading.
+    ///
+    /// # Safety
+    /// The range must have been validated to lie inside the data area, and the
+    /// protocol must give this side the range (published and not yet released).
+    pub(super) unsafe fn data(&self, off: usize, len: usize) -> &[u8] {
+        debug_assert!(off + len <= self.capacity as usize);
+        // SAFETY: guaranteed by the caller; a hostile peer writing the range
+        // anyway can only change the bytes we observe (any u8 is valid), and
+        // no length or offset is ever derived from them.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(HEADER_SIZE + off), len) }
+    }
+
+    /// Data-area slice `[off, off+len)` for writing.
+    ///
+    /// # Safety
+    /// As [`data`](Self::data), for a range reserved and not yet published.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn data_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        debug_assert!(off + len <= self.capacity as usize);
+        // SAFETY: guaranteed by the caller, as in `data`.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(HEADER_SIZE + off), len) }
+    }
+
+    pub(super) fn write_record_header(&self, off: usize, len: u32, kind: u32, charge: u64) {
+        let mut h = [0u8; RECORD_HEADER];
+        h[0..4].copy_from_slice(&len.to_le_bytes());
+        h[4..8].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&charge.to_le_bytes());
+        self.copy_in(HEADER_SIZE + off, &h);
+    }
+
+    pub(super) fn mask(&self) -> u64 {
+        self.capacity as u64 - 1
+    }
+}
+
+mod consumer;
+mod producer;
+
+pub use consumer::{Record, RecordKind, RingConsumer};
+pub use producer::{Blocked, RingProducer, Slot};
+
+/// Clears a peer's sleep flag if set; true when it was set.
+fn take_flag(flag: &AtomicU32) -> bool {
+    if flag.load(Ordering::Relaxed) != 0 {
+        flag.store(0, Ordering::Relaxed);
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! The producing side of one direction.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{fence, Ordering};
+
+use super::*;
+use crate::credit::{CreditSpec, SendCredit};
+
+/// The producing side of one direction.
+pub struct RingProducer {
+    ring: SharedRing,
+    write_pos: u64,
+    published: u64,
+    read_pos_cache: u64,
+    credit: SendCredit,
+}
+
+/// Why the producer cannot write now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// The receiver has not granted enough credit.
+    Credit,
+    /// The ring has no room.
+    Space,
+}
+
+/// Room reserved in the ring, to be filled with [`RingProducer::slot_buf`]
+/// and made a record with [`RingProducer::commit`]. Dropping it abandons it.
+#[derive(Debug)]
+pub struct Slot {
+    at: u64,
+    pad: u64,
+    off: usize,
+    max_len: usize,
+    charge: u64,
+}
+
+impl Slot {
+    /// Bytes reserved.
+    pub fn len(&self) -> usize {
+        self.max_len
+    }
+
+    /// True for a zero-byte reservation.
+    pub fn is_empty(&self) -> bool {
+        self.max_len == 0
+    }
+}
+
+impl RingProducer {
+    /// Maps a ring to produce into it.
+    pub fn open(fd: OwnedFd, capacity: u32, credit: CreditSpec) -> Result<Self, RingError> {
+        let ring = SharedRing::map(fd, capacity, credit.high_water_mark)?;
+        Ok(RingProducer {
+            ring,
+            write_pos: 0,
+            published: 0,
+            read_pos_cache: 0,
+            credit: SendCredit::new(credit),
+        })
+    }
+
+    /// Largest payload one record can carry.
+    pub fn max_record(&self) -> usize {
+        max_record(self.ring.capacity)
+    }
+
+    /// Credit state.
+    pub fn credit(&self) -> &SendCredit {
+        &self.credit
+    }
+
+    /// Whether the consumer cancelled the stream.
+    pub fn is_cancelled(&self) -> bool {
+        // SYNC: Acquire pairs with the Release store in `RingConsumer::cancel`.
+        self.ring.u32_at(OFF_CANCELLED).load(Ordering::Acquire) != 0
+    }
+
+    pub(super) fn refresh_read_pos(&mut self) -> Result<(), RingError> {
+        // SYNC: Acquire pairs with the Release store in `RingConsumer::release`,
+        // so the consumer is done with the bytes before we overwrite them.
+        let pos = self.ring.u64_at(OFF_READ_POS).load(Ordering::Acquire);
+        if pos < self.read_pos_cache
+            || pos > self.published
+            || !pos.is_multiple_of(RECORD_HEADER as u64)
+        {
+            return Err(violation(format!(
+                "read position {pos} outside [{}, {}] or misaligned",
+                self.read_pos_cache, self.published
+            )));
+        }
+        self.read_pos_cache = pos;
+        Ok(())
+    }
+
+    pub(super) fn refresh_credit(&mut self) -> Result<(), RingError> {
+        // SYNC: Acquire pairs with the Release store of the limit in `RingConsumer::release`.
+        let limit = self.ring.u64_at(OFF_CREDIT_LIMIT).load(Ordering::Acquire);
+        if limit != self.credit.limit() {
+            self.credit.update_limit(limit)?;
+        }
+        Ok(())
+    }
+
+    fn free_for(&mut self, total: u64) -> Result<Option<u64>, RingError> {
+        let cap = self.ring.capacity as u64;
+        let off = self.write_pos & self.ring.mask();
+        let to_end = cap - off;
+        let need = if to_end < total {
+            to_end + total
+        } else {
+            total
+        };
+        if cap - (self.write_pos - self.read_pos_cache) < need {
+            self.refresh_read_pos()?;
+            if cap - (self.write_pos - self.read_pos_cache) < need {
+                return Ok(None);
+            }
+        }
+        Ok(Some(if to_end < total { to_end } else { 0 }))
+    }
+
+    /// Finds room for a record of `total` bytes. Returns the padding that
+    /// must precede it (written here, published only with the record) and the
+    /// record's offset.
+    fn place(&mut self, total: u64) -> Result<Option<(u64, usize)>, RingError> {
+        let Some(pad) = self.free_for(total)? else {
+            return Ok(None);
+        };
+        if pad > 0 {
+            let off = (self.write_pos & self.ring.mask()) as usize;
+            self.ring
+                .write_record_header(off, (pad as usize - RECORD_HEADER) as u32, KIND_PAD, 0);
+        }
+        Ok(Some((
+            pad,
+            ((self.write_pos + pad) & self.ring.mask()) as usize,
+        )))
+    }
+
+    /// Reserves room for a record of up to `max_len` bytes charged up to
+    /// `charge`. `Ok(Err(why))` when it must wait for credit or space.
+    pub fn try_reserve(
+        &mut self,
+        max_len: usize,
+        charge: u64,
+    ) -> Result<Result<Slot, Blocked>, RingError> {
+        if max_len > self.max_record() {
+            return Err(RingError::TooLarge {
+                len: max_len,
+                max: self.max_record(),
+            });
+        }
+        if !self.credit.check(charge)? {
+            self.refresh_credit()?;
+            if !self.credit.check(charge)? {
+                // Fresh caches of both counters, so `prepare_sleep` compares
+                // against what was just seen.
+                self.refresh_read_pos()?;
+                return Ok(Err(Blocked::Credit));
+            }
+        }
+        let Some((pad, off)) = self.place(align_record(max_len))? else {
+            self.refresh_credit()?;
+            return Ok(Err(Blocked::Space));
+        };
+        Ok(Ok(Slot {
+            at: self.write_pos,
+            pad,
+            off,
+            max_len,
+            charge,
+        }))
+    }
+
+    /// The reserved bytes, to fill in place.
+    pub fn slot_buf(&mut self, slot: &Slot) -> &mut [u8] {
+        assert_eq!(slot.at, self.write_pos, "slot is stale");
+        // SAFETY: [off+16, off+16+max_len) was checked free and inside the
+        // data area by `try_reserve` (offsets computed locally, never read
+        // from shared memory), and stays unpublished until `commit`.
+        unsafe { self.ring.data_mut(slot.off + RECORD_HEADER, slot.max_len) }
+    }
+
+    /// Makes the first `len` bytes of the slot a record charged `charge` (at
+    /// most the reserved charge). Visible to the consumer after [`publish`](Self::publish).
+    pub fn commit(&mut self, slot: Slot, len: usize, charge: u64) {
+        assert_eq!(slot.at, self.write_pos, "slot is stale");
+        assert!(len <= slot.max_len && charge <= slot.charge);
+        self.ring
+            .write_record_header(slot.off, len as u32, KIND_DATA, charge);
+        self.write_pos += slot.pad + align_record(len);
+        self.credit.charge(charge);
+    }
+
+    /// Writes a control record (end, error, cancelled-ack); charges no credit.
+    /// `Ok(false)` when the ring has no room yet.
+    pub fn try_write_control(&mut self, kind: &RecordKind) -> Result<bool, RingError> {
+        let (code, payload): (u32, &[u8]) = match kind {
+            RecordKind::Data => unreachable!("data goes through try_reserve"),
+            RecordKind::End => (KIND_END, &[]),
+            RecordKind::Cancelled => (KIND_CANCELLED, &[]),
+            RecordKind::Error(msg) => (KIND_ERROR, msg.as_bytes()),
+        };
+        let payload = &payload[..payload.len().min(self.max_record()).min(4096)];
+        let Some((pad, off)) = self.place(align_record(payload.len()))? else {
+            return Ok(false);
+        };
+        self.ring
+            .copy_in(HEADER_SIZE + off + RECORD_HEADER, payload);
+        self.ring
+            .write_record_header(off, payload.len() as u32, code, 0);
+        self.write_pos += pad + align_record(payload.len());
+        Ok(true)
+    }
+
+    /// Makes committed records visible. Returns true when the consumer said
+    /// it is asleep: the caller must then ring the doorbell.
+    #[must_use]
+    pub fn publish(&mut self) -> bool {
+        if self.write_pos == self.published {
+            return false;
+        }
+        self.published = self.write_pos;
+        // Statistics only: no ordering needed.
+        self.ring
+            .u64_at(OFF_CHARGED)
+            .store(self.credit.charged(), Ordering::Relaxed);
+        // SYNC: Release pairs with the Acquire load in `RingConsumer::refresh_write_pos`:
+        // the records' bytes are visible before the position that covers them.
+        self.ring
+            .u64_at(OFF_WRITE_POS)
+            .store(self.write_pos, Ordering::Release);
+        // SYNC: pairs with the fence in `RingConsumer::prepare_sleep`.
+        fence(Ordering::SeqCst);
+        take_flag(self.ring.u32_at(OFF_CONSUMER_SLEEPING))
+    }
+
+    /// Announces the intent to sleep, then re-checks. Returns true when the
+    /// caller should sleep on its doorbell; false when the consumer moved.
+    pub fn prepare_sleep(&mut self) -> bool {
+        let flag = self.ring.u32_at(OFF_PRODUCER_SLEEPING);
+        flag.store(1, Ordering::Relaxed);
+        // SYNC: pairs with the fence in `RingConsumer::release` / `cancel`.
+        fence(Ordering::SeqCst);
+        let read = self.ring.u64_at(OFF_READ_POS).load(Ordering::Relaxed);
+        let limit = self.ring.u64_at(OFF_CREDIT_LIMIT).load(Ordering::Relaxed);
+        let moved =
+            read != self.read_pos_cache || limit != self.credit.limit() || self.is_cancelled();
+        if moved {
+            flag.store(0, Ordering::Relaxed);
+        }
+        !moved
+    }
+
+    /// Clears the sleep flag after waking.
+    pub fn woke(&self) {
+        self.ring
+            .u32_at(OFF_PRODUCER_SLEEPING)
+            .store(0, Ordering::Relaxed);
+    }
+}
