@@ -123,9 +123,16 @@ impl Connection {
                 shared_memory: options.shared_memory,
             },
         };
-        write_frame(&sock, &hello)?;
+        // A broker refusing the connection (a quota) sends its reason and
+        // closes, possibly before the hello arrives: read it either way.
+        let sent = write_frame(&sock, &hello);
         let mut reader = FrameReader::new(sock.try_clone()?, DEFAULT_MAX_FRAME);
-        let (caps, max_frame) = match reader.next()? {
+        let first = match (reader.next(), sent) {
+            (Ok(Some((Frame::Error(e), _))), _) => return Err(Error::Remote(e)),
+            (_, Err(e)) => return Err(e),
+            (r, Ok(())) => r?,
+        };
+        let (caps, max_frame) = match first {
             Some((
                 Frame::Welcome {
                     version,

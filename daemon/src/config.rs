@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
+use crate::policy::{Policy, ServiceRule, Uids};
+use crate::quota::{Quota, Quotas};
+
 /// The configuration file read when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/shmbus/shmbusd.toml";
 
@@ -31,6 +34,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Bytes queued toward one connection before it is cut off as too slow.
     pub max_queued_bytes: usize,
+    /// Per-uid quotas.
+    pub quotas: Quotas,
+    /// Who may register and call what.
+    pub policy: Policy,
 }
 
 impl Default for Limits {
@@ -45,6 +52,8 @@ impl Default for Limits {
             max_calls_per_connection: 4096,
             max_connections: 4096,
             max_queued_bytes: 16 << 20,
+            quotas: Quotas::default(),
+            policy: Policy::default(),
         }
     }
 }
@@ -116,6 +125,43 @@ pub struct Args {
     /// Log level or filter (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Quota: connections per uid.
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
+    pub max_connections_per_uid: Option<usize>,
+    /// Quota: services per uid.
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
+    pub max_services_per_uid: Option<usize>,
+    /// Quota: live streams per uid (charged to the caller).
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
+    pub max_streams_per_uid: Option<usize>,
+    /// Quota: ring bytes of live streams per uid (charged to the caller).
+    #[arg(long, value_name = "BYTES", value_parser = |s: &str| parse_size(s))]
+    pub max_ring_bytes_per_uid: Option<u64>,
+    /// Quota: descriptors queued toward a uid's connections.
+    #[arg(long, value_name = "N", value_parser = |s: &str| parse_count(s))]
+    pub max_fds_in_flight_per_uid: Option<usize>,
+    /// Per-uid quota overrides and declared services (file only).
+    #[arg(skip)]
+    pub tables: Tables,
+}
+
+/// The parts of the file that are tables rather than single values.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    /// `[quota.uid.N]` overrides.
+    pub per_uid: std::collections::HashMap<u32, PartialQuota>,
+    /// `[[service]]` rules.
+    pub rules: Vec<ServiceRule>,
+}
+
+/// A quota override: unset fields take the default quota.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PartialQuota {
+    connections: Option<usize>,
+    services: Option<usize>,
+    streams: Option<usize>,
+    ring_bytes: Option<u64>,
+    fds_in_flight: Option<usize>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -245,8 +291,16 @@ impl Args {
             max_methods_per_service,
             max_calls_per_connection,
             max_queued_bytes,
-            log_level
+            log_level,
+            max_connections_per_uid,
+            max_services_per_uid,
+            max_streams_per_uid,
+            max_ring_bytes_per_uid,
+            max_fds_in_flight_per_uid
         );
+        if !other.tables.rules.is_empty() || !other.tables.per_uid.is_empty() {
+            self.tables = other.tables.clone();
+        }
     }
 
     fn resolve(&self) -> Result<Settings, String> {
@@ -267,7 +321,33 @@ impl Args {
                 .unwrap_or(d.max_calls_per_connection),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             max_queued_bytes: self.max_queued_bytes.unwrap_or(d.max_queued_bytes),
+            quotas: Quotas::default(),
+            policy: Policy {
+                rules: self.tables.rules.clone(),
+            },
         };
+        let mut limits = limits;
+        let dq = Quota::default();
+        let default = Quota {
+            connections: self.max_connections_per_uid.unwrap_or(dq.connections),
+            services: self.max_services_per_uid.unwrap_or(dq.services),
+            streams: self.max_streams_per_uid.unwrap_or(dq.streams),
+            ring_bytes: self.max_ring_bytes_per_uid.unwrap_or(dq.ring_bytes),
+            fds_in_flight: self.max_fds_in_flight_per_uid.unwrap_or(dq.fds_in_flight),
+        };
+        limits.quotas.default = default;
+        for (uid, p) in &self.tables.per_uid {
+            limits.quotas.per_uid.insert(
+                *uid,
+                Quota {
+                    connections: p.connections.unwrap_or(default.connections),
+                    services: p.services.unwrap_or(default.services),
+                    streams: p.streams.unwrap_or(default.streams),
+                    ring_bytes: p.ring_bytes.unwrap_or(default.ring_bytes),
+                    fds_in_flight: p.fds_in_flight.unwrap_or(default.fds_in_flight),
+                },
+            );
+        }
         if limits.default_ring_size > limits.max_ring_size {
             return Err(format!(
                 "ring_size {} exceeds max_ring_size {}",
@@ -303,6 +383,19 @@ fn from_file(path: &Path, text: &str) -> Result<Args, String> {
     })?;
     let mut args = Args::parse_from(["shmbusd"]);
     for (key, value) in &table {
+        match key.as_str() {
+            "quota" => {
+                args.tables.per_uid =
+                    quota_tables(value).map_err(|m| at(format!("key `quota`{m}")))?;
+                continue;
+            }
+            "service" => {
+                args.tables.rules =
+                    service_rules(value).map_err(|m| at(format!("key `service`{m}")))?;
+                continue;
+            }
+            _ => {}
+        }
         let bad = |msg: String| at(format!("key `{key}`: {msg}"));
         let text = scalar(value).map_err(bad)?;
         let err = |r: Result<(), String>| r.map_err(|m| at(format!("key `{key}`: {m}")));
@@ -328,10 +421,120 @@ fn from_file(path: &Path, text: &str) -> Result<Args, String> {
                 err(parse_queued(&text).map(|v| args.max_queued_bytes = Some(v)))?
             }
             "log_level" => err(parse_level(&text).map(|v| args.log_level = Some(v)))?,
+            "max_connections_per_uid" => {
+                err(parse_count(&text).map(|v| args.max_connections_per_uid = Some(v)))?
+            }
+            "max_services_per_uid" => {
+                err(parse_count(&text).map(|v| args.max_services_per_uid = Some(v)))?
+            }
+            "max_streams_per_uid" => {
+                err(parse_count(&text).map(|v| args.max_streams_per_uid = Some(v)))?
+            }
+            "max_ring_bytes_per_uid" => {
+                err(parse_size(&text).map(|v| args.max_ring_bytes_per_uid = Some(v)))?
+            }
+            "max_fds_in_flight_per_uid" => {
+                err(parse_count(&text).map(|v| args.max_fds_in_flight_per_uid = Some(v)))?
+            }
             _ => return Err(at(format!("key `{key}`: unknown key"))),
         }
     }
     Ok(args)
+}
+
+/// `[quota.uid.N]` tables. Errors start with the rest of the key path.
+fn quota_tables(
+    value: &toml::Value,
+) -> Result<std::collections::HashMap<u32, PartialQuota>, String> {
+    let top = value.as_table().ok_or(": expected a table".to_string())?;
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in top {
+        if k != "uid" {
+            return Err(format!(
+                ".{k}: unknown key (per-uid quotas go under [quota.uid.N])"
+            ));
+        }
+        let uids = v
+            .as_table()
+            .ok_or(".uid: expected tables [quota.uid.N]".to_string())?;
+        for (uid, q) in uids {
+            let path = format!(".uid.{uid}");
+            let id: u32 = uid
+                .parse()
+                .map_err(|_| format!("{path}: not a numeric uid"))?;
+            let q = q.as_table().ok_or(format!("{path}: expected a table"))?;
+            let mut p = PartialQuota::default();
+            for (field, v) in q {
+                let fp = format!("{path}.{field}");
+                let text = scalar(v).map_err(|e| format!("{fp}: {e}"))?;
+                match field.as_str() {
+                    "connections" => {
+                        p.connections = Some(parse_count(&text).map_err(|e| format!("{fp}: {e}"))?)
+                    }
+                    "services" => {
+                        p.services = Some(parse_count(&text).map_err(|e| format!("{fp}: {e}"))?)
+                    }
+                    "streams" => {
+                        p.streams = Some(parse_count(&text).map_err(|e| format!("{fp}: {e}"))?)
+                    }
+                    "ring_bytes" => {
+                        p.ring_bytes = Some(parse_size(&text).map_err(|e| format!("{fp}: {e}"))?)
+                    }
+                    "fds_in_flight" => {
+                        p.fds_in_flight =
+                            Some(parse_count(&text).map_err(|e| format!("{fp}: {e}"))?)
+                    }
+                    _ => return Err(format!("{fp}: unknown key")),
+                }
+            }
+            out.insert(id, p);
+        }
+    }
+    Ok(out)
+}
+
+/// `[[service]]` rules.
+fn service_rules(value: &toml::Value) -> Result<Vec<ServiceRule>, String> {
+    let list = value
+        .as_array()
+        .ok_or(": expected [[service]] tables".to_string())?;
+    let uids = |v: Option<&toml::Value>, path: &str| -> Result<Uids, String> {
+        match v {
+            None => Ok(Uids::Only(Vec::new())),
+            Some(toml::Value::String(s)) if s == "any" => Ok(Uids::Any),
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_integer()
+                        .and_then(|i| u32::try_from(i).ok())
+                        .ok_or(format!("{path}: uids are numbers"))
+                })
+                .collect::<Result<Vec<u32>, String>>()
+                .map(Uids::Only),
+            Some(_) => Err(format!("{path}: expected \"any\" or a list of uids")),
+        }
+    };
+    let mut rules = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let path = format!("[{i}]");
+        let t = item.as_table().ok_or(format!("{path}: expected a table"))?;
+        for k in t.keys() {
+            if !matches!(k.as_str(), "name" | "register" | "call") {
+                return Err(format!("{path}.{k}: unknown key"));
+            }
+        }
+        let pattern = t
+            .get("name")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or(format!("{path}.name: required, a service name or pattern"))?;
+        rules.push(ServiceRule {
+            pattern: pattern.to_string(),
+            register: uids(t.get("register"), &format!("{path}.register"))?,
+            call: uids(t.get("call"), &format!("{path}.call"))?,
+        });
+    }
+    Ok(rules)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -364,6 +567,20 @@ mod tests {
         let mut a = from_file(Path::new("f"), "ring_size = 8192").unwrap();
         a.overlay(&Args::parse_from(["shmbusd", "--ring-size", "16K"]));
         assert_eq!(a.resolve().unwrap().limits.default_ring_size, 16384);
+    }
+
+    #[test]
+    fn quotas_and_declared_services_parse() {
+        let s = file(
+            "max_streams_per_uid = 10\n[quota.uid.1000]\nstreams = 2\nring_bytes = \"8M\"\n\n\
+             [[service]]\nname = \"sys.*\"\nregister = [0, 100]\ncall = \"any\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.limits.quotas.default.streams, 10);
+        let q = s.limits.quotas.of(1000);
+        assert_eq!((q.streams, q.ring_bytes), (2, 8 << 20));
+        assert_eq!(s.limits.policy.rules[0].register, Uids::Only(vec![0, 100]));
+        assert_eq!(s.limits.policy.rules[0].call, Uids::Any);
     }
 
     #[test]

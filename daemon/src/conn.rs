@@ -148,8 +148,10 @@ impl Conn {
         self.queued <= max_queued
     }
 
-    /// Writes as much as the socket takes. `Ok(true)` when the queue is empty.
-    pub fn flush(&mut self) -> io::Result<bool> {
+    /// Writes as much as the socket takes. Returns whether the queue is now
+    /// empty, and how many descriptors went out.
+    pub fn flush(&mut self) -> io::Result<(bool, usize)> {
+        let mut delivered = 0;
         while let Some(front) = self.out.front_mut() {
             let fds: Vec<_> = if front.sent == 0 {
                 front.fds.iter().map(|f| f.as_fd()).collect()
@@ -160,17 +162,18 @@ impl Conn {
                 Ok(n) => {
                     front.sent += n;
                     // The descriptors went with the first byte: close our copies.
+                    delivered += front.fds.len();
                     front.fds.clear();
                     if front.sent == front.bytes.len() {
                         self.queued -= front.bytes.len();
                         self.out.pop_front();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, delivered)),
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        Ok((true, delivered))
     }
 
     /// True when frames wait to be written.

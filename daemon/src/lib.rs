@@ -13,13 +13,17 @@
 //! - [`signals`]: signals as pollable events;
 //! - [`notify`]: readiness, status and watchdog for the service manager;
 //! - [`logging`]: log lines, journald-aware;
+//! - [`policy`]: who may register and call which services;
+//! - [`quota`]: per-uid resource quotas;
 //! - [`config`]: the configuration file and flags.
 
 pub mod config;
 pub mod conn;
 pub mod logging;
 pub mod notify;
+pub mod policy;
 pub mod ports;
+pub mod quota;
 pub mod router;
 pub mod server;
 pub mod signals;

@@ -330,8 +330,14 @@ impl Server {
                 continue;
             }
             debug!(conn = id, pid = creds.pid, uid = creds.uid, "connected");
-            self.router.connect(id, creds);
-            self.conns.insert(id, Conn::new(sock, creds));
+            let mut conn = Conn::new(sock, creds);
+            if let Err(error) = self.router.connect(id, creds) {
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+                let _ = conn.queue(&Frame::Error(error), Vec::new(), usize::MAX);
+                let _ = conn.flush();
+                continue;
+            }
+            self.conns.insert(id, conn);
         }
     }
 
@@ -409,7 +415,10 @@ impl Server {
             return;
         };
         match conn.flush() {
-            Ok(done) => {
+            Ok((done, delivered)) => {
+                if delivered > 0 {
+                    self.router.fds_delivered(id, delivered);
+                }
                 let interest = if done {
                     Interest::READABLE
                 } else {

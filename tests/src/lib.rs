@@ -53,6 +53,12 @@ impl Broker {
     /// Starts `shmbusd` with its file-size limit (RLIMIT_FSIZE) set to `fsize` bytes.
     pub fn start_limited(args: &[&str], fsize: Option<u64>) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Other users (tests drop to `nobody`) must reach the socket.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
         let socket = dir.path().join("bus.sock");
         let mut cmd = Command::new("bash");
         let limit = fsize.map_or("unlimited".to_string(), |b| (b / 1024).to_string());
@@ -174,7 +180,17 @@ impl Peer {
 
     /// Starts `shmbus-testpeer` against the broker listening on `socket`.
     pub fn start_at(socket: &Path, args: &[&str]) -> Peer {
-        let mut child = Command::new(bin("shmbus-testpeer"))
+        Self::start_as(socket, args, None)
+    }
+
+    /// Starts `shmbus-testpeer` running as `uid` (and the same gid), when given.
+    pub fn start_as(socket: &Path, args: &[&str], uid: Option<u32>) -> Peer {
+        let mut cmd = Command::new(bin("shmbus-testpeer"));
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        let mut child = cmd
             .args(args)
             .env("SHMBUS_SOCKET", socket)
             .stdin(Stdio::null())

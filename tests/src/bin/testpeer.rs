@@ -47,6 +47,24 @@ fn main() {
         "endless" => serve(&conn, &name, "endless", StreamMode::Download, endless),
         "unary" => serve(&conn, &name, "add", StreamMode::Unary, add),
         "consume" => consume(&conn, &name, &args[2], &args[3]),
+        "call-add" => conn
+            .call(&name, "add")
+            .args_typed(&(2u64, 3u64))
+            .and_then(|c| c.unary())
+            .map(|r| {
+                say(format!(
+                    "result {}",
+                    u64::from_le_bytes(r.try_into().unwrap_or_default())
+                ))
+            }),
+        "hold" => hold(
+            &conn,
+            &name,
+            &args[2],
+            args[3].parse().unwrap_or(1),
+            args[4].parse().unwrap_or(1 << 16),
+        ),
+        "connections" => connections(args[1].parse().unwrap_or(1)),
         other => {
             eprintln!("unknown role {other:?}");
             std::process::exit(2);
@@ -168,6 +186,45 @@ fn add(call: IncomingCall) -> shmbus_client::Result<()> {
     let (a, b): (u64, u64) = call.args_typed()?;
     say(format!("caller-pid {}", call.caller_pid()));
     call.reply((a + b).to_le_bytes().to_vec())
+}
+
+/// Opens `n` download streams and keeps them open until killed.
+fn hold(
+    conn: &Connection,
+    name: &str,
+    method: &str,
+    n: usize,
+    ring: u32,
+) -> shmbus_client::Result<()> {
+    let mut calls = Vec::new();
+    for i in 0..n {
+        let call = conn
+            .call(name, method)
+            .mode(StreamMode::Download)
+            .args_typed(&u64::MAX)?
+            .credit(CreditSpec::items(4))
+            .ring_size(ring)
+            .start()?;
+        calls.push(call);
+        say(format!("opened {}", i + 1));
+    }
+    say("holding".into());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Opens `n` more connections to the broker and keeps them open until killed.
+fn connections(n: usize) -> shmbus_client::Result<()> {
+    let mut conns = Vec::new();
+    for i in 0..n {
+        conns.push(Connection::connect_default()?);
+        say(format!("connected {}", i + 1));
+    }
+    say("holding".into());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 fn consume(

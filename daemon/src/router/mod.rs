@@ -9,15 +9,16 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use shmbus::frame::{
-    BrokerSnapshot, BrokerStatus, CallId, CallRequest, Capabilities, ErrorCode, FallbackReason,
-    Frame, MethodSpec, MonitorEvent, MonitorKind, RemoteError, ServiceInfo, StreamId, StreamInfo,
-    StreamMode, StreamOpen, Transport, TransportPreference, PROTOCOL_VERSION,
+    BrokerSnapshot, BrokerStatus, CallId, Capabilities, ErrorCode, Frame, MethodSpec, MonitorEvent,
+    MonitorKind, RemoteError, ServiceInfo, StreamId, StreamInfo, StreamMode, PROTOCOL_VERSION,
 };
 use shmbus::sys::PeerCredentials;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Limits;
-use crate::ports;
+use crate::quota::{Ledger, Resource};
+
+mod calls;
 
 /// Identifies a connection inside the broker.
 pub type ConnId = u64;
@@ -43,7 +44,7 @@ pub enum Output {
     },
 }
 
-fn send(to: ConnId, frame: Frame) -> Output {
+pub(super) fn send(to: ConnId, frame: Frame) -> Output {
     Output::Send {
         to,
         frame,
@@ -51,7 +52,7 @@ fn send(to: ConnId, frame: Frame) -> Output {
     }
 }
 
-fn remote(code: ErrorCode, message: impl Into<String>) -> RemoteError {
+pub(super) fn remote(code: ErrorCode, message: impl Into<String>) -> RemoteError {
     RemoteError {
         code,
         message: message.into(),
@@ -63,6 +64,8 @@ struct Peer {
     caps: Option<Capabilities>,
     services: Vec<String>,
     live_calls: usize,
+    /// Descriptors queued toward this connection, charged to its uid.
+    fds_queued: usize,
 }
 
 struct Service {
@@ -77,6 +80,8 @@ struct LiveCall {
     caller_pid: i32,
     service_conn: ConnId,
     stream: Option<StreamInfo>,
+    /// The stream quota charged: (uid, ring bytes).
+    charge: Option<(u32, u64)>,
 }
 
 /// The broker's routing table.
@@ -89,6 +94,7 @@ pub struct Router {
     next_call: CallId,
     next_stream: StreamId,
     monitors: HashSet<ConnId>,
+    ledger: Ledger,
     draining: bool,
     started: Instant,
     /// Counters for status.
@@ -120,6 +126,7 @@ impl Router {
             next_call: 1,
             next_stream: 1,
             monitors: HashSet::new(),
+            ledger: Ledger::default(),
             draining: false,
             started: Instant::now(),
             stats: Stats::default(),
@@ -209,7 +216,20 @@ impl Router {
     }
 
     /// A new connection, with the kernel's word on who it is.
-    pub fn connect(&mut self, conn: ConnId, creds: PeerCredentials) {
+    /// Refused (with the error to send before closing) when the uid is at
+    /// its connection quota.
+    pub fn connect(&mut self, conn: ConnId, creds: PeerCredentials) -> Result<(), RemoteError> {
+        if let Err(msg) =
+            self.ledger
+                .charge(&self.limits.quotas, creds.uid, Resource::Connections, 1)
+        {
+            warn!(
+                pid = creds.pid,
+                uid = creds.uid,
+                "connection refused: {msg}"
+            );
+            return Err(remote(ErrorCode::LimitsExceeded, msg));
+        }
         self.peers.insert(
             conn,
             Peer {
@@ -217,8 +237,28 @@ impl Router {
                 caps: None,
                 services: Vec::new(),
                 live_calls: 0,
+                fds_queued: 0,
             },
         );
+        Ok(())
+    }
+
+    /// Descriptors queued toward `conn` were delivered (or dropped).
+    pub fn fds_delivered(&mut self, conn: ConnId, n: usize) {
+        if let Some(p) = self.peers.get_mut(&conn) {
+            let n = n.min(p.fds_queued);
+            p.fds_queued -= n;
+            self.ledger.release(p.creds.uid, Resource::Fds, n as u64);
+        }
+    }
+
+    /// Charges descriptors about to be queued toward `conn`.
+    fn charge_fds(&mut self, conn: ConnId, n: usize) -> Result<(), String> {
+        let p = self.peers.get_mut(&conn).expect("live peer");
+        self.ledger
+            .charge(&self.limits.quotas, p.creds.uid, Resource::Fds, n as u64)?;
+        p.fds_queued += n;
+        Ok(())
     }
 
     /// A frame from `conn`. Descriptors are dropped (closed) unless a frame
@@ -334,6 +374,11 @@ impl Router {
                 format!("service {name} is already registered"),
             );
         }
+        let creds = self.peers[&conn].creds;
+        if let Err(msg) = self.limits.policy.may_register(&name, creds.uid) {
+            warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration denied: {msg}");
+            return refuse(ErrorCode::Denied, msg);
+        }
         let peer = self.peers.get_mut(&conn).expect("checked");
         if peer.services.len() >= self.limits.max_services_per_connection {
             return refuse(
@@ -341,6 +386,14 @@ impl Router {
                 "too many services on one connection".into(),
             );
         }
+        if let Err(msg) = self
+            .ledger
+            .charge(&self.limits.quotas, creds.uid, Resource::Services, 1)
+        {
+            warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration refused: {msg}");
+            return refuse(ErrorCode::LimitsExceeded, msg);
+        }
+        let peer = self.peers.get_mut(&conn).expect("checked");
         peer.services.push(name.clone());
         info!(service = %name, pid = peer.creds.pid, uid = peer.creds.uid, "service registered");
         self.services.insert(
@@ -352,238 +405,6 @@ impl Router {
             },
         );
         vec![send(conn, Frame::Ack { request })]
-    }
-
-    fn call(&mut self, conn: ConnId, req: CallRequest) -> Vec<Output> {
-        if self.by_caller.contains_key(&(conn, req.call)) {
-            return violation(conn, format!("call id {} reused while live", req.call));
-        }
-        let fail = |code, msg: String| {
-            vec![send(
-                conn,
-                Frame::Result {
-                    call: req.call,
-                    outcome: Err(remote(code, msg)),
-                },
-            )]
-        };
-        if self.draining {
-            return fail(
-                ErrorCode::ShuttingDown,
-                "the broker is shutting down".into(),
-            );
-        }
-        let Some(service) = self.services.get(&req.service) else {
-            return fail(
-                ErrorCode::NoSuchService,
-                format!("no service named {}", req.service),
-            );
-        };
-        let Some(&mode) = service.methods.get(&req.method) else {
-            return fail(
-                ErrorCode::NoSuchMethod,
-                format!("service {} has no method {}", req.service, req.method),
-            );
-        };
-        if let Some(asked) = req.mode {
-            if asked != mode {
-                return fail(
-                    ErrorCode::NoSuchMethod,
-                    format!(
-                        "method {}.{} streams as {mode:?}, not {asked:?}",
-                        req.service, req.method
-                    ),
-                );
-            }
-        }
-        if self.peers[&conn].live_calls >= self.limits.max_calls_per_connection {
-            return fail(
-                ErrorCode::LimitsExceeded,
-                "too many live calls on one connection".into(),
-            );
-        }
-        let service_conn = service.owner;
-        let broker_call = self.next_call;
-        self.next_call += 1;
-        self.stats.calls += 1;
-        let caller = &self.peers[&conn];
-        let (caller_pid, caller_uid) = (caller.creds.pid, caller.creds.uid);
-        let mut live = LiveCall {
-            caller: conn,
-            caller_call: req.call,
-            caller_pid,
-            service_conn,
-            stream: None,
-        };
-        let mut out = Vec::new();
-        let mut open_fallback = None;
-        let incoming_open = if mode == StreamMode::Unary {
-            None
-        } else {
-            match self.open_stream(conn, service_conn, &req, mode) {
-                Ok((open, fds)) => {
-                    open_fallback = open.fallback.clone();
-                    live.stream = Some(StreamInfo {
-                        stream: open.stream,
-                        service: req.service.clone(),
-                        method: req.method.clone(),
-                        transport: open.transport,
-                        state: "OPENING".into(),
-                        bytes: 0,
-                        credit_outstanding: open.credit.high_water_mark,
-                    });
-                    out.push(Output::Send {
-                        to: conn,
-                        frame: Frame::StreamOpen(open.clone()),
-                        fds: fds.caller,
-                    });
-                    Some((
-                        StreamOpen {
-                            call: broker_call,
-                            ..open
-                        },
-                        fds.service,
-                    ))
-                }
-                Err(error) => {
-                    return vec![send(
-                        conn,
-                        Frame::Result {
-                            call: req.call,
-                            outcome: Err(error),
-                        },
-                    )]
-                }
-            }
-        };
-        let (open, fds) = match incoming_open {
-            Some((open, fds)) => (Some(open), fds),
-            None => (None, Vec::new()),
-        };
-        debug!(call = broker_call, service = %req.service, method = %req.method, pid = caller_pid, uid = caller_uid, "call");
-        out.push(Output::Send {
-            to: service_conn,
-            frame: Frame::Incoming {
-                call: broker_call,
-                service: req.service.clone(),
-                method: req.method.clone(),
-                args: req.args,
-                open,
-                caller_pid,
-                caller_uid,
-            },
-            fds,
-        });
-        if let Some(s) = &live.stream {
-            out.extend(self.event(
-                &live,
-                MonitorKind::Open {
-                    transport: s.transport,
-                    fallback: open_fallback.clone(),
-                },
-            ));
-        }
-        self.by_caller.insert((conn, req.call), broker_call);
-        self.calls.insert(broker_call, live);
-        if let Some(p) = self.peers.get_mut(&conn) {
-            p.live_calls += 1;
-        }
-        out
-    }
-
-    fn open_stream(
-        &mut self,
-        caller: ConnId,
-        service: ConnId,
-        req: &CallRequest,
-        mode: StreamMode,
-    ) -> Result<(StreamOpen, ports::PortFds), RemoteError> {
-        let mut credit = req.credit;
-        if credit.high_water_mark == 0 {
-            credit.high_water_mark = self.limits.default_high_water_mark;
-        }
-        let req = &CallRequest {
-            credit,
-            ..req.clone()
-        };
-        req.credit
-            .validate()
-            .map_err(|e| remote(ErrorCode::LimitsExceeded, e.to_string()))?;
-        let ring_size = req.ring_size.unwrap_or(self.limits.default_ring_size);
-        if !shmbus::ring::valid_capacity(ring_size) || ring_size > self.limits.max_ring_size {
-            return Err(remote(
-                ErrorCode::LimitsExceeded,
-                format!(
-                    "ring size {ring_size} must be a power of two between {} and {}",
-                    shmbus::ring::MIN_CAPACITY,
-                    self.limits.max_ring_size
-                ),
-            ));
-        }
-        let stream = self.next_stream;
-        self.next_stream += 1;
-        let shm_of = |c: ConnId| self.peers[&c].caps.is_some_and(|k| k.shared_memory);
-        let mut fallback = match req.transport {
-            TransportPreference::Socket => Some(FallbackReason::Requested),
-            _ if !shm_of(caller) => Some(FallbackReason::PeerWithoutSharedMemory("caller".into())),
-            _ if !shm_of(service) => {
-                Some(FallbackReason::PeerWithoutSharedMemory("service".into()))
-            }
-            _ => None,
-        };
-        if fallback.is_some() && req.transport == TransportPreference::SharedMemory {
-            return Err(remote(
-                ErrorCode::SharedMemoryUnavailable,
-                format!("shared memory required but unavailable: {fallback:?}"),
-            ));
-        }
-        let mut fds = None;
-        if fallback.is_none() {
-            match ports::create(stream, mode, Transport::SharedMemory, ring_size, req.credit) {
-                Ok(f) => fds = Some(f),
-                Err(e) if req.transport == TransportPreference::SharedMemory => {
-                    return Err(remote(
-                        ErrorCode::SharedMemoryUnavailable,
-                        format!("shared-memory port setup failed: {e}"),
-                    ))
-                }
-                Err(e) => {
-                    warn!(stream, error = %e, "shared-memory port setup failed; using the socket");
-                    fallback = Some(FallbackReason::SetupFailed(e.to_string()));
-                }
-            }
-        }
-        let (transport, fds) = match fds {
-            Some(f) => (Transport::SharedMemory, f),
-            None => (
-                Transport::Socket,
-                ports::create(stream, mode, Transport::Socket, ring_size, req.credit).map_err(
-                    |e| {
-                        remote(
-                            ErrorCode::LimitsExceeded,
-                            format!("stream port setup failed: {e}"),
-                        )
-                    },
-                )?,
-            ),
-        };
-        match transport {
-            Transport::SharedMemory => self.stats.shm_streams += 1,
-            Transport::Socket => self.stats.socket_streams += 1,
-        }
-        info!(stream, transport = ?transport, fallback = ?fallback, service = %req.service, method = %req.method, "stream open");
-        Ok((
-            StreamOpen {
-                stream,
-                call: req.call,
-                mode,
-                transport,
-                fallback,
-                ring_size,
-                credit: req.credit,
-            },
-            fds,
-        ))
     }
 
     fn result(
@@ -611,10 +432,7 @@ impl Router {
         let Some(live) = self.calls.remove(&call) else {
             return Vec::new();
         };
-        self.by_caller.remove(&(live.caller, live.caller_call));
-        if let Some(p) = self.peers.get_mut(&live.caller) {
-            p.live_calls -= 1;
-        }
+        self.forget(&live);
         let mut out = Vec::new();
         if let Some(s) = &live.stream {
             info!(
@@ -675,12 +493,30 @@ impl Router {
         }
     }
 
+    /// Drops a finished call's bookkeeping and gives back its quota.
+    fn forget(&mut self, live: &LiveCall) {
+        self.by_caller.remove(&(live.caller, live.caller_call));
+        if let Some(p) = self.peers.get_mut(&live.caller) {
+            p.live_calls -= 1;
+        }
+        if let Some((uid, bytes)) = live.charge {
+            self.ledger.release(uid, Resource::Streams, bytes);
+        }
+    }
+
     /// A connection went away: its services vanish, its outgoing calls are
     /// cancelled, and the callers of calls it served get "peer gone".
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Output> {
         let Some(peer) = self.peers.remove(&conn) else {
             return Vec::new();
         };
+        let uid = peer.creds.uid;
+        self.ledger.release(uid, Resource::Connections, 1);
+        self.ledger
+            .release(uid, Resource::Fds, peer.fds_queued as u64);
+        for _ in &peer.services {
+            self.ledger.release(uid, Resource::Services, 1);
+        }
         self.monitors.remove(&conn);
         for name in &peer.services {
             self.services.remove(name);
@@ -695,10 +531,7 @@ impl Router {
             .collect();
         for id in affected {
             let live = self.calls.remove(&id).expect("listed");
-            self.by_caller.remove(&(live.caller, live.caller_call));
-            if let Some(p) = self.peers.get_mut(&live.caller) {
-                p.live_calls -= 1;
-            }
+            self.forget(&live);
             let gone = remote(ErrorCode::PeerGone, "the service disconnected");
             if let Some(s) = &live.stream {
                 self.stats.finished_bytes += s.bytes;
@@ -768,7 +601,7 @@ impl Router {
     }
 }
 
-fn violation(conn: ConnId, message: String) -> Vec<Output> {
+pub(super) fn violation(conn: ConnId, message: String) -> Vec<Output> {
     vec![Output::Close {
         conn,
         error: remote(ErrorCode::ProtocolViolation, message),
