@@ -570,6 +570,31 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses_with_every_setting_uncommented() {
+        let example = include_str!("../../systemd/shmbusd.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest
+                            .split_once(" = ")
+                            .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .filter(|l| !l.starts_with("socket_group"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let s = file(&uncommented).unwrap();
+        assert_eq!(s.limits.quotas.of(1000).streams, 64);
+        assert_eq!(s.limits.policy.rules.len(), 1);
+        assert_eq!(s.limits.default_ring_size, 1 << 20);
+    }
+
+    #[test]
     fn quotas_and_declared_services_parse() {
         let s = file(
             "max_streams_per_uid = 10\n[quota.uid.1000]\nstreams = 2\nring_bytes = \"8M\"\n\n\
