@@ -70,10 +70,21 @@ impl RingProducer {
         &self.credit
     }
 
-    /// Whether the consumer cancelled the stream.
-    pub fn is_cancelled(&self) -> bool {
+    /// Whether the consumer cancelled the stream: the flag must hold 0 or 1,
+    /// anything else is a violation.
+    pub fn cancelled_state(&self) -> Result<bool, RingError> {
         // SYNC: Acquire pairs with the Release store in `RingConsumer::cancel`.
-        self.ring.u32_at(OFF_CANCELLED).load(Ordering::Acquire) != 0
+        match self.ring.u32_at(OFF_CANCELLED).load(Ordering::Acquire) {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(violation(format!("cancel flag holds {other}"))),
+        }
+    }
+
+    /// True when the consumer cancelled (a hostile flag value reads as not
+    /// cancelled here; [`cancelled_state`](Self::cancelled_state) reports it).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.cancelled_state(), Ok(true))
     }
 
     pub(super) fn refresh_read_pos(&mut self) -> Result<(), RingError> {

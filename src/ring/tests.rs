@@ -302,3 +302,16 @@ fn a_producer_blocked_after_releases_may_sleep() {
     assert_eq!(send(&mut p, b"x", 1), Err(Blocked::Credit));
     assert!(p.prepare_sleep(), "nothing moved since the blocked attempt");
 }
+
+#[test]
+fn a_cancel_flag_other_than_0_or_1_is_a_violation() {
+    let (mut p, _c, f) = pair(4096, CreditSpec::items(8));
+    f.write_all_at(&7u32.to_le_bytes(), OFF_CANCELLED as u64)
+        .unwrap();
+    assert!(matches!(p.cancelled_state(), Err(RingError::Violation(_))));
+    assert!(!p.is_cancelled());
+    f.write_all_at(&1u32.to_le_bytes(), OFF_CANCELLED as u64)
+        .unwrap();
+    assert!(p.cancelled_state().unwrap());
+    let _ = &mut p;
+}

@@ -56,7 +56,7 @@ impl ShmTx {
     pub(crate) fn begin(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
         self.slot = None;
         loop {
-            if self.is_cancelled() {
+            if self.ring.cancelled_state()? || self.cancelled.load(Ordering::Acquire) {
                 return Err(Error::Cancelled);
             }
             if let Ok(slot) = self.ring.try_reserve(max_len, charge)? {

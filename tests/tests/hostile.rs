@@ -1,0 +1,226 @@
+//! Hostile peers at scale: a peer scribbling on shared memory, and a flood
+//! of malformed connections, while legitimate streams run.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shmbus_client::{CreditSpec, Error, StreamMode, TransportPreference};
+use shmbus_tests::{bin, Broker, Peer, RawClient, Rng};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A legitimate download running beside the attack; returns items received.
+fn good_stream(broker: &Broker, count: u64) -> std::thread::JoinHandle<u64> {
+    let conn = broker.connect();
+    std::thread::spawn(move || {
+        let mut call = conn
+            .call("nums", "numbers")
+            .mode(StreamMode::Download)
+            .args_typed(&count)
+            .unwrap()
+            .credit(CreditSpec::items(64))
+            .start()
+            .unwrap();
+        let rx = call.receiver().unwrap();
+        let mut next = 0;
+        while let Some(v) = rx.recv::<u64>().unwrap() {
+            assert_eq!(v, next, "legitimate stream corrupted");
+            next += 1;
+        }
+        call.finish().unwrap();
+        next
+    })
+}
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    protocol: u32,
+    other: Vec<String>,
+}
+
+#[test]
+fn a_peer_scribbling_on_the_ring_hurts_only_its_own_stream() {
+    let broker = Broker::start();
+    let _nums = Peer::serve(&broker, &["numbers", "nums"]);
+    let mut evil = Command::new(bin("shmbus-evil"))
+        .args(["evil", "0.5"])
+        .env("SHMBUS_SOCKET", &broker.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(evil.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let good = good_stream(&broker, 200_000);
+    let conn = broker.connect();
+    let mut outcomes = Outcomes::default();
+    let trials = 24;
+    for trial in 0..trials {
+        let upload = trial % 2 == 1;
+        let started = Instant::now();
+        let started_call = conn
+            .call("evil", if upload { "up" } else { "down" })
+            .mode(if upload {
+                StreamMode::Upload
+            } else {
+                StreamMode::Download
+            })
+            .credit(CreditSpec::bytes(4096))
+            .ring_size(8192)
+            .transport(TransportPreference::SharedMemory)
+            .start();
+        // The peer may spoil the header before we map: the port is refused.
+        let mut call = match started_call {
+            Ok(c) => c,
+            Err(Error::Protocol(m)) => {
+                assert!(m.contains("refusing stream port"), "{m}");
+                outcomes.protocol += 1;
+                continue;
+            }
+            Err(e) => panic!("trial {trial}: {e:?}"),
+        };
+        let end = if upload {
+            let tx = call.sender().unwrap();
+            let mut i = 0u64;
+            loop {
+                if let Err(e) = tx.send_bytes(&i.to_le_bytes()) {
+                    break Err(e);
+                }
+                i += 1;
+            }
+        } else {
+            let rx = call.receiver().unwrap();
+            loop {
+                match rx.recv_bytes() {
+                    Ok(Some(_)) => {}
+                    other => break other.map(|_| ()),
+                }
+            }
+        };
+        let took = started.elapsed();
+        // The attack lasts 0.5 s; the victim must be free soon after.
+        assert!(took < 3 * SEC, "trial {trial} took {took:?}: {end:?}");
+        match end {
+            Err(Error::Protocol(_)) => outcomes.protocol += 1,
+            other => outcomes.other.push(format!("{other:?}")),
+        }
+        drop(call);
+    }
+    assert!(
+        outcomes.protocol * 10 >= trials * 8,
+        "most attacks must be caught as protocol errors: {outcomes:?}"
+    );
+    for o in &outcomes.other {
+        // Anything else is a clean, typed end: never a panic or a hang.
+        assert!(
+            o.contains("Cancelled")
+                || o.contains("PeerGone")
+                || o.contains("Stream")
+                || o == "Ok(())",
+            "{o}"
+        );
+    }
+    // The peer could not resize a single ring.
+    for _ in 0..trials {
+        assert_eq!(lines.next().unwrap().unwrap(), "resize-refused");
+    }
+    assert_eq!(good.join().unwrap(), 200_000);
+    let _ = evil.kill();
+    let _ = evil.wait();
+}
+
+#[test]
+fn a_flood_of_malformed_connections_leaves_streams_and_the_broker_intact() {
+    let broker = Broker::start();
+    let _nums = Peer::serve(&broker, &["numbers", "nums"]);
+    let baseline_fds = broker.fd_baseline();
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    let rss_before = rss(broker.pid());
+    let good: Vec<_> = (0..16).map(|_| good_stream(&broker, 20_000)).collect();
+    let memfd = shmbus::sys::create_ring_memfd("bait", 4096, 1).unwrap();
+    let mut rng = Rng::new(42);
+    let offenders = 2000;
+    let mut errors = 0;
+    for i in 0..offenders {
+        let mut c = RawClient::connect(&broker);
+        let mut hello = Vec::new();
+        shmbus::frame::encode(
+            &shmbus::Frame::Hello {
+                version: 1,
+                caps: Default::default(),
+            },
+            &mut hello,
+        );
+        use std::os::fd::AsFd;
+        let fd = memfd.as_fd();
+        let sent = match i % 8 {
+            // Random bytes with a plausible length.
+            0 => {
+                let mut b: Vec<u8> = (0..64).map(|_| rng.next_u64() as u8).collect();
+                b[..5].copy_from_slice(&[59, 0, 0, 0, 0]);
+                c.send_raw(&b, &[])
+            }
+            // An absurd length prefix.
+            1 => c.send_raw(&[0xff, 0xff, 0xff, 0x7f, 0], &[]),
+            // A wrong version.
+            2 => {
+                let mut b = hello.clone();
+                let last = b.len() - 1;
+                b[last - 1] = 9;
+                c.send_raw(&b, &[])
+            }
+            // Valid frame, wrong state.
+            3 => {
+                let mut b = Vec::new();
+                shmbus::frame::encode(&shmbus::Frame::Cancel { call: 1 }, &mut b);
+                c.send_raw(&b, &[])
+            }
+            // A descriptor on a frame that takes none.
+            4 => c.send_raw(&hello, &[fd]),
+            // More descriptors than any frame takes (253 is the kernel's limit).
+            5 => {
+                let many: Vec<_> = (0..253).map(|_| fd).collect();
+                c.send_raw(&hello, &many)
+            }
+            // A header declaring descriptors that never come.
+            6 => {
+                let mut b = hello.clone();
+                b[4] = 2;
+                c.send_raw(&b, &[])
+            }
+            // A truncated frame, then hang up.
+            _ => c.send_raw(&hello[..hello.len() - 2], &[]),
+        };
+        if sent.is_err() || i % 8 == 7 {
+            continue;
+        }
+        match c.recv() {
+            Some((shmbus::Frame::Error(_), _)) | None => errors += 1,
+            Some((shmbus::Frame::Welcome { .. }, _)) => {
+                // A version the broker would not take is refused after welcome? Never.
+                panic!("offender {i} was welcomed")
+            }
+            other => panic!("offender {i}: {other:?}"),
+        }
+    }
+    assert!(
+        errors >= offenders * 7 / 8 - 1,
+        "{errors} offenders got an error"
+    );
+    for g in good {
+        assert_eq!(g.join().unwrap(), 20_000, "legitimate stream lost items");
+    }
+    broker.wait_fds(baseline_fds);
+    let rss_after = rss(broker.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "broker RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    // Still serving.
+    assert_eq!(good_stream(&broker, 1000).join().unwrap(), 1000);
+}
