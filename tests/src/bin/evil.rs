@@ -111,7 +111,7 @@ fn attack(memfd: std::fs::File, link: UnixStream, capacity: u64, seconds: f64, s
             }
         }
         n += 1;
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             // Wake the victim so it looks.
             let _ = (&link).write(&[1]);
         }
