@@ -96,7 +96,8 @@ impl CallBuilder {
         self
     }
 
-    /// How the call's stream halves wait (default: spin briefly, then sleep).
+    /// How the call's stream halves wait (default: spin briefly, then sleep,
+    /// as long as the peer lives; see [`WaitPolicy::with_stall_timeout`]).
     pub fn wait_policy(mut self, policy: WaitPolicy) -> Self {
         self.policy = policy;
         self

@@ -42,6 +42,9 @@ pub enum Error {
     /// The stream already ended.
     #[error("stream closed")]
     Closed,
+    /// The peer made no progress within the stall timeout.
+    #[error("stream stalled: the peer made no progress within the stall timeout")]
+    Stalled,
     /// A typed item did not encode or decode.
     #[error("codec: {0}")]
     Codec(#[from] postcard::Error),

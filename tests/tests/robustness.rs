@@ -479,3 +479,45 @@ fn too_many_methods_are_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+fn sig(pid: u32, s: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s).unwrap();
+}
+
+#[test]
+fn a_stopped_consumer_stalls_only_its_producer_and_the_stall_timeout_ends_it() {
+    for transport in ["shm", "socket"] {
+        let broker = Broker::start();
+        // The service gives up on a receiver that makes no progress for 300 ms.
+        let mut service = Peer::serve(&broker, &["endless", "long", "--stall-ms", "300"]);
+        let mut victim = Peer::start(&broker, &["consume", "long", "endless", transport]);
+        victim.expect_line("received 1000", 10 * SEC);
+        let mut other = Peer::start(&broker, &["consume", "long", "endless", transport]);
+        other.expect_line("received 1000", 10 * SEC);
+        sig(victim.pid(), nix::sys::signal::Signal::SIGSTOP);
+        let stopped = Instant::now();
+        // The stalled stream's producer blocks on credit, then gives up.
+        let line = service.expect_line("send-failed", 10 * SEC);
+        let took = stopped.elapsed();
+        assert!(line.contains("stalled"), "{transport}: {line}");
+        assert!(
+            took >= Duration::from_millis(250) && took < 3 * SEC,
+            "{transport}: {took:?}"
+        );
+        // The other stream kept flowing meanwhile and still does.
+        let before: u64 = other.latest("received").unwrap().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let after: u64 = other.expect_line("received", 10 * SEC).parse().unwrap();
+        assert!(
+            after > before,
+            "{transport}: other stream stuck at {before}"
+        );
+        // The stopped consumer, once resumed, learns why its stream ended.
+        sig(victim.pid(), nix::sys::signal::Signal::SIGCONT);
+        let err = victim.expect_line("stream-error", 10 * SEC);
+        assert!(
+            err.contains("stall") || err.contains("peer gone"),
+            "{transport}: {err}"
+        );
+    }
+}

@@ -215,8 +215,9 @@ impl TxPort {
     }
 
     pub(crate) fn set_wait_policy(&mut self, policy: WaitPolicy) {
-        if let TxPort::Shm(p) = self {
-            p.policy = policy;
+        match self {
+            TxPort::Shm(p) => p.policy = policy,
+            TxPort::Socket(p) => p.policy = policy,
         }
     }
 
@@ -279,8 +280,9 @@ impl RxPort {
     }
 
     pub(crate) fn set_wait_policy(&mut self, policy: WaitPolicy) {
-        if let RxPort::Shm(p) = self {
-            p.policy = policy;
+        match self {
+            RxPort::Shm(p) => p.policy = policy,
+            RxPort::Socket(p) => p.policy = policy,
         }
     }
 

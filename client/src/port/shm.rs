@@ -4,6 +4,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use shmbus::credit::CreditSpec;
 use shmbus::ring::{Record, RecordKind, RingConsumer, RingProducer, Slot};
@@ -55,6 +56,7 @@ impl ShmTx {
     /// credit and space. Returns the room to fill in place.
     pub(crate) fn begin(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
         self.slot = None;
+        let mut deadline = None;
         loop {
             if self.ring.cancelled_state()? || self.cancelled.load(Ordering::Acquire) {
                 return Err(Error::Cancelled);
@@ -63,7 +65,10 @@ impl ShmTx {
                 let slot = self.slot.insert(slot);
                 return Ok(self.ring.slot_buf(slot));
             }
-            self.wait(max_len, charge)?;
+            if deadline.is_none() {
+                deadline = self.policy.deadline();
+            }
+            self.wait(max_len, charge, deadline)?;
         }
     }
 
@@ -90,7 +95,7 @@ impl ShmTx {
     }
 
     /// Waits until credit, room or cancellation may have changed.
-    fn wait(&mut self, max_len: usize, charge: u64) -> Result<()> {
+    fn wait(&mut self, max_len: usize, charge: u64, deadline: Option<Instant>) -> Result<()> {
         self.publish();
         if self.bell.peer_closed() {
             return Err(Error::PeerGone(
@@ -108,14 +113,15 @@ impl ShmTx {
         if moved.is_some() {
             return Ok(());
         }
-        self.sleep()
+        self.sleep(deadline)
     }
 
     /// Sleeps on the doorbell unless the consumer moved since the last look.
-    fn sleep(&mut self) -> Result<()> {
+    fn sleep(&mut self, deadline: Option<Instant>) -> Result<()> {
         if self.ring.prepare_sleep() {
-            self.bell.sleep()?;
+            let slept = self.bell.sleep(deadline);
             self.ring.woke();
+            slept?;
         } else {
             // Something moved; also notice a consumer that has died meanwhile.
             self.bell.drain();
@@ -160,6 +166,7 @@ impl ShmTx {
             Ending::Error(m) => RecordKind::Error(m.clone()),
             Ending::Cancelled => RecordKind::Cancelled,
         };
+        let deadline = self.policy.deadline();
         loop {
             if self.ring.try_write_control(&kind)? {
                 self.publish();
@@ -174,7 +181,7 @@ impl ShmTx {
                     "the receiving peer closed the stream".into(),
                 ));
             }
-            self.sleep()?;
+            self.sleep(deadline)?;
         }
     }
 
@@ -221,6 +228,7 @@ impl ShmRx {
     /// The next event; waits when `block`, else `None` when nothing is there.
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none(), "release before the next item");
+        let deadline = if block { self.policy.deadline() } else { None };
         if !block {
             self.ring.woke();
             self.bell.drain();
@@ -246,8 +254,9 @@ impl ShmRx {
                 return Ok(Some(self.event(rec)));
             }
             if self.ring.prepare_sleep() {
-                self.bell.sleep()?;
+                let slept = self.bell.sleep(deadline);
                 self.ring.woke();
+                slept?;
             } else {
                 self.bell.drain();
             }

@@ -7,11 +7,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use shmbus::credit::{CreditSpec, RecvCredit, SendCredit};
 use shmbus::link::{self, LinkEncoder, LinkMessage, ITEM_HEADER, MESSAGE_HEADER};
 use shmbus::sys;
 
+use super::wait::{stall_left, WaitPolicy};
 use super::{Ending, RxEvent};
 use crate::error::{Error, Result};
 
@@ -52,6 +54,7 @@ fn write_all(
     sock: &UnixStream,
     mut bytes: &[u8],
     mut on_readable: Option<&mut dyn FnMut() -> Result<()>>,
+    deadline: Option<Instant>,
 ) -> Result<usize> {
     let total = bytes.len();
     while !bytes.is_empty() {
@@ -66,7 +69,12 @@ fn write_all(
                     PollFlags::POLLOUT
                 };
                 let mut pfd = [PollFd::new(sock.as_fd(), events)];
-                match poll(&mut pfd, PollTimeout::NONE) {
+                let timeout = match deadline {
+                    Some(d) => PollTimeout::try_from(stall_left(d)?.as_millis().max(1) as i32)
+                        .unwrap_or(PollTimeout::MAX),
+                    None => PollTimeout::NONE,
+                };
+                match poll(&mut pfd, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(io::Error::from(e).into()),
                 }
@@ -98,6 +106,8 @@ pub(crate) struct SockTx {
     cancelled_by_peer: bool,
     cancelled: Arc<AtomicBool>,
     peer_closed: bool,
+    pub(crate) policy: WaitPolicy,
+    deadline: Option<Instant>,
 }
 
 impl SockTx {
@@ -118,6 +128,8 @@ impl SockTx {
             cancelled_by_peer: false,
             cancelled,
             peer_closed: false,
+            policy: WaitPolicy::default(),
+            deadline: None,
         })
     }
 
@@ -155,7 +167,8 @@ impl SockTx {
                     if !block {
                         return Ok(());
                     }
-                    sys::wait_readable(self.sock.as_fd(), None)?;
+                    let left = self.deadline.map(stall_left).transpose()?;
+                    sys::wait_readable(self.sock.as_fd(), left)?;
                 }
                 Err(e) if gone(&e) => {
                     self.peer_closed = true;
@@ -199,12 +212,16 @@ impl SockTx {
                 self.geometry.max_item
             )));
         }
+        self.deadline = None;
         loop {
             if self.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             if self.credit.check(charge)? {
                 return Ok(true);
+            }
+            if block && self.deadline.is_none() {
+                self.deadline = self.policy.deadline();
             }
             if block {
                 self.flush()?;
@@ -279,7 +296,12 @@ impl SockTx {
             }
             Ok(())
         };
-        let written = write_all(sock, bytes, Some(&mut on_readable));
+        let written = write_all(
+            sock,
+            bytes,
+            Some(&mut on_readable),
+            self.deadline.or(self.policy.deadline()),
+        );
         self.rbuf.extend_from_slice(&control);
         self.peer_closed |= closed;
         let written = written?;
@@ -322,6 +344,8 @@ pub(crate) struct SockRx {
     pending_cancel: bool,
     unsent: Vec<u8>,
     peer_closed: bool,
+    pub(crate) policy: WaitPolicy,
+    deadline: Option<Instant>,
 }
 
 impl SockRx {
@@ -345,6 +369,8 @@ impl SockRx {
             pending_cancel: false,
             unsent: Vec::new(),
             peer_closed: false,
+            policy: WaitPolicy::default(),
+            deadline: None,
         })
     }
 
@@ -378,6 +404,7 @@ impl SockRx {
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none());
         self.flush_control();
+        self.deadline = if block { self.policy.deadline() } else { None };
         loop {
             if let Some((pos, bend)) = self.batch {
                 let len = u32::from_le_bytes(self.buf[pos..pos + 4].try_into().unwrap()) as usize;
@@ -456,12 +483,13 @@ impl SockRx {
                     if !block {
                         return Ok(false);
                     }
+                    let left = self.deadline.map(stall_left).transpose()?;
                     if !self.unsent.is_empty() {
                         // Credit not yet delivered: wait for room to send it too.
-                        sys::wait_any(self.sock.as_fd(), true, None)?;
+                        sys::wait_any(self.sock.as_fd(), true, left)?;
                         self.flush_control();
                     } else {
-                        sys::wait_readable(self.sock.as_fd(), None)?;
+                        sys::wait_readable(self.sock.as_fd(), left)?;
                     }
                 }
                 Err(e) if gone(&e) => {

@@ -19,24 +19,52 @@ use shmbus::sys;
 pub struct WaitPolicy {
     /// Time spent re-checking before sleeping. Zero sleeps at once.
     pub spin: Duration,
+    /// Longest a single send or receive may wait for the peer before failing
+    /// with [`Error::Stalled`](crate::Error::Stalled); `None` waits as long
+    /// as the peer lives.
+    pub stall: Option<Duration>,
 }
 
 impl WaitPolicy {
     /// The default: a few microseconds of spinning, then sleep.
     pub const BLOCKING: WaitPolicy = WaitPolicy {
         spin: Duration::from_micros(20),
+        stall: None,
     };
     /// Low latency: spin for up to a millisecond before sleeping. Burns a
     /// core while waiting; use when round-trip latency matters more.
     pub const SPIN: WaitPolicy = WaitPolicy {
         spin: Duration::from_millis(1),
+        stall: None,
     };
+
+    /// This policy, failing a wait that makes no progress for `limit`.
+    pub const fn with_stall_timeout(self, limit: Duration) -> WaitPolicy {
+        WaitPolicy {
+            spin: self.spin,
+            stall: Some(limit),
+        }
+    }
+
+    /// When a wait starting now must give up.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.stall.map(|d| Instant::now() + d)
+    }
 }
 
 impl Default for WaitPolicy {
     fn default() -> Self {
         Self::BLOCKING
     }
+}
+
+/// Time left before `deadline`, or [`Error::Stalled`](crate::Error::Stalled).
+pub(crate) fn stall_left(deadline: Instant) -> crate::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(crate::Error::Stalled);
+    }
+    Ok(left)
 }
 
 /// Re-runs `check` until it yields a value or the spin budget is spent.
@@ -92,10 +120,15 @@ impl Doorbell {
         }
     }
 
-    /// Sleeps until rung or until the peer closes its end.
-    pub(crate) fn sleep(&mut self) -> io::Result<()> {
+    /// Sleeps until rung, until the peer closes its end, or until `deadline`
+    /// (then [`Error::Stalled`](crate::Error::Stalled)).
+    pub(crate) fn sleep(&mut self, deadline: Option<Instant>) -> crate::Result<()> {
         if !self.peer_closed {
-            sys::wait_readable(self.sock.as_fd(), None)?;
+            let left = match deadline {
+                Some(d) => Some(stall_left(d)?),
+                None => None,
+            };
+            sys::wait_readable(self.sock.as_fd(), left)?;
         }
         self.drain();
         Ok(())

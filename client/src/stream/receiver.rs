@@ -27,6 +27,7 @@ enum FailKind {
     Cancelled,
     PeerGone(String),
     Protocol(String),
+    Stalled,
 }
 
 impl FailKind {
@@ -36,6 +37,7 @@ impl FailKind {
             FailKind::Cancelled => Error::Cancelled,
             FailKind::PeerGone(m) => Error::PeerGone(m.clone()),
             FailKind::Protocol(m) => Error::Protocol(m.clone()),
+            FailKind::Stalled => Error::Stalled,
         }
     }
 }
@@ -147,6 +149,13 @@ impl Receiver {
         let kind = match &e {
             Error::PeerGone(m) => FailKind::PeerGone(m.clone()),
             Error::Cancelled => FailKind::Cancelled,
+            Error::Stalled => {
+                // Tell the sender to stop; it may be stuck too.
+                if let Some(p) = self.port.as_mut() {
+                    p.cancel();
+                }
+                FailKind::Stalled
+            }
             other => FailKind::Protocol(other.to_string()),
         };
         self.finish_with(Finished::Failed(kind), CloseCause::Failed(e.to_string()));

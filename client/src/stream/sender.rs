@@ -148,6 +148,11 @@ impl Sender {
                 Error::Cancelled
             }
             Error::TooLarge(_) => e,
+            Error::Stalled => {
+                // Tell the receiver why, without waiting for it.
+                self.abort("the sender gave up: the receiver made no progress (stall timeout)");
+                Error::Stalled
+            }
             other => {
                 let msg = other.to_string();
                 if let Some(p) = &mut self.port {

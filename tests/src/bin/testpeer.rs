@@ -44,7 +44,12 @@ fn main() {
         "echo" => serve(&conn, &name, "echo", StreamMode::Bidirectional, echo),
         "sink" => serve(&conn, &name, "sink", StreamMode::Upload, sink),
         "failing" => serve(&conn, &name, "fail", StreamMode::Download, failing),
-        "endless" => serve(&conn, &name, "endless", StreamMode::Download, endless),
+        "endless" => {
+            let stall = flag(&args, "--stall-ms").map(Duration::from_millis);
+            serve(&conn, &name, "endless", StreamMode::Download, move |c| {
+                endless(c, stall)
+            })
+        }
         "unary" => serve(&conn, &name, "add", StreamMode::Unary, add),
         "consume" => consume(&conn, &name, &args[2], &args[3]),
         "call-add" => conn
@@ -162,8 +167,11 @@ fn failing(mut call: IncomingCall) -> shmbus_client::Result<()> {
     call.fail("Stream processing failed")
 }
 
-fn endless(mut call: IncomingCall) -> shmbus_client::Result<()> {
+fn endless(mut call: IncomingCall, stall: Option<Duration>) -> shmbus_client::Result<()> {
     let tx = call.sender().expect("download");
+    if let Some(limit) = stall {
+        tx.set_wait_policy(shmbus_client::WaitPolicy::BLOCKING.with_stall_timeout(limit));
+    }
     let mut i = 0u64;
     loop {
         match tx.send(&i) {
