@@ -445,3 +445,30 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// A deterministic item sequence both peers can produce and check.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct SeqSpec {
+    /// Seed of the contents and sizes.
+    pub seed: u64,
+    /// Items in the stream.
+    pub count: u64,
+    /// Largest payload after the 8-byte index.
+    pub max_size: u32,
+}
+
+impl SeqSpec {
+    /// Item `i`: its index, then pseudo-random bytes of a pseudo-random length.
+    pub fn item(&self, i: u64) -> Vec<u8> {
+        let mut rng = Rng::new(self.seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let len = rng.below(self.max_size as u64 + 1) as usize;
+        let mut v = i.to_le_bytes().to_vec();
+        v.extend((0..len).map(|_| rng.next_u64() as u8));
+        v
+    }
+
+    /// The custom size function both sides use: one credit per started 16 bytes.
+    pub fn custom_charge(item: &[u8]) -> u64 {
+        item.len() as u64 / 16 + 1
+    }
+}

@@ -51,6 +51,7 @@ fn main() {
             })
         }
         "unary" => serve(&conn, &name, "add", StreamMode::Unary, add),
+        "seq" => serve_seq(&conn, &name),
         "consume" => consume(&conn, &name, &args[2], &args[3]),
         "call-add" => conn
             .call(&name, "add")
@@ -79,6 +80,51 @@ fn main() {
         say(format!("error {e}"));
         std::process::exit(1);
     }
+}
+
+/// Methods `down` (streams the sequence the arguments describe) and `up`
+/// (checks that the caller streamed it exactly).
+fn serve_seq(conn: &Connection, name: &str) -> shmbus_client::Result<()> {
+    let service = conn.register(
+        name,
+        &[
+            MethodSpec::new("down", StreamMode::Download),
+            MethodSpec::new("up", StreamMode::Upload),
+        ],
+    )?;
+    say("ready".into());
+    while let Some(mut call) = service.next()? {
+        std::thread::spawn(move || {
+            let spec: shmbus_tests::SeqSpec = match call.args_typed() {
+                Ok(s) => s,
+                Err(e) => return call.fail(&e.to_string()),
+            };
+            if call.method() == "down" {
+                let tx = call.sender().expect("download");
+                tx.set_size_fn(shmbus_tests::SeqSpec::custom_charge);
+                for i in 0..spec.count {
+                    if let Err(e) = tx.send_bytes(&spec.item(i)) {
+                        let m = e.to_string();
+                        return call.fail(&m);
+                    }
+                }
+                call.reply(Vec::new())
+            } else {
+                let rx = call.receiver().expect("upload");
+                let mut i = 0;
+                let verdict = loop {
+                    match rx.recv_bytes() {
+                        Ok(Some(item)) if item == spec.item(i) => i += 1,
+                        Ok(Some(_)) => break format!("item {i} wrong"),
+                        Ok(None) => break format!("ok {i}"),
+                        Err(e) => break format!("error after {i}: {e}"),
+                    }
+                };
+                call.reply(verdict.into_bytes())
+            }
+        });
+    }
+    Ok(())
 }
 
 fn flag(args: &[String], name: &str) -> Option<u64> {
