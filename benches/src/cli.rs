@@ -1,0 +1,254 @@
+//! Command line: the user's options, and the hidden flags a re-executed
+//! peer process gets.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::baselines::Side;
+use crate::job::{Scenario, Transport};
+
+const AFTER_HELP: &str = "\
+Every scenario runs between separate processes: a private broker (this binary
+re-run as `--role broker`, unless --socket names a running one), a shmbus
+service process, and per measurement a caller process or, for the baselines,
+two peer processes sharing a socket pair, pipes or a memfd ring. Every
+consumer checksums every byte it receives and the run fails on a mismatch.
+
+Each measurement is repeated (--repeat) interleaved with its baselines
+(A B C D A B C D ...) and reported as the median [min, max]. A ratio ×uds,
+×pipe, ×bare_ring is shmbus's figure divided by the baseline's, computed per
+round (runs of the same time window) and reported as the median of those:
+for throughput above 1 means shmbus is faster, for latency and setup below 1
+means shmbus is faster, for idle it compares CPU time.
+
+--json writes a JSON array, one record per line, one record per measured
+point (scenario, transport, size ...): {\"scenario\", \"transport\", \"size\",
+\"bytes_per_sec\", \"items_per_sec\", \"p50_ns\", \"p99_ns\", \"p999_ns\",
+\"ratio_vs\": {\"uds\", \"pipe\", \"bare_ring\"}, ...}; fields that do not apply
+are absent. Extra fields: kind (bytes|typed), wait (blocking|spin), streams,
+runs, min/max of the headline figure, CPU and memory figures.
+
+--sizes (1 B to 16 MiB) replaces the write sizes of throughput (bytes
+streams); typed items and latency messages then use the listed sizes up to
+64 KiB and 1 MiB.
+
+Micro benchmarks of the ring, frames and credit: cargo bench -p shmbus-bench";
+
+/// `shmbus-bench`: the shmbus benchmark harness.
+#[derive(Parser, Debug)]
+#[command(
+    name = "shmbus-bench",
+    version,
+    about = "Benchmark shmbus (shared memory and socket fallback) against a Unix socket pair, a pipe and a bare shared-memory ring, between separate processes",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// A short run (under a minute): fewer repetitions, shorter measurements.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seconds per measurement [default: 1, --quick: 0.2].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<f64>,
+    /// Repetitions of each measurement [default: 5, --quick: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: Option<u32>,
+    /// Scenarios to run, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<Scenario>,
+    /// Transports and baselines to run, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub transports: Vec<Transport>,
+    /// Write sizes, comma-separated, with K/M suffixes [default: 64,4K,64K,1M,4M].
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    pub sizes: Vec<usize>,
+    /// Concurrent streams for fanout, comma-separated [default: 1,8,64,256].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub streams: Vec<u32>,
+    /// Seconds an idle stream stays open [default: 2, --quick: 0.5].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub idle: Option<f64>,
+    /// Use the running broker at PATH instead of a private one.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw throughput against write size as SVG to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Internal: run as a peer process.
+    #[arg(long, hide = true, value_enum)]
+    pub role: Option<Role>,
+    /// Internal: the peer's job, as JSON.
+    #[arg(long, hide = true)]
+    pub job: Option<String>,
+    /// Internal: the baseline side.
+    #[arg(long, hide = true, value_enum)]
+    pub side: Option<Side>,
+    /// Internal: inherited descriptors.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub fds: Vec<i32>,
+    /// Internal: the service name.
+    #[arg(long, hide = true)]
+    pub service: Option<String>,
+}
+
+/// What a re-executed process does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Role {
+    /// The private broker.
+    Broker,
+    /// The shmbus bench service.
+    Service,
+    /// A shmbus caller running one job.
+    Client,
+    /// One side of a baseline job.
+    Baseline,
+}
+
+/// The user's options with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Scenarios, in run order.
+    pub scenarios: Vec<Scenario>,
+    /// Transports and baselines to run.
+    pub transports: Vec<Transport>,
+    /// Throughput write sizes (bytes streams).
+    pub sizes: Vec<usize>,
+    /// Typed item sizes.
+    pub typed_sizes: Vec<usize>,
+    /// Latency message sizes.
+    pub latency_sizes: Vec<usize>,
+    /// Fan-out stream counts.
+    pub streams: Vec<usize>,
+    /// Seconds per measurement.
+    pub duration: f64,
+    /// Seconds an idle stream stays open.
+    pub idle: f64,
+    /// Repetitions.
+    pub repeat: usize,
+}
+
+impl Options {
+    /// Applies the defaults (and `--quick`'s) to the command line.
+    pub fn from_cli(cli: &Cli) -> Options {
+        let scenarios = if cli.scenario.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            Scenario::ALL
+                .into_iter()
+                .filter(|s| cli.scenario.contains(s))
+                .collect()
+        };
+        let all = [
+            Transport::Shm,
+            Transport::Socket,
+            Transport::Uds,
+            Transport::Pipe,
+            Transport::BareRing,
+        ];
+        let transports = if cli.transports.is_empty() {
+            all.to_vec()
+        } else {
+            all.into_iter()
+                .filter(|t| cli.transports.contains(t))
+                .collect()
+        };
+        let (sizes, typed_sizes, latency_sizes) = if cli.sizes.is_empty() {
+            (
+                vec![64, 4 << 10, 64 << 10, 1 << 20, 4 << 20],
+                vec![64, 4 << 10],
+                vec![64, 4 << 10],
+            )
+        } else {
+            let mut s = cli.sizes.clone();
+            s.sort_unstable();
+            s.dedup();
+            let upto = |max: usize| s.iter().copied().filter(|&x| x <= max).collect();
+            (s.clone(), upto(64 << 10), upto(1 << 20))
+        };
+        let streams = if cli.streams.is_empty() {
+            vec![1, 8, 64, 256]
+        } else {
+            cli.streams.iter().map(|&n| n as usize).collect()
+        };
+        Options {
+            scenarios,
+            transports,
+            sizes,
+            typed_sizes,
+            latency_sizes,
+            streams,
+            duration: cli.duration.unwrap_or(if cli.quick { 0.2 } else { 1.0 }),
+            idle: cli.idle.unwrap_or(if cli.quick { 0.5 } else { 2.0 }),
+            repeat: cli
+                .repeat
+                .map_or(if cli.quick { 2 } else { 5 }, |r| r as usize),
+        }
+    }
+
+    /// Whether a transport or baseline takes part.
+    pub fn has(&self, t: Transport) -> bool {
+        self.transports.contains(&t)
+    }
+}
+
+/// Parses a byte size with an optional K, M or G suffix (binary).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1usize << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: usize = num.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+    match n.checked_mul(mult) {
+        Some(v) if (1..=16 << 20).contains(&v) => Ok(v),
+        _ => Err(format!("{s}: sizes go from 1 byte to 16 MiB")),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("{s}: a number of seconds between 0 and 3600")),
+    }
+}
+
+/// Formats a byte size the way `--sizes` reads it back.
+pub fn human_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_suffixes() {
+        assert_eq!(parse_size("64").unwrap(), 64);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("1m").unwrap(), 1 << 20);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1G").is_err());
+        assert!(parse_size("16M").is_ok() && parse_size("17M").is_err());
+        assert_eq!(human_size(4 << 20), "4 MiB");
+        assert_eq!(human_size(100), "100 B");
+    }
+
+    #[test]
+    fn quick_shortens_everything() {
+        let cli = Cli::parse_from(["shmbus-bench", "--quick", "--sizes", "64K,64"]);
+        let o = Options::from_cli(&cli);
+        assert_eq!((o.repeat, o.duration), (2, 0.2));
+        assert_eq!(o.sizes, vec![64, 64 << 10]);
+        assert_eq!(o.latency_sizes, vec![64, 64 << 10]);
+        assert_eq!(o.scenarios.len(), 5);
+    }
+}

@@ -1,0 +1,173 @@
+//! The bench service: one process, registered once, serving every shmbus
+//! measurement's calls (a thread per call, as the README's example does).
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use shmbus_client::{Connection, IncomingCall, MethodSpec, StreamMode};
+
+use super::{method, typed_encoded, typed_payload, BoxError, Reply, FEED_BELOW};
+use crate::checksum::{fill, Checksum};
+use crate::job::Job;
+use crate::os::{cpu_ns, mono_ns, sleep_until};
+
+/// Registers `name` on the broker at `socket`, prints `ready`, and serves
+/// until the broker goes away or standard input closes.
+pub fn run(socket: &Path, name: &str) -> Result<(), BoxError> {
+    let conn = Connection::connect(socket)?;
+    let methods = [
+        MethodSpec::new(method::STREAM, StreamMode::Download),
+        MethodSpec::new(method::TYPED, StreamMode::Download),
+        MethodSpec::new(method::ECHO, StreamMode::Bidirectional),
+        MethodSpec::new(method::FIRST, StreamMode::Download),
+        MethodSpec::new(method::IDLE, StreamMode::Bidirectional),
+    ];
+    let service = conn.register(name, &methods)?;
+    // The orchestrator holds our standard input: its end means stop.
+    std::thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    println!("ready");
+    std::io::stdout().flush()?;
+    while let Some(call) = service.next()? {
+        if call.method() == method::FIRST {
+            // Inline: the setup figure is the bus's, not a thread spawn's.
+            report(first(call));
+        } else {
+            std::thread::spawn(move || report(handle(call)));
+        }
+    }
+    Ok(())
+}
+
+fn report(r: Result<(), BoxError>) {
+    if let Err(e) = r {
+        eprintln!("shmbus-bench service: {e}");
+    }
+}
+
+fn handle(call: IncomingCall) -> Result<(), BoxError> {
+    let job: Job = call.args_typed()?;
+    match call.method() {
+        method::STREAM => stream(call, &job),
+        method::TYPED => typed(call, &job),
+        method::ECHO => echo(call, &job),
+        method::IDLE => idle(call, &job),
+        other => Err(format!("unknown method {other}").into()),
+    }
+}
+
+fn reply(call: IncomingCall, r: Reply) -> Result<(), BoxError> {
+    call.reply(postcard::to_stdvec(&r)?)?;
+    Ok(())
+}
+
+/// Bytes: reserve, generate in place, commit, from the common start for
+/// the job's duration.
+fn stream(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    let tx = call.sender().ok_or("download without a sender")?;
+    sleep_until(job.start_at);
+    let end = job.start_at + job.duration_ns;
+    let (mut sum, mut pos, mut n) = (Checksum::default(), 0u64, 0u64);
+    loop {
+        let mut slot = tx.reserve(job.size)?;
+        let buf = &mut slot.buf()[..job.size];
+        fill(buf, pos);
+        sum.update(buf);
+        slot.commit(job.size)?;
+        pos += job.size as u64;
+        n += 1;
+        if (job.size >= 4096 || n % 64 == 0) && mono_ns() >= end {
+            break;
+        }
+    }
+    tx.finish()?;
+    let r = Reply {
+        bytes: pos,
+        checksum: sum.value(),
+        cpu_ns: None,
+    };
+    reply(call, r)
+}
+
+/// Typed items: postcard-encoded byte payloads, `feed` below
+/// [`FEED_BELOW`] (flushed at the end), `send` otherwise.
+fn typed(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    let tx = call.sender().ok_or("download without a sender")?;
+    let mut payload = vec![0u8; typed_payload(job.size)];
+    sleep_until(job.start_at);
+    let end = job.start_at + job.duration_ns;
+    let (mut sum, mut pos, mut n) = (Checksum::default(), 0u64, 0u64);
+    loop {
+        fill(&mut payload, pos);
+        sum.update(&payload);
+        let item = serde_bytes::Bytes::new(&payload);
+        if job.size < FEED_BELOW {
+            tx.feed(item)?;
+        } else {
+            tx.send(item)?;
+        }
+        pos += payload.len() as u64;
+        n += 1;
+        if (job.size >= 4096 || n % 64 == 0) && mono_ns() >= end {
+            break;
+        }
+    }
+    tx.flush()?;
+    tx.finish()?;
+    let r = Reply {
+        bytes: n * typed_encoded(job.size) as u64,
+        checksum: sum.value(),
+        cpu_ns: None,
+    };
+    reply(call, r)
+}
+
+/// Echo: every item read in place, checksummed, and sent straight back.
+fn echo(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    let mut rx = call.take_receiver().ok_or("no receiver")?;
+    rx.set_wait_policy(job.wait.policy());
+    let tx = call.sender().ok_or("no sender")?;
+    tx.set_wait_policy(job.wait.policy());
+    let mut sum = Checksum::default();
+    while let Some(item) = rx.recv_in_place()? {
+        sum.update(&item);
+        tx.send_bytes(&item)?;
+    }
+    tx.finish()?;
+    let r = Reply {
+        bytes: sum.len(),
+        checksum: sum.value(),
+        cpu_ns: None,
+    };
+    reply(call, r)
+}
+
+/// Setup: one 1-byte item at once, then the end.
+fn first(mut call: IncomingCall) -> Result<(), BoxError> {
+    let tx = call.sender().ok_or("download without a sender")?;
+    tx.send_bytes(&[1])?;
+    call.reply(Vec::new())?;
+    Ok(())
+}
+
+/// Idle: wait for the caller's end of stream with nothing flowing, then end
+/// ours; reports this process's CPU time meanwhile.
+fn idle(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    let cpu0 = cpu_ns(None)?;
+    let mut rx = call.take_receiver().ok_or("no receiver")?;
+    rx.set_wait_policy(job.wait.policy());
+    let mut sum = Checksum::default();
+    while let Some(item) = rx.recv_in_place()? {
+        sum.update(&item);
+    }
+    let tx = call.sender().ok_or("no sender")?;
+    tx.finish()?;
+    let r = Reply {
+        bytes: sum.len(),
+        checksum: sum.value(),
+        cpu_ns: Some(cpu_ns(None)? - cpu0),
+    };
+    reply(call, r)
+}

@@ -1,0 +1,221 @@
+//! Output: the table on standard output, cell formatting, ratios and the
+//! JSON records.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::job::{Outcome, Scenario, Transport};
+use crate::scenarios::{Group, Spec};
+use crate::stats::{summarize, Summary};
+
+/// "median [min, max]" of the values times `scale`, or "—" without values.
+pub fn range(values: &[f64], scale: f64, decimals: usize) -> String {
+    match summarize(values) {
+        Some(s) => format!(
+            "{:.d$} [{:.d$}, {:.d$}]",
+            s.median * scale,
+            s.min * scale,
+            s.max * scale,
+            d = decimals
+        ),
+        None => "—".into(),
+    }
+}
+
+/// The median of the values times `scale`, or "—".
+pub fn median(values: &[f64], scale: f64, decimals: usize) -> String {
+    summarize(values).map_or("—".into(), |s| {
+        format!("{:.d$}", s.median * scale, d = decimals)
+    })
+}
+
+/// The median as a count with a k/M/G suffix, or "—".
+pub fn count(values: &[f64]) -> String {
+    let Some(s) = summarize(values) else {
+        return "—".into();
+    };
+    let v = s.median;
+    match v {
+        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
+/// The measurements of one group: `runs[variant][round]`, `None` for a
+/// failed run.
+pub struct Measured<'a> {
+    /// The group.
+    pub group: &'a Group,
+    /// Outcomes per variant per round.
+    pub runs: Vec<Vec<Option<Outcome>>>,
+}
+
+impl Measured<'_> {
+    /// The successful runs of variant `v`.
+    pub fn ok(&self, v: usize) -> Vec<&Outcome> {
+        self.runs[v].iter().flatten().collect()
+    }
+
+    /// Ratios of variant `v`'s headline figure to each baseline's in the
+    /// group, per round, summarized. Only shmbus variants have ratios.
+    pub fn ratios(&self, spec: &dyn Spec, v: usize) -> Vec<(Transport, Option<Summary>)> {
+        if !self.group.variants[v].transport.is_bus() {
+            return Vec::new();
+        }
+        self.group
+            .variants
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !b.transport.is_bus())
+            .map(|(b, base)| {
+                let per_round: Vec<f64> = self.runs[v]
+                    .iter()
+                    .zip(&self.runs[b])
+                    .filter_map(|(x, y)| {
+                        Some(spec.headline(x.as_ref()?)? / spec.headline(y.as_ref()?)?)
+                    })
+                    .collect();
+                (base.transport, summarize(&per_round))
+            })
+            .collect()
+    }
+}
+
+/// The table of one scenario.
+pub struct Table {
+    widths: Vec<usize>,
+    baselines: Vec<Transport>,
+}
+
+impl Table {
+    /// Prints the scenario's title, notes and column titles.
+    pub fn start(spec: &dyn Spec, notes: &[String], baselines: Vec<Transport>) -> Table {
+        let first = match spec.scenario() {
+            Scenario::Fanout => "streams",
+            Scenario::Idle => "idle",
+            _ => "size",
+        };
+        let mut titles = vec![(first.to_string(), 8), ("transport".to_string(), 15)];
+        titles.extend(spec.columns().into_iter().map(|(t, w)| (t.to_string(), w)));
+        titles.extend(baselines.iter().map(|b| (format!("×{}", b.name()), 11)));
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "\n== {}", spec.scenario().name());
+        for n in notes {
+            let _ = writeln!(out, "   {n}");
+        }
+        let table = Table {
+            widths: titles.iter().map(|t| t.1).collect(),
+            baselines,
+        };
+        let cells: Vec<String> = titles.into_iter().map(|t| t.0).collect();
+        table.print(&cells);
+        table
+    }
+
+    fn print(&self, cells: &[String]) {
+        let mut line = String::new();
+        for (i, (c, w)) in cells.iter().zip(&self.widths).enumerate() {
+            if i < 2 {
+                line.push_str(&format!("{c:<w$} "));
+            } else {
+                line.push_str(&format!("{c:>w$} "));
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", line.trim_end());
+        let _ = out.flush();
+    }
+
+    /// Prints a group's rows.
+    pub fn group(&self, spec: &dyn Spec, m: &Measured<'_>) {
+        for (v, variant) in m.group.variants.iter().enumerate() {
+            let runs = m.ok(v);
+            let title = if v == 0 {
+                m.group.title.clone()
+            } else {
+                String::new()
+            };
+            let mut cells = vec![title, variant.label()];
+            if runs.is_empty() {
+                cells.push("failed".into());
+                self.print(&cells);
+                continue;
+            }
+            cells.extend(spec.cells(&runs));
+            let ratios = m.ratios(spec, v);
+            for b in &self.baselines {
+                let r = ratios.iter().find(|(t, _)| t == b).and_then(|(_, s)| *s);
+                cells.push(
+                    r.map_or(
+                        if variant.transport.is_bus() {
+                            "—"
+                        } else {
+                            ""
+                        }
+                        .into(),
+                        |s| format!("{:.2}", s.median),
+                    ),
+                );
+            }
+            if runs.len() < m.runs[v].len() {
+                let failed = m.runs[v].len() - runs.len();
+                cells.push(format!("({failed} failed)"));
+            }
+            self.print(&cells);
+        }
+    }
+}
+
+/// The JSON records of a group: one per variant.
+pub fn records(spec: &dyn Spec, m: &Measured<'_>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (v, variant) in m.group.variants.iter().enumerate() {
+        let runs = m.ok(v);
+        let mut r = Map::new();
+        r.insert("scenario".into(), spec.scenario().name().into());
+        r.insert("transport".into(), variant.transport.name().into());
+        if spec.scenario() != Scenario::Idle {
+            r.insert("size".into(), variant.job.size.into());
+        }
+        r.insert("runs".into(), runs.len().into());
+        r.insert("failed".into(), (m.runs[v].len() - runs.len()).into());
+        r.extend(spec.fields(variant, &runs));
+        let heads: Vec<f64> = runs.iter().filter_map(|o| spec.headline(o)).collect();
+        if let Some(s) = summarize(&heads) {
+            let name = match spec.scenario() {
+                Scenario::Throughput | Scenario::Fanout => "bytes_per_sec",
+                Scenario::Latency | Scenario::Setup => "p50_ns",
+                Scenario::Idle => "cpu_ns",
+            };
+            r.insert("headline".into(), name.into());
+            r.insert("median".into(), s.median.into());
+            r.insert("min".into(), s.min.into());
+            r.insert("max".into(), s.max.into());
+        }
+        let ratios: Map<String, Value> = m
+            .ratios(spec, v)
+            .into_iter()
+            .filter_map(|(t, s)| Some((t.name().to_string(), Value::from(s?.median))))
+            .collect();
+        if !ratios.is_empty() {
+            r.insert("ratio_vs".into(), Value::Object(ratios));
+        }
+        out.push(Value::Object(r));
+    }
+    out
+}
+
+/// Writes the records as a JSON array, one record per line.
+pub fn write_json(path: &Path, records: &[Value]) -> std::io::Result<()> {
+    let mut s = String::from("[\n");
+    for (i, r) in records.iter().enumerate() {
+        s.push_str(&serde_json::to_string(r)?);
+        s.push_str(if i + 1 < records.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("]\n");
+    std::fs::write(path, s)
+}

@@ -1,0 +1,73 @@
+//! Setup: a new call until its first item arrives, against a new Unix
+//! socket connection until its first byte comes back.
+
+use serde_json::{Map, Value};
+
+use super::{job, median_u64, put, values, Context, Group, Spec, Variant};
+use crate::cli::Options;
+use crate::job::{Outcome, Scenario, Transport};
+use crate::report::{count, median, range};
+
+/// The setup scenario.
+pub struct Setup;
+
+fn p(o: &Outcome, i: usize) -> Option<f64> {
+    o.latency_ns.map(|l| l[i] as f64)
+}
+
+impl Spec for Setup {
+    fn scenario(&self) -> Scenario {
+        Scenario::Setup
+    }
+
+    fn groups(&self, o: &Options, ctx: &Context) -> Vec<Group> {
+        let variants = [Transport::Shm, Transport::Socket, Transport::Uds]
+            .into_iter()
+            .filter(|&t| o.has(t))
+            .map(|t| Variant {
+                transport: t,
+                job: job(ctx, o, Scenario::Setup, t),
+            })
+            .collect();
+        vec![Group {
+            title: "1 B".into(),
+            variants,
+        }]
+    }
+
+    fn notes(&self, _o: &Options) -> Vec<String> {
+        vec![
+            "shm, socket: Connection::call(...).start() on an open broker connection until the first (1-byte) item is received; default ring and credit".into(),
+            "uds: connect(2) to a listener in another process + 1-byte ping + 1-byte pong, a new connection each time".into(),
+            "ratios compare p50 (below 1: shmbus is faster)".into(),
+        ]
+    }
+
+    fn columns(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("p50 µs median [min, max]", 26),
+            ("p99 µs", 9),
+            ("calls", 8),
+        ]
+    }
+
+    fn cells(&self, runs: &[&Outcome]) -> Vec<String> {
+        vec![
+            range(&values(runs, |o| p(o, 0)), 1e-3, 1),
+            median(&values(runs, |o| p(o, 1)), 1e-3, 1),
+            count(&values(runs, |o| Some(o.items as f64))),
+        ]
+    }
+
+    fn headline(&self, o: &Outcome) -> Option<f64> {
+        p(o, 0)
+    }
+
+    fn fields(&self, _v: &Variant, runs: &[&Outcome]) -> Map<String, Value> {
+        let mut m = Map::new();
+        put(&mut m, "p50_ns", median_u64(runs, |o| p(o, 0)));
+        put(&mut m, "p99_ns", median_u64(runs, |o| p(o, 1)));
+        put(&mut m, "p999_ns", median_u64(runs, |o| p(o, 2)));
+        m
+    }
+}

@@ -1,0 +1,55 @@
+//! Smoke test: a short real run of the harness (private broker, separate
+//! processes, checksums) prints a throughput row for shmbus over shared
+//! memory and over the socket fallback, and for every baseline.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn quick_throughput_run_prints_every_transport() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("out.json");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_shmbus-bench"))
+        .args([
+            "--quick",
+            "--scenario",
+            "throughput",
+            "--sizes",
+            "64K",
+            "--duration",
+            "0.2",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run shmbus-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    for transport in ["shm", "socket", "uds", "pipe", "bare_ring"] {
+        let row = stdout.lines().find(|l| {
+            let mut cells = l
+                .split_whitespace()
+                .skip_while(|c| *c == "64" || *c == "KiB");
+            cells.next() == Some(transport)
+                && cells.next().is_some_and(|c| c.parse::<f64>().is_ok())
+        });
+        assert!(row.is_some(), "no measured row for {transport}:\n{stdout}");
+    }
+    let records = std::fs::read_to_string(&json).expect("JSON written");
+    assert!(
+        records.starts_with('[') && records.contains(r#""transport":"bare_ring""#),
+        "{records}"
+    );
+    assert!(records.contains(r#""ratio_vs":{"#), "{records}");
+}
