@@ -37,6 +37,7 @@ pub struct RingConsumer {
     ring: SharedRing,
     read_pos: u64,
     released: u64,
+    published: u64,
     write_pos_cache: u64,
     credit: RecvCredit,
 }
@@ -49,6 +50,7 @@ impl RingConsumer {
             ring,
             read_pos: 0,
             released: 0,
+            published: 0,
             write_pos_cache: 0,
             credit: RecvCredit::new(credit),
         })
@@ -146,27 +148,44 @@ impl RingConsumer {
         unsafe { self.ring.data(record.data_off, record.len) }
     }
 
-    /// Gives the record's room back to the producer and consumes its credit.
-    /// Returns true when the producer said it is asleep: ring the doorbell.
+    /// Gives the record's room back and consumes its credit. The room is
+    /// published in batches (a quarter of the ring) and whenever credit is
+    /// re-granted; call [`flush_release`](Self::flush_release) before
+    /// waiting. Returns true when the producer said it is asleep: ring the doorbell.
     pub fn release(&mut self, record: &Record) -> Result<bool, RingError> {
         if record.end_pos <= self.released || record.end_pos > self.read_pos {
             return Err(violation("record released twice or out of order"));
         }
         self.released = record.end_pos;
-        // SYNC: Release pairs with the Acquire load in `RingProducer::refresh_read_pos`:
-        // our reads of the record happen before the producer reuses its bytes.
-        self.ring
-            .u64_at(OFF_READ_POS)
-            .store(self.released, Ordering::Release);
-        if let Some(limit) = self.credit.on_consume(record.charge)? {
+        let granted = self.credit.on_consume(record.charge)?;
+        if let Some(limit) = granted {
             // SYNC: Release pairs with the Acquire load in `RingProducer::refresh_credit`.
             self.ring
                 .u64_at(OFF_CREDIT_LIMIT)
                 .store(limit, Ordering::Release);
         }
-        // SYNC: pairs with the fence in `RingProducer::prepare_sleep`.
+        let batch = self.ring.capacity as u64 / 4;
+        if granted.is_some() || self.released - self.published >= batch {
+            return Ok(self.flush_release());
+        }
+        Ok(false)
+    }
+
+    /// Publishes released room now. Returns true when the producer said it
+    /// is asleep: ring the doorbell.
+    pub fn flush_release(&mut self) -> bool {
+        if self.released != self.published {
+            self.published = self.released;
+            // SYNC: Release pairs with the Acquire load in `RingProducer::refresh_read_pos`:
+            // our reads of the records happen before the producer reuses their bytes.
+            self.ring
+                .u64_at(OFF_READ_POS)
+                .store(self.released, Ordering::Release);
+        }
+        // SYNC: pairs with the fence in `RingProducer::prepare_sleep` (also
+        // for a credit limit stored by `release`).
         fence(Ordering::SeqCst);
-        Ok(take_flag(self.ring.u32_at(OFF_PRODUCER_SLEEPING)))
+        take_flag(self.ring.u32_at(OFF_PRODUCER_SLEEPING))
     }
 
     /// Tells the producer to stop (stream-cancel). Returns true when the

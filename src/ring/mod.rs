@@ -285,5 +285,8 @@ fn take_flag(flag: &AtomicU32) -> bool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_model;

@@ -225,6 +225,17 @@ impl RingProducer {
         Ok(true)
     }
 
+    /// Bytes committed but not yet published.
+    pub fn unpublished(&self) -> u64 {
+        self.write_pos - self.published
+    }
+
+    /// Bytes worth batching before a publish: an eighth of the ring, between
+    /// 4 KiB and 64 KiB.
+    pub fn publish_batch(&self) -> u64 {
+        (self.ring.capacity as u64 / 8).clamp(4096, 64 * 1024)
+    }
+
     /// Makes committed records visible. Returns true when the consumer said
     /// it is asleep: the caller must then ring the doorbell.
     #[must_use]

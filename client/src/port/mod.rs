@@ -189,11 +189,11 @@ impl TxPort {
         }
     }
 
-    /// After a commit: shared memory publishes at once (cheap); the socket
-    /// keeps batching until its window fills or it is flushed.
+    /// After a commit: both transports batch; shared memory publishes each
+    /// few KiB, the socket writes when its window fills; `flush` does the rest.
     pub(crate) fn after_commit(&mut self) {
         if let TxPort::Shm(p) = self {
-            p.publish();
+            p.publish_batched();
         }
     }
 

@@ -94,6 +94,14 @@ impl ShmTx {
         }
     }
 
+    /// After a commit: publish once a batch has built up; `flush`, a wait
+    /// and the close publish the rest.
+    pub(crate) fn publish_batched(&mut self) {
+        if self.ring.unpublished() >= self.ring.publish_batch() {
+            self.publish();
+        }
+    }
+
     /// Waits until credit, room or cancellation may have changed.
     fn wait(&mut self, max_len: usize, charge: u64, deadline: Option<Instant>) -> Result<()> {
         self.publish();
@@ -236,6 +244,10 @@ impl ShmRx {
         loop {
             if let Some(rec) = self.ring.try_next()? {
                 return Ok(Some(self.event(rec)));
+            }
+            // Caught up: hand back the room released in this batch.
+            if self.ring.flush_release() {
+                self.bell.ring();
             }
             if self.bell.peer_closed() {
                 return Err(Error::PeerGone(

@@ -166,8 +166,9 @@ impl Sender {
         }
     }
 
-    /// Queues an item; it becomes visible at once on shared memory, and on
-    /// the socket when a batch fills or at [`flush`](Self::flush).
+    /// Queues an item; it becomes visible to the receiver when a batch fills
+    /// (a few KiB), when the sender must wait for credit or room, or at
+    /// [`flush`](Self::flush). [`send_bytes`](Self::send_bytes) flushes.
     pub fn feed_bytes(&mut self, data: &[u8]) -> Result<()> {
         let charge = self.charge_for(data);
         let r = (|| {
