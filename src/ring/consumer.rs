@@ -91,8 +91,7 @@ impl RingConsumer {
             let cap = self.ring.capacity as usize;
             let off = (self.read_pos & self.ring.mask()) as usize;
             let avail = self.write_pos_cache - self.read_pos;
-            let mut h = [0u8; RECORD_HEADER];
-            self.ring.copy_out(HEADER_SIZE + off, &mut h);
+            let h = self.ring.read_record_header(off);
             let len = u32::from_le_bytes(h[0..4].try_into().unwrap()) as usize;
             let kind = u32::from_le_bytes(h[4..8].try_into().unwrap());
             let charge = u64::from_le_bytes(h[8..16].try_into().unwrap());

@@ -222,6 +222,26 @@ impl SharedRing {
         }
     }
 
+    /// Reads the 16-byte record header at data offset `off` (16-aligned)
+    /// into a local copy, in two 8-byte loads.
+    pub(super) fn read_record_header(&self, off: usize) -> [u8; RECORD_HEADER] {
+        assert!(off % RECORD_HEADER == 0 && off + RECORD_HEADER <= self.capacity as usize);
+        // SAFETY: the 16 bytes lie inside the data area (asserted) and are
+        // 8-aligned (the data area is page-aligned, `off` 16-aligned).
+        // Volatile because the peer may be writing; only the copy is used.
+        let words = unsafe {
+            let p = self.base.as_ptr().add(HEADER_SIZE + off) as *const u64;
+            [
+                std::ptr::read_volatile(p),
+                std::ptr::read_volatile(p.add(1)),
+            ]
+        };
+        let mut h = [0u8; RECORD_HEADER];
+        h[..8].copy_from_slice(&words[0].to_ne_bytes());
+        h[8..].copy_from_slice(&words[1].to_ne_bytes());
+        h
+    }
+
     /// Writes bytes at absolute file offset `off`.
     pub(super) fn copy_in(&self, off: usize, src: &[u8]) {
         assert!(off + src.len() <= self.map.len());

@@ -16,7 +16,7 @@ pub(super) struct Progress {
     pub(super) bytes: u64,
     pub(super) items: u64,
     last: Instant,
-    reported_bytes: u64,
+    check_at: u64,
 }
 
 const REPORT_EVERY: Duration = Duration::from_millis(250);
@@ -29,21 +29,24 @@ impl Progress {
             bytes: 0,
             items: 0,
             last: Instant::now(),
-            reported_bytes: 0,
+            check_at: 16 << 20,
         }
     }
 
-    /// Counts an item; true when a report is due.
+    /// Counts an item; true when a report is due. The clock is read only
+    /// every 1024 items or 16 MiB, never per item.
     pub(super) fn count(&mut self, len: usize) -> bool {
         self.bytes += len as u64;
         self.items += 1;
-        (self.items.is_multiple_of(1024) || self.bytes - self.reported_bytes >= 16 << 20)
-            && self.last.elapsed() >= REPORT_EVERY
+        if !self.items.is_multiple_of(1024) && self.bytes < self.check_at {
+            return false;
+        }
+        self.check_at = self.bytes + (16 << 20);
+        self.last.elapsed() >= REPORT_EVERY
     }
 
     pub(super) fn report(&mut self, state: StreamState, credit_outstanding: u64) {
         self.last = Instant::now();
-        self.reported_bytes = self.bytes;
         let _ = self.conn.inner.send(&Frame::StreamProgress {
             stream: self.stream,
             state: state.name().to_string(),
