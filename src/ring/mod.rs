@@ -225,7 +225,7 @@ impl SharedRing {
     /// Reads the 16-byte record header at data offset `off` (16-aligned)
     /// into a local copy, in two 8-byte loads.
     pub(super) fn read_record_header(&self, off: usize) -> [u8; RECORD_HEADER] {
-        assert!(off % RECORD_HEADER == 0 && off + RECORD_HEADER <= self.capacity as usize);
+        assert!(off.is_multiple_of(RECORD_HEADER) && off + RECORD_HEADER <= self.capacity as usize);
         // SAFETY: the 16 bytes lie inside the data area (asserted) and are
         // 8-aligned (the data area is page-aligned, `off` 16-aligned).
         // Volatile because the peer may be writing; only the copy is used.
