@@ -185,11 +185,15 @@ impl Peer {
 
     /// Starts `shmbus-testpeer` running as `uid` (and the same gid), when given.
     pub fn start_as(socket: &Path, args: &[&str], uid: Option<u32>) -> Peer {
-        let mut cmd = Command::new(bin("shmbus-testpeer"));
-        if let Some(uid) = uid {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(uid);
-        }
+        let mut cmd = match uid {
+            Some(uid) => {
+                use std::os::unix::process::CommandExt;
+                let mut c = Command::new(world_readable_testpeer());
+                c.uid(uid).gid(uid);
+                c
+            }
+            None => Command::new(bin("shmbus-testpeer")),
+        };
         let mut child = cmd
             .args(args)
             .env("SHMBUS_SOCKET", socket)
@@ -269,6 +273,32 @@ impl Drop for Peer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A copy of `shmbus-testpeer` that any user can run: the build directory
+/// may sit below a directory other users cannot enter.
+fn world_readable_testpeer() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let src = bin("shmbus-testpeer");
+        let meta = std::fs::metadata(&src).expect("testpeer metadata");
+        let stamp = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        // One copy per build, shared by the test processes of a run.
+        let path = std::env::temp_dir().join(format!("shmbus-testpeer-{stamp}-{}", meta.len()));
+        if !path.exists() {
+            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+            std::fs::copy(&src, &tmp).expect("copy testpeer");
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            std::fs::rename(&tmp, &path).expect("rename copy");
+        }
+        path
+    })
+    .clone()
 }
 
 fn pump(out: ChildStdout) -> mpsc::Receiver<String> {
