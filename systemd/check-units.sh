@@ -9,6 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$(dirname "$here")/target/debug/shmbusd}
 max_exposure=1.5
 [ -x "$bin" ] || { echo "check-units: $bin is not built"; exit 1; }
+bin=$(realpath "$bin")   # ExecStart needs an absolute path
 
 # verify resolves ExecStart: check copies whose binary path points at the build.
 tmp=$(mktemp -d)
