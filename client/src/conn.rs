@@ -408,9 +408,8 @@ fn read_loop(inner: Arc<Inner>, mut reader: FrameReader) {
     inner.requests.lock().unwrap().clear();
     inner.services.lock().unwrap().clear();
     inner.monitor.lock().unwrap().take();
-    for flag in inner.served.lock().unwrap().values() {
-        flag.store(true, Ordering::Release);
-    }
+    // Calls being served keep streaming: their ports do not need the broker,
+    // and a caller that dies still closes its port, which ends them.
 }
 
 fn write_frame(sock: &UnixStream, frame: &Frame) -> Result<()> {

@@ -521,3 +521,42 @@ fn a_stopped_consumer_stalls_only_its_producer_and_the_stall_timeout_ends_it() {
         );
     }
 }
+
+#[test]
+fn streams_on_shared_memory_outlive_a_killed_broker() {
+    let mut broker = Broker::start();
+    let mut service = Peer::serve(&broker, &["numbers", "nums", "--delay-us", "50"]);
+    let conn = broker.connect();
+    let count = 20_000u64;
+    let mut call = conn
+        .call("nums", "numbers")
+        .mode(StreamMode::Download)
+        .args_typed(&count)
+        .unwrap()
+        .credit(CreditSpec::items(64))
+        .transport(TransportPreference::SharedMemory)
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    for i in 0..100u64 {
+        assert_eq!(rx.recv::<u64>().unwrap(), Some(i));
+    }
+    broker.kill();
+    // The data path is peer to peer: every item still arrives, in order.
+    let mut next = 100;
+    while let Some(v) = rx.recv::<u64>().unwrap() {
+        assert_eq!(v, next);
+        next += 1;
+    }
+    assert_eq!(next, count);
+    assert_eq!(
+        rx.history().last(),
+        Some(&shmbus_client::StreamState::Closed)
+    );
+    // The result travelled through the broker: a clear error, not a hang.
+    assert!(matches!(call.finish(), Err(Error::BrokerGone)));
+    // New calls fail clearly.
+    let e = conn.call("nums", "numbers").unary().unwrap_err();
+    assert!(matches!(e, Error::BrokerGone), "{e:?}");
+    assert!(service.expect_line("history", 10 * SEC).contains("Closed"));
+}

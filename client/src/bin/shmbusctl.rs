@@ -211,9 +211,15 @@ fn serve(socket: &Path, name: &str, file: Option<PathBuf>) -> shmbus_client::Res
             Ok(())
         }
         Some(path) => {
+            let mut running = Vec::new();
             while let Some(call) = service.next()? {
                 let path = path.clone();
-                thread::spawn(move || serve_one(call, Some(&path), false));
+                running.push(thread::spawn(move || serve_one(call, Some(&path), false)));
+                running.retain(|h| !h.is_finished());
+            }
+            // The broker is gone: streams in flight finish over their ports.
+            for h in running {
+                let _ = h.join();
             }
             Err(Error::BrokerGone)
         }

@@ -141,13 +141,19 @@ fn serve(
 ) -> shmbus_client::Result<()> {
     let service = conn.register(name, &[MethodSpec::new(method, mode)])?;
     say("ready".into());
+    let mut running = Vec::new();
     while let Some(call) = service.next()? {
         let handler = handler.clone();
-        std::thread::spawn(move || {
+        running.push(std::thread::spawn(move || {
             if let Err(e) = handler(call) {
                 say(format!("handler-error {e}"));
             }
-        });
+        }));
+        running.retain(|h| !h.is_finished());
+    }
+    // The broker is gone; calls in flight finish over their own ports.
+    for h in running {
+        let _ = h.join();
     }
     Ok(())
 }
