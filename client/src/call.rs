@@ -13,7 +13,7 @@ use shmbus::frame::{
     StreamMode, StreamOpen, Transport, TransportPreference,
 };
 
-use crate::conn::{CallEvent, Connection, IncomingRaw, Shared};
+use crate::conn::{Bound, CallEvent, Connection, IncomingRaw};
 use crate::error::{Error, Result};
 use crate::port::{self, wait::WaitPolicy, Role};
 use crate::stream::{Receiver, Sender};
@@ -113,7 +113,7 @@ impl CallBuilder {
             return Err(e);
         }
         Ok(Call {
-            shared: self.conn.shared.clone(),
+            shared: Bound::new(self.conn.shared.clone(), inner.clone()),
             id,
             events,
             open: None,
@@ -165,7 +165,7 @@ impl CallBuilder {
 
 /// A call in progress, on the caller's side.
 pub struct Call {
-    shared: Arc<Shared>,
+    shared: Bound,
     id: CallId,
     events: mpsc::Receiver<CallEvent>,
     open: Option<StreamOpen>,
@@ -314,19 +314,19 @@ impl Service {
             let Ok(raw) = self.incoming.recv() else {
                 return Ok(None);
             };
-            let call = raw.call;
+            let (call, origin) = (raw.call, raw.origin.clone());
             match IncomingCall::new(&self.conn, raw) {
                 Ok(c) => return Ok(Some(c)),
                 Err(e) => {
                     // The port could not be set up: fail this call, keep serving.
-                    let _ = self.conn.inner().send(&Frame::Result {
+                    let _ = origin.send(&Frame::Result {
                         call,
                         outcome: Err(RemoteError {
                             code: ErrorCode::ProtocolViolation,
                             message: format!("service could not open the stream port: {e}"),
                         }),
                     });
-                    self.conn.inner().forget_served(call);
+                    origin.forget_served(call);
                 }
             }
         }
@@ -335,7 +335,7 @@ impl Service {
 
 /// A call received by a service.
 pub struct IncomingCall {
-    shared: Arc<Shared>,
+    shared: Bound,
     call: CallId,
     method: String,
     args: Vec<u8>,
@@ -350,7 +350,7 @@ pub struct IncomingCall {
 
 impl IncomingCall {
     fn new(conn: &Connection, raw: IncomingRaw) -> Result<Self> {
-        let shared = conn.shared.clone();
+        let shared = Bound::new(conn.shared.clone(), raw.origin.clone());
         let (mut sender, mut receiver, mut transport) = (None, None, None);
         if let Some(open) = &raw.open {
             let (tx, rx) = port::open(open, raw.fds, Role::Service, &raw.cancelled)?;

@@ -5,10 +5,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::thread;
+use std::time::Duration;
 
 use shmbus::frame::{
     self, BrokerSnapshot, BrokerStatus, CallId, Capabilities, ErrorCode, Frame, MonitorEvent,
@@ -38,6 +39,8 @@ pub(crate) struct IncomingRaw {
     pub caller_pid: i32,
     pub caller_uid: u32,
     pub cancelled: Arc<AtomicBool>,
+    /// The broker connection the call arrived on.
+    pub origin: Arc<Inner>,
 }
 
 enum Reply {
@@ -86,14 +89,47 @@ pub struct Connection {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// Closes the socket when the last public handle goes, which ends the reader.
+/// What every handle of a connection shares. Closes the socket when the last
+/// public handle goes, which ends the reader.
 pub(crate) struct Shared {
+    /// The live broker connection; replaced when the client reconnects.
+    current: Mutex<Arc<Inner>>,
+    path: PathBuf,
+    options: ConnectOptions,
+    /// Services to register again after a reconnect, with their call queues.
+    registrations: Mutex<Vec<Registration>>,
+}
+
+/// A service registered on this connection: name, methods, and where its calls go.
+type Registration = (String, Vec<frame::MethodSpec>, mpsc::Sender<IncomingRaw>);
+
+/// A handle bound to one broker connection: calls and streams keep talking
+/// to the connection they were made on, and keep the whole client alive.
+#[derive(Clone)]
+pub(crate) struct Bound {
     pub(crate) inner: Arc<Inner>,
+    _shared: Arc<Shared>,
+}
+
+impl Bound {
+    pub(crate) fn new(shared: Arc<Shared>, inner: Arc<Inner>) -> Self {
+        Bound {
+            inner,
+            _shared: shared,
+        }
+    }
+}
+
+impl Shared {
+    /// The broker connection in use now.
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        self.current.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Ok(w) = self.inner.writer.lock() {
+        if let Ok(w) = self.inner().writer.lock() {
             let _ = w.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -110,72 +146,25 @@ impl Connection {
         Self::connect_with(path, ConnectOptions::default())
     }
 
-    /// Connects with explicit options.
+    /// Connects with explicit options. When the broker goes away later, the
+    /// connection reconnects by itself (with back-off) once a broker listens
+    /// again, and registers its services again; calls made meanwhile fail
+    /// with [`Error::BrokerGone`].
     pub fn connect_with(path: impl AsRef<Path>, options: ConnectOptions) -> Result<Self> {
         let path = path.as_ref();
-        let sock = UnixStream::connect(path).map_err(|source| Error::BrokerUnreachable {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let hello = Frame::Hello {
-            version: PROTOCOL_VERSION,
-            caps: Capabilities {
-                shared_memory: options.shared_memory,
-            },
-        };
-        // A broker refusing the connection (a quota) sends its reason and
-        // closes, possibly before the hello arrives: read it either way.
-        let sent = write_frame(&sock, &hello);
-        let mut reader = FrameReader::new(sock.try_clone()?, DEFAULT_MAX_FRAME);
-        let first = match (reader.next(), sent) {
-            (Ok(Some((Frame::Error(e), _))), _) => return Err(Error::Remote(e)),
-            (_, Err(e)) => return Err(e),
-            (r, Ok(())) => r?,
-        };
-        let (caps, max_frame) = match first {
-            Some((
-                Frame::Welcome {
-                    version,
-                    caps,
-                    max_frame,
-                },
-                _,
-            )) if version == PROTOCOL_VERSION => (caps, max_frame),
-            Some((Frame::Error(e), _)) => return Err(Error::Remote(e)),
-            Some((other, _)) => {
-                return Err(Error::Protocol(format!(
-                    "expected welcome, got {}",
-                    other.kind()
-                )))
-            }
-            None => return Err(Error::BrokerGone),
-        };
-        reader.max_frame = max_frame;
-        let inner = Arc::new(Inner {
-            writer: Mutex::new(sock),
-            calls: Mutex::default(),
-            requests: Mutex::default(),
-            services: Mutex::default(),
-            served: Mutex::default(),
-            monitor: Mutex::default(),
-            next_id: AtomicU64::new(1),
-            closed: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            bytes_read: AtomicU64::new(0),
-            caps,
-            max_frame,
+        let (inner, reader) = establish(path, &options)?;
+        let shared = Arc::new(Shared {
+            current: Mutex::new(inner.clone()),
+            path: path.to_path_buf(),
+            options,
+            registrations: Mutex::default(),
         });
-        let for_reader = inner.clone();
-        thread::Builder::new()
-            .name("shmbus-reader".into())
-            .spawn(move || read_loop(for_reader, reader))?;
-        Ok(Connection {
-            shared: Arc::new(Shared { inner }),
-        })
+        spawn_reader(inner, reader, Arc::downgrade(&shared))?;
+        Ok(Connection { shared })
     }
 
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.shared.inner
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        self.shared.inner()
     }
 
     /// Whether this connection may use shared-memory ports.
@@ -233,14 +222,22 @@ impl Connection {
             .services
             .lock()
             .unwrap()
-            .insert(service.to_string(), tx);
+            .insert(service.to_string(), tx.clone());
+        let methods_kept = methods.clone();
         let reply = self.inner().request(|request| Frame::Register {
             request,
             service: service.to_string(),
             methods,
         });
         match reply {
-            Ok(Reply::Ack) => Ok(rx),
+            Ok(Reply::Ack) => {
+                self.shared.registrations.lock().unwrap().push((
+                    service.to_string(),
+                    methods_kept,
+                    tx,
+                ));
+                Ok(rx)
+            }
             other => {
                 self.inner().services.lock().unwrap().remove(service);
                 match other? {
@@ -318,7 +315,7 @@ impl Inner {
         rx.recv().map_err(|_| Error::BrokerGone)
     }
 
-    fn dispatch(&self, frame: Frame, fds: Vec<OwnedFd>) -> Result<(), String> {
+    fn dispatch(self: &Arc<Self>, frame: Frame, fds: Vec<OwnedFd>) -> Result<(), String> {
         match frame {
             Frame::StreamOpen(open) => {
                 let call = open.call;
@@ -351,6 +348,7 @@ impl Inner {
                     caller_pid,
                     caller_uid,
                     cancelled,
+                    origin: self.clone(),
                 };
                 let delivered = match self.services.lock().unwrap().get(&service) {
                     Some(tx) => tx.send(raw).is_ok(),
@@ -393,6 +391,109 @@ impl Inner {
             let _ = tx.send(reply);
         }
     }
+}
+
+fn spawn_reader(inner: Arc<Inner>, reader: FrameReader, shared: Weak<Shared>) -> Result<()> {
+    thread::Builder::new()
+        .name("shmbus-reader".into())
+        .spawn(move || {
+            read_loop(inner, reader);
+            reconnect(shared);
+        })?;
+    Ok(())
+}
+
+/// After the broker went away: connect again with back-off while any handle
+/// of the connection lives, then register its services again.
+fn reconnect(shared: Weak<Shared>) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(2));
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Ok((inner, reader)) = establish(&shared.path, &shared.options) else {
+            continue;
+        };
+        let registrations = shared.registrations.lock().unwrap().clone();
+        for (name, _, tx) in &registrations {
+            inner
+                .services
+                .lock()
+                .unwrap()
+                .insert(name.clone(), tx.clone());
+        }
+        if spawn_reader(inner.clone(), reader, Arc::downgrade(&shared)).is_err() {
+            continue;
+        }
+        for (name, methods, _) in registrations {
+            let _ = inner.request(|request| Frame::Register {
+                request,
+                service: name,
+                methods,
+            });
+        }
+        *shared.current.lock().unwrap() = inner;
+        return;
+    }
+}
+
+/// Connects and completes the handshake; the reader is not started yet.
+fn establish(path: &Path, options: &ConnectOptions) -> Result<(Arc<Inner>, FrameReader)> {
+    let sock = UnixStream::connect(path).map_err(|source| Error::BrokerUnreachable {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        caps: Capabilities {
+            shared_memory: options.shared_memory,
+        },
+    };
+    // A broker refusing the connection (a quota) sends its reason and
+    // closes, possibly before the hello arrives: read it either way.
+    let sent = write_frame(&sock, &hello);
+    let mut reader = FrameReader::new(sock.try_clone()?, DEFAULT_MAX_FRAME);
+    let first = match (reader.next(), sent) {
+        (Ok(Some((Frame::Error(e), _))), _) => return Err(Error::Remote(e)),
+        (_, Err(e)) => return Err(e),
+        (r, Ok(())) => r?,
+    };
+    let (caps, max_frame) = match first {
+        Some((
+            Frame::Welcome {
+                version,
+                caps,
+                max_frame,
+            },
+            _,
+        )) if version == PROTOCOL_VERSION => (caps, max_frame),
+        Some((Frame::Error(e), _)) => return Err(Error::Remote(e)),
+        Some((other, _)) => {
+            return Err(Error::Protocol(format!(
+                "expected welcome, got {}",
+                other.kind()
+            )))
+        }
+        None => return Err(Error::BrokerGone),
+    };
+    reader.max_frame = max_frame;
+    let inner = Arc::new(Inner {
+        writer: Mutex::new(sock),
+        calls: Mutex::default(),
+        requests: Mutex::default(),
+        services: Mutex::default(),
+        served: Mutex::default(),
+        monitor: Mutex::default(),
+        next_id: AtomicU64::new(1),
+        closed: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        bytes_read: AtomicU64::new(0),
+        caps,
+        max_frame,
+    });
+    Ok((inner, reader))
 }
 
 fn read_loop(inner: Arc<Inner>, mut reader: FrameReader) {

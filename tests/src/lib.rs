@@ -140,6 +140,21 @@ impl Broker {
         }
     }
 
+    /// Starts a fresh broker on the same socket (after [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Command::new(bin("shmbusd"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn shmbusd");
+        wait_until(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        });
+    }
+
     /// Kills the broker at once (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -560,3 +560,25 @@ fn streams_on_shared_memory_outlive_a_killed_broker() {
     assert!(matches!(e, Error::BrokerGone), "{e:?}");
     assert!(service.expect_line("history", 10 * SEC).contains("Closed"));
 }
+
+#[test]
+fn clients_and_services_reconnect_when_a_broker_is_back() {
+    let mut broker = Broker::start();
+    let _service = Peer::serve(&broker, &["unary", "math"]);
+    let conn = broker.connect();
+    let add = |conn: &shmbus_client::Connection| {
+        conn.call("math", "add")
+            .args_typed(&(20u64, 22u64))
+            .unwrap()
+            .unary()
+            .map(|r| u64::from_le_bytes(r.try_into().unwrap()))
+    };
+    assert_eq!(add(&conn).unwrap(), 42);
+    broker.kill();
+    assert!(matches!(add(&conn), Err(Error::BrokerGone)));
+    broker.restart();
+    // The caller's connection comes back by itself, and the service
+    // registers again by itself: no process was restarted but the broker.
+    shmbus_tests::wait_until(10 * SEC, || add(&conn).is_ok_and(|v| v == 42));
+    assert_eq!(conn.list().unwrap().services.len(), 1);
+}

@@ -1,17 +1,16 @@
 //! Progress reports to the broker.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmbus::frame::{Frame, StreamId};
 use shmbus::state::StreamState;
 
-use crate::conn::Shared;
+use crate::conn::Bound;
 
 /// Counts a stream half's items and reports them to the broker now and then
 /// (for `shmbusctl list` and `status`), and when the half closes.
 pub(super) struct Progress {
-    conn: Arc<Shared>,
+    conn: Bound,
     stream: StreamId,
     pub(super) bytes: u64,
     pub(super) items: u64,
@@ -22,7 +21,7 @@ pub(super) struct Progress {
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 impl Progress {
-    pub(super) fn new(conn: Arc<Shared>, stream: StreamId) -> Self {
+    pub(super) fn new(conn: Bound, stream: StreamId) -> Self {
         Progress {
             conn,
             stream,

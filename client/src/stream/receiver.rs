@@ -2,7 +2,6 @@
 
 use std::io::{self, BufRead, Read};
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use shmbus::frame::{StreamId, Transport};
@@ -10,7 +9,7 @@ use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
 
 use super::lifecycle_opened;
 use super::progress::Progress;
-use crate::conn::Shared;
+use crate::conn::Bound;
 use crate::error::{Error, Result};
 use crate::port::wait::WaitPolicy;
 use crate::port::{RxEvent, RxPort};
@@ -55,7 +54,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub(crate) fn new(port: RxPort, stream: StreamId, conn: Arc<Shared>) -> Self {
+    pub(crate) fn new(port: RxPort, stream: StreamId, conn: Bound) -> Self {
         let mut r = Receiver {
             port: Some(port),
             life: lifecycle_opened(),

@@ -12,7 +12,7 @@ use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
 
 use super::lifecycle_opened;
 use super::progress::Progress;
-use crate::conn::Shared;
+use crate::conn::Bound;
 use crate::error::{Error, Result};
 use crate::port::wait::WaitPolicy;
 use crate::port::{Ending, TxPort};
@@ -38,7 +38,7 @@ impl Sender {
         stream: StreamId,
         credit: CreditSpec,
         cancelled: Arc<AtomicBool>,
-        conn: Arc<Shared>,
+        conn: Bound,
     ) -> Self {
         Sender {
             port: Some(port),
