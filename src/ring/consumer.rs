@@ -46,14 +46,18 @@ impl RingConsumer {
     /// Maps a ring to consume from it.
     pub fn open(fd: OwnedFd, capacity: u32, credit: CreditSpec) -> Result<Self, RingError> {
         let ring = SharedRing::map(fd, capacity, credit.high_water_mark)?;
-        Ok(RingConsumer {
+        Ok(Self::with_ring(ring, credit))
+    }
+
+    pub(super) fn with_ring(ring: SharedRing, credit: CreditSpec) -> Self {
+        RingConsumer {
             ring,
             read_pos: 0,
             released: 0,
             published: 0,
             write_pos_cache: 0,
             credit: RecvCredit::new(credit),
-        })
+        }
     }
 
     /// Credit state.

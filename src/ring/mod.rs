@@ -146,9 +146,20 @@ pub(super) fn align_record(len: usize) -> u64 {
 
 /// A mapped, validated ring. Owns the mapping; the descriptor is closed once mapped.
 pub(super) struct SharedRing {
-    map: MmapRaw,
+    _backing: Backing,
     base: NonNull<u8>,
+    len: usize,
     pub(super) capacity: u32,
+}
+
+/// What keeps a ring's memory alive.
+enum Backing {
+    /// A shared mapping of the memfd (the only kind outside tests).
+    Mapped(#[allow(dead_code)] MmapRaw),
+    /// Heap memory shared by the views of one test ring, so the ring code
+    /// runs under Miri, which cannot map a memfd.
+    #[cfg(test)]
+    Heap(#[allow(dead_code)] std::sync::Arc<heap::Region>),
 }
 
 // SAFETY: the mapping is plain shared memory; all shared fields are accessed
@@ -177,10 +188,34 @@ impl SharedRing {
             .map_err(RingError::Io)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| violation("null mapping"))?;
         let ring = SharedRing {
-            map,
+            len: map.len(),
+            _backing: Backing::Mapped(map),
             base,
             capacity,
         };
+        ring.check_header(capacity, hwm)?;
+        Ok(ring)
+    }
+
+    /// A view of a heap-backed test ring; every view of one region shares
+    /// its memory as two processes share a memfd.
+    #[cfg(test)]
+    pub(super) fn on_heap(
+        region: &std::sync::Arc<heap::Region>,
+        hwm: u64,
+    ) -> Result<Self, RingError> {
+        let ring = SharedRing {
+            len: region.len(),
+            base: region.base(),
+            capacity: region.capacity(),
+            _backing: Backing::Heap(region.clone()),
+        };
+        ring.check_header(ring.capacity, hwm)?;
+        Ok(ring)
+    }
+
+    fn check_header(&self, capacity: u32, hwm: u64) -> Result<(), RingError> {
+        let ring = self;
         let mut head = [0u8; 24];
         ring.copy_out(0, &mut head);
         let magic = u64::from_le_bytes(head[0..8].try_into().unwrap());
@@ -192,7 +227,7 @@ impl SharedRing {
                 "ring header mismatch (magic {magic:#x}, version {version}, capacity {cap}, hwm {ring_hwm})"
             )));
         }
-        Ok(ring)
+        Ok(())
     }
 
     pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {
@@ -211,7 +246,7 @@ impl SharedRing {
 
     /// Copies bytes at absolute file offset `off` out of the mapping.
     pub(super) fn copy_out(&self, off: usize, dst: &mut [u8]) {
-        assert!(off + dst.len() <= self.map.len());
+        assert!(off + dst.len() <= self.len);
         // SAFETY: the range is inside the mapping (asserted). Volatile reads
         // because the peer may be writing; `dst` is local memory.
         unsafe {
@@ -244,7 +279,7 @@ impl SharedRing {
 
     /// Writes bytes at absolute file offset `off`.
     pub(super) fn copy_in(&self, off: usize, src: &[u8]) {
-        assert!(off + src.len() <= self.map.len());
+        assert!(off + src.len() <= self.len);
         // SAFETY: the range is inside the mapping (asserted) and the protocol
         // gives this side exclusive use of it until it is published.
         unsafe {
@@ -304,6 +339,9 @@ fn take_flag(flag: &AtomicU32) -> bool {
         false
     }
 }
+
+#[cfg(test)]
+mod heap;
 
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -51,13 +51,17 @@ impl RingProducer {
     /// Maps a ring to produce into it.
     pub fn open(fd: OwnedFd, capacity: u32, credit: CreditSpec) -> Result<Self, RingError> {
         let ring = SharedRing::map(fd, capacity, credit.high_water_mark)?;
-        Ok(RingProducer {
+        Ok(Self::with_ring(ring, credit))
+    }
+
+    pub(super) fn with_ring(ring: SharedRing, credit: CreditSpec) -> Self {
+        RingProducer {
             ring,
             write_pos: 0,
             published: 0,
             read_pos_cache: 0,
             credit: SendCredit::new(credit),
-        })
+        }
     }
 
     /// Largest payload one record can carry.
