@@ -224,6 +224,26 @@ pub fn wait_any(
     }
 }
 
+/// Waits up to `timeout` for the other end of a stream socket to close;
+/// true once it has. Pending data does not end the wait.
+pub fn wait_hangup(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::MAX);
+    // No events asked for: POLLHUP (a closed Unix stream peer) and POLLERR
+    // are always reported, and readable data does not end the wait.
+    let closed = PollFlags::POLLHUP | PollFlags::POLLERR;
+    loop {
+        let mut pfd = [PollFd::new(fd, PollFlags::empty())];
+        match poll(&mut pfd, ms) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(pfd[0].revents().is_some_and(|r| r.intersects(closed))),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Takes ownership of a listening Unix stream socket passed by the service
 /// manager (socket activation) and checks that it is one.
 pub fn adopt_listener(raw: RawFd) -> io::Result<std::os::unix::net::UnixListener> {

@@ -15,7 +15,7 @@ use shmbus::frame::{
 
 use crate::conn::{Bound, CallEvent, Connection, IncomingRaw};
 use crate::error::{Error, Result};
-use crate::port::{self, wait::WaitPolicy, Role};
+use crate::port::{self, wait::WaitPolicy, PeerResult, Role};
 use crate::stream::{Receiver, Sender};
 
 /// Describes a call before it is made. Get one from [`Connection::call`].
@@ -120,6 +120,7 @@ impl CallBuilder {
             sender: None,
             receiver: None,
             outcome: None,
+            peer_result: None,
             cancelled: Arc::new(AtomicBool::new(false)),
             policy: self.policy,
         })
@@ -172,6 +173,8 @@ pub struct Call {
     sender: Option<Sender>,
     receiver: Option<Receiver>,
     outcome: Option<std::result::Result<Vec<u8>, RemoteError>>,
+    /// Over shared memory, where the service also leaves its result.
+    peer_result: Option<PeerResult>,
     cancelled: Arc<AtomicBool>,
     policy: WaitPolicy,
 }
@@ -194,8 +197,9 @@ impl Call {
     }
 
     fn attach(&mut self, open: StreamOpen, fds: Vec<OwnedFd>) -> Result<()> {
-        let (tx, rx) = port::open(&open, fds, Role::Caller, &self.cancelled)?;
-        self.sender = tx.map(|p| {
+        let ports = port::open(&open, fds, Role::Caller, &self.cancelled)?;
+        self.peer_result = ports.result;
+        self.sender = ports.tx.map(|p| {
             let mut s = Sender::new(
                 p,
                 open.stream,
@@ -206,7 +210,7 @@ impl Call {
             s.set_wait_policy(self.policy);
             s
         });
-        self.receiver = rx.map(|p| {
+        self.receiver = ports.rx.map(|p| {
             let mut r = Receiver::new(p, open.stream, self.shared.clone());
             r.set_wait_policy(self.policy);
             r
@@ -271,6 +275,11 @@ impl Call {
     }
 
     /// Waits for the call's result.
+    ///
+    /// The broker delivers it. Over shared memory the service also leaves it
+    /// in the stream's ring, so if the broker dies the result still arrives,
+    /// peer to peer (results up to
+    /// [`MAX_RING_RESULT`](shmbus::ring::MAX_RING_RESULT) bytes).
     pub fn finish(mut self) -> Result<Vec<u8>> {
         if let Some(outcome) = self.outcome.take() {
             return outcome.map_err(Error::Remote);
@@ -284,7 +293,10 @@ impl Call {
                     open.stream
                 )))
             }
-            Err(_) => Err(Error::BrokerGone),
+            Err(_) => match &self.peer_result {
+                Some(peer) => peer.wait(self.policy.stall)?.map_err(Error::Remote),
+                None => Err(Error::BrokerGone),
+            },
         }
     }
 }
@@ -344,6 +356,7 @@ pub struct IncomingCall {
     transport: Option<Transport>,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
+    peer_result: Option<PeerResult>,
     cancelled: Arc<AtomicBool>,
     answered: bool,
 }
@@ -351,11 +364,12 @@ pub struct IncomingCall {
 impl IncomingCall {
     fn new(conn: &Connection, raw: IncomingRaw) -> Result<Self> {
         let shared = Bound::new(conn.shared.clone(), raw.origin.clone());
-        let (mut sender, mut receiver, mut transport) = (None, None, None);
+        let (mut sender, mut receiver, mut transport, mut peer_result) = (None, None, None, None);
         if let Some(open) = &raw.open {
-            let (tx, rx) = port::open(open, raw.fds, Role::Service, &raw.cancelled)?;
+            let ports = port::open(open, raw.fds, Role::Service, &raw.cancelled)?;
             transport = Some(open.transport);
-            sender = tx.map(|p| {
+            peer_result = ports.result;
+            sender = ports.tx.map(|p| {
                 Sender::new(
                     p,
                     open.stream,
@@ -364,7 +378,9 @@ impl IncomingCall {
                     shared.clone(),
                 )
             });
-            receiver = rx.map(|p| Receiver::new(p, open.stream, shared.clone()));
+            receiver = ports
+                .rx
+                .map(|p| Receiver::new(p, open.stream, shared.clone()));
         }
         Ok(IncomingCall {
             shared,
@@ -376,6 +392,7 @@ impl IncomingCall {
             transport,
             sender,
             receiver,
+            peer_result,
             cancelled: raw.cancelled,
             answered: false,
         })
@@ -476,6 +493,10 @@ impl IncomingCall {
                 code: ErrorCode::Aborted,
                 message: "aborted".into(),
             });
+        }
+        // Peer to peer first, so the caller has it even if the broker dies.
+        if let Some(peer) = self.peer_result.take() {
+            let _ = peer.post(&outcome);
         }
         self.receiver = None;
         self.shared.inner.forget_served(self.call);

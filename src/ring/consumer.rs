@@ -60,6 +60,11 @@ impl RingConsumer {
         }
     }
 
+    /// The ring's result area, for the call's outcome.
+    pub fn result_slot(&self) -> super::ResultSlot {
+        super::ResultSlot::new(self.ring.view())
+    }
+
     /// Credit state.
     pub fn credit(&self) -> &RecvCredit {
         &self.credit

@@ -12,6 +12,7 @@
 //! 256   consumer line read_pos u64 | credit_limit u64 | cancelled u32
 //! 384   consumer_sleeping u32  (set by the consumer, cleared by the producer)
 //! 512   producer_sleeping u32  (set by the producer, cleared by the consumer)
+//! 1024  result_state u32 | result_len u32 | result bytes  (written by the service)
 //! 4096  data: `capacity` bytes (a power of two) of 16-byte aligned records
 //! ```
 //!
@@ -74,6 +75,11 @@ pub(super) const OFF_CREDIT_LIMIT: usize = 264;
 pub(super) const OFF_CANCELLED: usize = 272;
 pub(super) const OFF_CONSUMER_SLEEPING: usize = 384;
 pub(super) const OFF_PRODUCER_SLEEPING: usize = 512;
+pub(super) const OFF_RESULT_STATE: usize = 1024;
+pub(super) const OFF_RESULT_LEN: usize = 1028;
+pub(super) const OFF_RESULT: usize = 1032;
+/// Largest call result that travels in a ring's header, peer to peer.
+pub const MAX_RING_RESULT: usize = HEADER_SIZE - OFF_RESULT;
 
 pub(super) const KIND_DATA: u32 = 1;
 pub(super) const KIND_END: u32 = 2;
@@ -144,7 +150,8 @@ pub(super) fn align_record(len: usize) -> u64 {
     ((RECORD_HEADER + len + RECORD_HEADER - 1) & !(RECORD_HEADER - 1)) as u64
 }
 
-/// A mapped, validated ring. Owns the mapping; the descriptor is closed once mapped.
+/// A mapped, validated ring. Shares the mapping with its other views; the
+/// descriptor is closed once mapped.
 pub(super) struct SharedRing {
     _backing: Backing,
     base: NonNull<u8>,
@@ -155,7 +162,7 @@ pub(super) struct SharedRing {
 /// What keeps a ring's memory alive.
 enum Backing {
     /// A shared mapping of the memfd (the only kind outside tests).
-    Mapped(#[allow(dead_code)] MmapRaw),
+    Mapped(#[allow(dead_code)] std::sync::Arc<MmapRaw>),
     /// Heap memory shared by the views of one test ring, so the ring code
     /// runs under Miri, which cannot map a memfd.
     #[cfg(test)]
@@ -189,7 +196,7 @@ impl SharedRing {
         let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| violation("null mapping"))?;
         let ring = SharedRing {
             len: map.len(),
-            _backing: Backing::Mapped(map),
+            _backing: Backing::Mapped(std::sync::Arc::new(map)),
             base,
             capacity,
         };
@@ -212,6 +219,20 @@ impl SharedRing {
         };
         ring.check_header(ring.capacity, hwm)?;
         Ok(ring)
+    }
+
+    /// Another view of the same memory.
+    pub(super) fn view(&self) -> SharedRing {
+        SharedRing {
+            _backing: match &self._backing {
+                Backing::Mapped(m) => Backing::Mapped(m.clone()),
+                #[cfg(test)]
+                Backing::Heap(r) => Backing::Heap(r.clone()),
+            },
+            base: self.base,
+            len: self.len,
+            capacity: self.capacity,
+        }
     }
 
     fn check_header(&self, capacity: u32, hwm: u64) -> Result<(), RingError> {
@@ -326,9 +347,11 @@ impl SharedRing {
 
 mod consumer;
 mod producer;
+mod result;
 
 pub use consumer::{Record, RecordKind, RingConsumer};
 pub use producer::{Blocked, RingProducer, Slot};
+pub use result::ResultSlot;
 
 /// Clears a peer's sleep flag if set; true when it was set.
 fn take_flag(flag: &AtomicU32) -> bool {

@@ -64,6 +64,11 @@ impl RingProducer {
         }
     }
 
+    /// The ring's result area, for the call's outcome.
+    pub fn result_slot(&self) -> super::ResultSlot {
+        super::ResultSlot::new(self.ring.view())
+    }
+
     /// Largest payload one record can carry.
     pub fn max_record(&self) -> usize {
         max_record(self.ring.capacity)

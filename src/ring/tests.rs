@@ -381,3 +381,32 @@ fn heap_views_share_memory_like_a_memfd() {
         .unwrap();
     assert!(matches!(c.try_next(), Err(RingError::Violation(_))));
 }
+
+#[test]
+fn the_result_slot_carries_one_result_and_refuses_hostile_lengths() {
+    let (p, c, shared) = pair(4096, CreditSpec::items(4));
+    let (posted, read) = (c.result_slot(), p.result_slot());
+    assert_eq!(read.take().unwrap(), None);
+    assert!(!posted.post(&vec![0; MAX_RING_RESULT + 1]));
+    assert!(posted.post(b"42 items"));
+    assert!(!posted.post(b"again"), "a result is written once");
+    assert_eq!(read.take().unwrap().as_deref(), Some(&b"42 items"[..]));
+    let mut full = vec![0u8; MAX_RING_RESULT];
+    full[MAX_RING_RESULT - 1] = 9;
+    shared
+        .write_all_at(
+            &(MAX_RING_RESULT as u32).to_le_bytes(),
+            OFF_RESULT_LEN as u64,
+        )
+        .unwrap();
+    shared.write_all_at(&full, OFF_RESULT as u64).unwrap();
+    assert_eq!(read.take().unwrap(), Some(full));
+    shared
+        .write_all_at(&u32::MAX.to_le_bytes(), OFF_RESULT_LEN as u64)
+        .unwrap();
+    assert!(matches!(read.take(), Err(RingError::Violation(_))));
+    shared
+        .write_all_at(&2u32.to_le_bytes(), OFF_RESULT_STATE as u64)
+        .unwrap();
+    assert!(matches!(read.take(), Err(RingError::Violation(_))));
+}

@@ -553,12 +553,46 @@ fn streams_on_shared_memory_outlive_a_killed_broker() {
         rx.history().last(),
         Some(&shmbus_client::StreamState::Closed)
     );
-    // The result travelled through the broker: a clear error, not a hang.
-    assert!(matches!(call.finish(), Err(Error::BrokerGone)));
+    // The result comes peer to peer too: the service's reply (the bytes it
+    // read from its broker socket, a little-endian u64).
+    let reply = call.finish().expect("result without a broker");
+    assert_eq!(reply.len(), 8, "{reply:?}");
     // New calls fail clearly.
     let e = conn.call("nums", "numbers").unary().unwrap_err();
     assert!(matches!(e, Error::BrokerGone), "{e:?}");
     assert!(service.expect_line("history", 10 * SEC).contains("Closed"));
+}
+
+#[test]
+fn an_upload_over_shared_memory_ends_with_its_result_after_the_broker_dies() {
+    let mut broker = Broker::start();
+    let _service = Peer::serve(&broker, &["sink", "sink"]);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("sink", "sink")
+        .mode(StreamMode::Upload)
+        .transport(TransportPreference::SharedMemory)
+        .start()
+        .unwrap();
+    let tx = call.sender().unwrap();
+    let mut rng = shmbus_tests::Rng::new(7);
+    let (mut count, mut hash) = (0u64, 0u64);
+    let mut item = Vec::new();
+    for i in 0..4000 {
+        if i == 1000 {
+            broker.kill();
+        }
+        item.clear();
+        item.extend((0..rng.below(2000)).map(|_| rng.next_u64() as u8));
+        tx.send_bytes(&item).unwrap();
+        count += item.len() as u64;
+        hash = shmbus_tests::fnv1a(hash, &item);
+    }
+    tx.finish().unwrap();
+    // The service's reply ("bytes,hash" of what it received) arrives
+    // although the broker died a quarter of the way through.
+    let reply = String::from_utf8(call.finish().expect("result without a broker")).unwrap();
+    assert_eq!(reply, format!("{count},{hash}"));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! one small enum per side: [`TxPort`] for the sender, [`RxPort`] for the
 //! receiver. Everything above this module is transport-agnostic.
 
+mod result;
 mod shm;
 mod socket;
 pub mod wait;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use shmbus::frame::{Direction, StreamOpen, Transport};
 
 use crate::error::{Error, Result};
+pub(crate) use result::PeerResult;
 pub(crate) use shm::{ShmRx, ShmTx};
 pub(crate) use socket::{SockRx, SockTx, SocketGeometry};
 use wait::WaitPolicy;
@@ -62,6 +64,16 @@ pub(crate) enum Role {
     Service,
 }
 
+/// A call's ports, as [`open`] sets them up.
+pub(crate) struct Ports {
+    /// The sending half, if this side sends.
+    pub(crate) tx: Option<TxPort>,
+    /// The receiving half, if this side receives.
+    pub(crate) rx: Option<RxPort>,
+    /// Over shared memory: the first direction's ring carries the result too.
+    pub(crate) result: Option<PeerResult>,
+}
+
 /// Sets up this process's ports from a stream-open and its descriptors:
 /// per direction a link socket, then a memfd for shared memory.
 pub(crate) fn open(
@@ -69,7 +81,7 @@ pub(crate) fn open(
     fds: Vec<OwnedFd>,
     role: Role,
     cancelled: &Arc<AtomicBool>,
-) -> Result<(Option<TxPort>, Option<RxPort>)> {
+) -> Result<Ports> {
     if fds.len() != open.fd_count() {
         return Err(Error::Protocol(
             "stream-open descriptor count mismatch".into(),
@@ -85,7 +97,7 @@ pub(crate) fn open(
         )));
     }
     let mut fds = fds.into_iter();
-    let (mut tx, mut rx) = (None, None);
+    let (mut tx, mut rx, mut result) = (None, None, None);
     for dir in open.mode.directions() {
         let link = fds.next().expect("counted");
         let memfd = match open.transport {
@@ -97,15 +109,22 @@ pub(crate) fn open(
             (Direction::ToCaller, Role::Service) | (Direction::ToService, Role::Caller)
         );
         let geometry = SocketGeometry::for_ring_size(open.ring_size);
+        // Both peers take the first direction's ring for the result, and
+        // hold their end of its doorbell until the call is answered.
+        let watch = match (&memfd, &result) {
+            (Some(_), None) => Some(link.try_clone()?),
+            _ => None,
+        };
         if sending {
             tx = Some(match memfd {
-                Some(m) => TxPort::Shm(ShmTx::open(
-                    link,
-                    m,
-                    open.ring_size,
-                    open.credit,
-                    cancelled.clone(),
-                )?),
+                Some(m) => {
+                    let port =
+                        ShmTx::open(link, m, open.ring_size, open.credit, cancelled.clone())?;
+                    if let Some(watch) = watch {
+                        result = Some(PeerResult::new(port.result_slot(), watch));
+                    }
+                    TxPort::Shm(port)
+                }
                 None => TxPort::Socket(SockTx::open(
                     link,
                     geometry,
@@ -115,12 +134,18 @@ pub(crate) fn open(
             });
         } else {
             rx = Some(match memfd {
-                Some(m) => RxPort::Shm(ShmRx::open(link, m, open.ring_size, open.credit)?),
+                Some(m) => {
+                    let port = ShmRx::open(link, m, open.ring_size, open.credit)?;
+                    if let Some(watch) = watch {
+                        result = Some(PeerResult::new(port.result_slot(), watch));
+                    }
+                    RxPort::Shm(port)
+                }
                 None => RxPort::Socket(SockRx::open(link, geometry, open.credit)?),
             });
         }
     }
-    Ok((tx, rx))
+    Ok(Ports { tx, rx, result })
 }
 
 impl TxPort {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shmbus::credit::CreditSpec;
-use shmbus::ring::{Record, RecordKind, RingConsumer, RingProducer, Slot};
+use shmbus::ring::{Record, RecordKind, ResultSlot, RingConsumer, RingProducer, Slot};
 
 use super::wait::{spin, Doorbell, WaitPolicy};
 use super::{Ending, RxEvent};
@@ -42,6 +42,10 @@ impl ShmTx {
 
     pub(crate) fn max_item(&self) -> usize {
         self.ring.max_record()
+    }
+
+    pub(crate) fn result_slot(&self) -> ResultSlot {
+        self.ring.result_slot()
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -220,6 +224,10 @@ impl ShmRx {
             held: None,
             policy: WaitPolicy::default(),
         })
+    }
+
+    pub(crate) fn result_slot(&self) -> ResultSlot {
+        self.ring.result_slot()
     }
 
     fn event(&mut self, rec: Record) -> RxEvent {
