@@ -53,9 +53,19 @@ pub struct Cli {
     /// Repetitions of each measurement [default: 5, --quick: 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: Option<u32>,
-    /// Scenarios to run, comma-separated [default: all].
+    /// Scenarios to run, comma-separated [default: every performance
+    /// scenario]. The fault scenarios crash, soak and flood run only when named.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenario: Vec<Scenario>,
+    /// crash: kill trials [default: 1000, --quick: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub trials: Option<u32>,
+    /// soak: seconds to run [default: 600, --quick: 20].
+    #[arg(long, value_name = "SECS", value_parser = parse_soak)]
+    pub soak: Option<f64>,
+    /// flood: calls measured per phase [default: 400, --quick: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub calls: Option<u32>,
     /// Transports and baselines to run, comma-separated [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub transports: Vec<Transport>,
@@ -105,6 +115,8 @@ pub enum Role {
     Client,
     /// One side of a baseline job.
     Baseline,
+    /// A peer of a fault scenario.
+    Fault,
 }
 
 /// The user's options with defaults applied.
@@ -128,6 +140,8 @@ pub struct Options {
     pub idle: f64,
     /// Repetitions.
     pub repeat: usize,
+    pub faults: Vec<crate::faults::Fault>,
+    pub fault: crate::faults::FaultOptions,
 }
 
 impl Options {
@@ -185,6 +199,19 @@ impl Options {
             repeat: cli
                 .repeat
                 .map_or(if cli.quick { 2 } else { 5 }, |r| r as usize),
+            faults: cli.scenario.iter().filter_map(|s| s.fault()).collect(),
+            fault: crate::faults::FaultOptions {
+                trials: cli
+                    .trials
+                    .map_or(if cli.quick { 100 } else { 1000 }, |t| t as usize),
+                soak_secs: cli.soak.unwrap_or(if cli.quick { 20.0 } else { 600.0 }),
+                calls: cli
+                    .calls
+                    .map_or(if cli.quick { 100 } else { 400 }, |c| c as usize),
+                repeat: cli
+                    .repeat
+                    .map_or(if cli.quick { 2 } else { 5 }, |r| r as usize),
+            },
         }
     }
 
@@ -207,6 +234,13 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     match n.checked_mul(mult) {
         Some(v) if (1..=16 << 20).contains(&v) => Ok(v),
         _ => Err(format!("{s}: sizes go from 1 byte to 16 MiB")),
+    }
+}
+
+fn parse_soak(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 7.0 * 86400.0 => Ok(v),
+        _ => Err(format!("{s}: a number of seconds up to a week")),
     }
 }
 

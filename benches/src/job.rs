@@ -19,6 +19,13 @@ pub enum Scenario {
     Fanout,
     /// An open stream with nothing flowing.
     Idle,
+    /// Random kills: the survivor's error delay over many trials (faults;
+    /// not in a default run).
+    Crash,
+    /// Streams, kills and malformed traffic for a while (faults).
+    Soak,
+    /// One user's flood against another's setup latency (faults).
+    Flood,
 }
 
 impl Scenario {
@@ -31,6 +38,17 @@ impl Scenario {
         Scenario::Idle,
     ];
 
+    /// The fault scenario this is, if it is one.
+    pub fn fault(self) -> Option<crate::faults::Fault> {
+        use crate::faults::Fault;
+        match self {
+            Scenario::Crash => Some(Fault::Crash),
+            Scenario::Soak => Some(Fault::Soak),
+            Scenario::Flood => Some(Fault::Flood),
+            _ => None,
+        }
+    }
+
     /// The name used on the command line and in JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -39,6 +57,9 @@ impl Scenario {
             Scenario::Setup => "setup",
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
+            Scenario::Crash => "crash",
+            Scenario::Soak => "soak",
+            Scenario::Flood => "flood",
         }
     }
 }

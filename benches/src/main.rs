@@ -11,6 +11,7 @@
 mod baselines;
 mod checksum;
 mod cli;
+mod faults;
 mod job;
 mod os;
 mod peers;
@@ -33,16 +34,7 @@ fn main() -> ExitCode {
     let r = match cli.role {
         None => {
             let opts = Options::from_cli(&cli);
-            match runner::run(
-                &opts,
-                cli.socket.as_deref(),
-                cli.json.as_deref(),
-                cli.plot.as_deref(),
-            ) {
-                Ok(r) if r.failures == 0 => Ok(()),
-                Ok(r) => Err(format!("{} measurement(s) failed", r.failures)),
-                Err(e) => Err(e),
-            }
+            orchestrate(&opts, &cli)
         }
         Some(role) => peer(role, &cli),
     };
@@ -52,6 +44,35 @@ fn main() -> ExitCode {
             eprintln!("shmbus-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The fault scenarios asked for, then the performance ones; one JSON file.
+fn orchestrate(opts: &Options, cli: &Cli) -> Result<(), String> {
+    let (mut records, mut failures) = (Vec::new(), 0);
+    if !opts.faults.is_empty() {
+        println!("shmbus-bench: {}", os::machine());
+        let (r, f) = faults::run(&opts.faults, &opts.fault)?;
+        records = r;
+        failures += f;
+    }
+    // Empty when only fault scenarios were named.
+    if !opts.scenarios.is_empty() {
+        let r = runner::run(
+            opts,
+            cli.socket.as_deref(),
+            cli.json.as_deref(),
+            cli.plot.as_deref(),
+            records,
+        )?;
+        failures += r.failures;
+    } else if let Some(path) = cli.json.as_deref() {
+        report::write_json(path, &records).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("JSON: {}", path.display());
+    }
+    match failures {
+        0 => Ok(()),
+        n => Err(format!("{n} measurement(s) or check(s) failed")),
     }
 }
 
@@ -74,6 +95,12 @@ fn peer(role: Role, cli: &Cli) -> Result<(), String> {
             let out = peers::client::run(&socket()?, &job()?).map_err(|e| e.to_string())?;
             out.emit();
             Ok(())
+        }
+        Role::Fault => {
+            let role: faults::Role =
+                serde_json::from_str(cli.job.as_deref().ok_or("--job missing")?)
+                    .map_err(|e| e.to_string())?;
+            faults::peer::run(&socket()?, &role).map_err(|e| e.to_string())
         }
         Role::Baseline => {
             let side = cli.side.ok_or("--side missing")?;

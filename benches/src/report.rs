@@ -190,6 +190,7 @@ pub fn records(spec: &dyn Spec, m: &Measured<'_>) -> Vec<Value> {
                 Scenario::Throughput | Scenario::Fanout => "bytes_per_sec",
                 Scenario::Latency | Scenario::Setup => "p50_ns",
                 Scenario::Idle => "cpu_ns",
+                Scenario::Crash | Scenario::Soak | Scenario::Flood => "p99_ns",
             };
             r.insert("headline".into(), name.into());
             r.insert("median".into(), s.median.into());

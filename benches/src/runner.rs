@@ -36,6 +36,27 @@ fn exe() -> std::io::Result<PathBuf> {
     std::env::current_exe()
 }
 
+/// Starts this binary as a private broker on `socket` (it stops when its
+/// standard input closes) and waits until it listens.
+pub fn start_broker(socket: &Path) -> Result<Child, String> {
+    let mut child = Command::new(exe().map_err(|e| e.to_string())?)
+        .args(["--role", "broker", "--socket"])
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the broker: {e}"))?;
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the private broker did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(child)
+}
+
 fn wait_line(child: &mut Child, want: &str, timeout: Duration) -> Result<(), String> {
     let out = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
@@ -61,19 +82,7 @@ impl Bus {
             None => {
                 let d = tempfile::tempdir().map_err(|e| e.to_string())?;
                 let path = d.path().join("bus.sock");
-                let child = Command::new(&exe)
-                    .args(["--role", "broker", "--socket"])
-                    .arg(&path)
-                    .stdin(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| format!("cannot start the broker: {e}"))?;
-                let t = Instant::now();
-                while std::os::unix::net::UnixStream::connect(&path).is_err() {
-                    if t.elapsed() > Duration::from_secs(10) {
-                        return Err("the private broker did not start".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                let child = start_broker(&path)?;
                 let pid = child.id();
                 (Some(child), Some(d), Some(pid), path)
             }
@@ -250,6 +259,7 @@ pub fn run(
     socket: Option<&Path>,
     json: Option<&Path>,
     plot: Option<&Path>,
+    mut records: Vec<serde_json::Value>,
 ) -> Result<RunResult, String> {
     os::raise_fd_limit();
     let service = format!("shmbus-bench-{}", std::process::id());
@@ -287,7 +297,7 @@ pub fn run(
         .map(|g| g.variants.len() * o.repeat)
         .sum();
     let mut progress = Progress::new(total);
-    let (mut records, mut series, mut failures) = (Vec::new(), Vec::<svg::Series>::new(), 0);
+    let (mut series, mut failures) = (Vec::<svg::Series>::new(), 0);
     let started = Instant::now();
     let baselines: Vec<Transport> = Transport::BASELINES
         .into_iter()

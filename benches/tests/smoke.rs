@@ -53,3 +53,47 @@ fn quick_throughput_run_prints_every_transport() {
     );
     assert!(records.contains(r#""ratio_vs":{"#), "{records}");
 }
+
+/// A short run of the fault scenarios: they pass their own checks (the
+/// harness exits non-zero when a kill went unnoticed, a ring or broker
+/// descriptor leaked, or a legitimate stream saw an error) and write their
+/// JSON records.
+#[test]
+fn fault_scenarios_run_their_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("faults.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_shmbus-bench"))
+        .args([
+            "--scenario",
+            "crash,soak,flood",
+            "--trials",
+            "16",
+            "--soak",
+            "3",
+            "--calls",
+            "20",
+            "--repeat",
+            "1",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run shmbus-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("crash: 16 trials"), "{stdout}");
+    assert!(stdout.contains("unexpected errors: 0"), "{stdout}");
+    assert!(stdout.contains("p99 against quiet"), "{stdout}");
+    let records = std::fs::read_to_string(&json).expect("JSON written");
+    for scenario in ["crash", "soak", "flood"] {
+        assert!(
+            records.contains(&format!(r#""scenario":"{scenario}""#)),
+            "{records}"
+        );
+    }
+}

@@ -266,6 +266,10 @@ pub fn run(job: &Job, side: Side, fds: Vec<OwnedFd>) -> io::Result<Outcome> {
                 (_, side) => idle(job, side, rx, tx),
             }
         }
+        (Scenario::Crash | Scenario::Soak | Scenario::Flood, _) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "fault scenarios have no baseline",
+        )),
     }
 }
 

@@ -34,6 +34,9 @@ pub fn run(socket: &Path, job: &Job) -> Result<Outcome, BoxError> {
         Scenario::Latency => latency(&conn, job),
         Scenario::Setup => setup(&conn, job),
         Scenario::Idle => idle(&conn, job),
+        Scenario::Crash | Scenario::Soak | Scenario::Flood => {
+            Err("fault scenarios run their own peers".into())
+        }
     }
 }
 

@@ -84,6 +84,9 @@ pub fn spec(s: Scenario) -> Box<dyn Spec> {
         Scenario::Setup => Box::new(setup::Setup),
         Scenario::Fanout => Box::new(fanout::Fanout),
         Scenario::Idle => Box::new(idle::Idle),
+        Scenario::Crash | Scenario::Soak | Scenario::Flood => {
+            unreachable!("fault scenarios run in crate::faults")
+        }
     }
 }
 
