@@ -59,7 +59,7 @@ impl Reader {
 }
 
 /// Header offsets worth attacking, and values worth writing there.
-const FIELDS: [u64; 9] = [0, 8, 12, 16, 128, 136, 256, 264, 272];
+const FIELDS: [u64; 11] = [0, 8, 12, 16, 128, 136, 256, 264, 640, 1024, 1028];
 
 fn attack(memfd: std::fs::File, link: UnixStream, capacity: u64, seconds: f64, seed: u64) {
     let mut rng = Rng::new(seed);
