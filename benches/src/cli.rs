@@ -57,6 +57,10 @@ pub struct Cli {
     /// scenario]. The fault scenarios crash, soak and flood run only when named.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenario: Vec<Scenario>,
+    /// fanout: ring data bytes per stream, 256K to 64M (bytes credit is
+    /// half of it) [default: 1M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring)]
+    pub ring: Option<u32>,
     /// crash: kill trials [default: 1000, --quick: 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub trials: Option<u32>,
@@ -142,6 +146,7 @@ pub struct Options {
     pub repeat: usize,
     pub faults: Vec<crate::faults::Fault>,
     pub fault: crate::faults::FaultOptions,
+    pub fanout_ring: u32,
 }
 
 impl Options {
@@ -200,6 +205,7 @@ impl Options {
                 .repeat
                 .map_or(if cli.quick { 2 } else { 5 }, |r| r as usize),
             faults: cli.scenario.iter().filter_map(|s| s.fault()).collect(),
+            fanout_ring: cli.ring.unwrap_or(crate::scenarios::fanout::RING),
             fault: crate::faults::FaultOptions {
                 trials: cli
                     .trials
@@ -234,6 +240,23 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     match n.checked_mul(mult) {
         Some(v) if (1..=16 << 20).contains(&v) => Ok(v),
         _ => Err(format!("{s}: sizes go from 1 byte to 16 MiB")),
+    }
+}
+
+fn parse_ring(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, shift) = match t.strip_suffix(['M', 'm']) {
+        Some(n) => (n, 20),
+        None => (t.strip_suffix(['K', 'k']).unwrap_or(t), 10),
+    };
+    let v = num
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_shl(shift));
+    match v {
+        Some(v) if v.is_power_of_two() && (256 << 10..=64 << 20).contains(&v) => Ok(v),
+        _ => Err(format!("{s}: a power of two from 256K to 64M")),
     }
 }
 

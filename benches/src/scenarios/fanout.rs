@@ -33,9 +33,9 @@ impl Spec for Fanout {
                     let mut j = job(ctx, o, Scenario::Fanout, t);
                     j.size = WRITE;
                     j.streams = n;
-                    j.ring = RING;
-                    j.sock_buf = link_buffer(RING);
-                    j.credit = CreditSpec::bytes(RING as u64 / 2);
+                    j.ring = o.fanout_ring;
+                    j.sock_buf = link_buffer(o.fanout_ring);
+                    j.credit = CreditSpec::bytes(o.fanout_ring as u64 / 2);
                     j
                 };
                 let mut variants: Vec<Variant> = [Transport::Shm, Transport::Socket]
@@ -55,13 +55,13 @@ impl Spec for Fanout {
             .collect()
     }
 
-    fn notes(&self, _o: &Options) -> Vec<String> {
+    fn notes(&self, o: &Options) -> Vec<String> {
         vec![
             format!(
                 "N streams at once, {} writes, {} ring and bytes credit {} per stream; one consumer process (a thread per stream), one producer process",
                 human_size(WRITE),
-                human_size(RING as usize),
-                human_size(RING as usize / 2)
+                human_size(o.fanout_ring as usize),
+                human_size(o.fanout_ring as usize / 2)
             ),
             "GB/s = all streams' bytes / time from the common start to the last stream's end".into(),
             "broker CPU: utime+stime from /proc/<broker>/stat over the run, 10 ms ticks (calls set up and torn down); RSS: VmRSS with every stream open".into(),
