@@ -34,7 +34,12 @@ pub fn create_ring_memfd(name: &str, capacity: u32, hwm: u64) -> io::Result<Owne
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     let file = File::from(fd);
     file.set_len(ring::file_size(capacity))?;
-    file.write_all_at(&ring::initial_header(capacity, hwm), 0)?;
+    // The first data page is written (zeros) too: each peer's first fault
+    // on the header then maps it as well (fault-around), and the producer's
+    // first item needs no page allocation.
+    let mut head = ring::initial_header(capacity, hwm);
+    head.resize(ring::HEADER_SIZE + ring::MIN_CAPACITY as usize, 0);
+    file.write_all_at(&head, 0)?;
     let fd = OwnedFd::from(file);
     fcntl(&fd, FcntlArg::F_ADD_SEALS(ring_seals()))?;
     Ok(fd)
@@ -221,6 +226,20 @@ pub fn wait_any(
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Moves the calling thread to the `SCHED_IDLE` class: it then runs only
+/// on CPU time nothing else wants.
+pub fn idle_priority_for_this_thread() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid, initialized parameter block that outlives
+    // the call; pid 0 names the calling thread, whose class alone changes.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -531,7 +531,9 @@ fn write_bytes(sock: &UnixStream, buf: &[u8]) -> Result<()> {
 /// Reads frames and their descriptors from a blocking socket.
 pub(crate) struct FrameReader {
     sock: UnixStream,
+    /// Zeroed once as it grows; bytes `start..filled` are pending.
     buf: Vec<u8>,
+    filled: usize,
     start: usize,
     fds: VecDeque<OwnedFd>,
     pub(crate) max_frame: u32,
@@ -542,7 +544,8 @@ impl FrameReader {
     pub(crate) fn new(sock: UnixStream, max_frame: u32) -> Self {
         FrameReader {
             sock,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::new(),
+            filled: 0,
             start: 0,
             fds: VecDeque::new(),
             max_frame,
@@ -553,7 +556,7 @@ impl FrameReader {
     /// The next frame, or `None` at a clean end of stream.
     pub(crate) fn next(&mut self) -> Result<Option<(Frame, Vec<OwnedFd>)>> {
         loop {
-            let pending = &self.buf[self.start..];
+            let pending = &self.buf[self.start..self.filled];
             match frame::split_frame(pending, self.max_frame) {
                 Err(e) => return Err(Error::Protocol(e.to_string())),
                 Ok(Some((header, body))) => {
@@ -572,22 +575,36 @@ impl FrameReader {
                 Ok(None) => {}
             }
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.filled, 0);
+                self.filled -= self.start;
                 self.start = 0;
             }
-            let old = self.buf.len();
+            let old = self.filled;
             let want = (FRAME_HEADER_LEN + self.max_frame as usize).min(old + 64 * 1024);
-            self.buf.resize(want.max(old + 4096), 0);
-            let got =
-                sys::recv_with_fds(self.sock.as_fd(), &mut self.buf[old..], &mut self.fds, true);
-            let n = match got {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(e.into());
+            let want = want.max(old + 4096);
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            // Never sleep inside recvmsg: a thread blocked there is woken, for
+            // nothing, each time the broker drains what this process sent (the
+            // kernel's write-space wake-up is not filtered by event for a
+            // blocking read). poll(POLLIN) filters it, so wait there.
+            let n = loop {
+                let got = sys::recv_with_fds(
+                    self.sock.as_fd(),
+                    &mut self.buf[old..want],
+                    &mut self.fds,
+                    false,
+                );
+                match got {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        sys::wait_readable(self.sock.as_fd(), None)?;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             };
-            self.buf.truncate(old + n);
+            self.filled = old + n;
             self.bytes_read += n as u64;
             if n == 0 {
                 return Ok(None);

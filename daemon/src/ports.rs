@@ -6,6 +6,8 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use shmbus::credit::CreditSpec;
 use shmbus::frame::{StreamId, StreamMode, Transport};
@@ -24,19 +26,143 @@ fn link_buffer(ring_size: u32) -> usize {
     (ring_size as usize).clamp(256 * 1024, 4 << 20)
 }
 
-/// Builds the port of one stream.
+/// One direction's shared-memory port made ahead of time: the doorbell pair
+/// and a fresh sealed ring that no process has seen yet.
+struct Unit {
+    caller: OwnedFd,
+    service: OwnedFd,
+    memfd: OwnedFd,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Ring geometry (capacity, high-water mark) last asked for.
+    key: Option<(u32, u64)>,
+    units: Vec<Unit>,
+    last_take: Option<Instant>,
+    stop: bool,
+}
+
+type PoolShared = (Mutex<PoolState>, Condvar);
+
+/// Shared-memory ports made ahead of time by a thread at SCHED_IDLE
+/// priority, so that making a ring (socketpair, memfd_create, ftruncate,
+/// pwrite, seals: 10-20 µs) leaves the call path and runs on otherwise idle
+/// CPU. A ring is never reused: each is handed out once, as a freshly made
+/// one would be. Only the geometry last asked for is kept (normally the
+/// default), and the pool empties after [`POOL_IDLE`] without calls.
+pub struct Pool {
+    shared: Arc<PoolShared>,
+}
+
+const POOL_TARGET: usize = 4;
+const POOL_IDLE: Duration = Duration::from_secs(1);
+
+impl Pool {
+    /// Starts the filler thread; it sleeps until a ring is asked for.
+    pub fn start() -> Pool {
+        let shared = Arc::new((Mutex::new(PoolState::default()), Condvar::new()));
+        let weak = Arc::downgrade(&shared);
+        let _ = std::thread::Builder::new()
+            .name("shmbusd-rings".into())
+            .spawn(move || fill(weak));
+        Pool { shared }
+    }
+
+    fn take(&self, capacity: u32, hwm: u64) -> Option<Unit> {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap();
+        if st.key != Some((capacity, hwm)) {
+            st.key = Some((capacity, hwm));
+            st.units.clear();
+        }
+        st.last_take = Some(Instant::now());
+        let unit = st.units.pop();
+        cv.notify_one();
+        unit
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.0.lock().unwrap().stop = true;
+        self.shared.1.notify_all();
+    }
+}
+
+fn fill(weak: Weak<PoolShared>) {
+    // Best effort: a seccomp filter (the unit's ~@resources) refuses it,
+    // and then the thread runs at normal priority.
+    let _ = sys::idle_priority_for_this_thread();
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let key = {
+            let (lock, cv) = &*shared;
+            let mut st = lock.lock().unwrap();
+            loop {
+                if st.stop {
+                    return;
+                }
+                let idle = st.last_take.is_none_or(|t| t.elapsed() >= POOL_IDLE);
+                if idle {
+                    // No calls lately: hold no descriptors.
+                    st.units.clear();
+                    st.key = None;
+                    st.last_take = None;
+                }
+                match st.key {
+                    Some(k) if st.units.len() < POOL_TARGET => break k,
+                    Some(_) => st = cv.wait_timeout(st, POOL_IDLE).unwrap().0,
+                    None => st = cv.wait(st).unwrap(),
+                }
+            }
+        };
+        let made = (|| -> io::Result<Unit> {
+            let (a, b) = UnixStream::pair()?;
+            let memfd = sys::create_ring_memfd("shmbus-stream", key.0, key.1)?;
+            Ok(Unit {
+                caller: a.into(),
+                service: b.into(),
+                memfd,
+            })
+        })();
+        match made {
+            Ok(unit) => {
+                let mut st = shared.0.lock().unwrap();
+                if st.key == Some(key) {
+                    st.units.push(unit);
+                }
+            }
+            // Out of descriptors or memory: calls make their own meanwhile.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Builds the port of one stream, taking shared-memory directions from
+/// `pool` when it has them.
 pub fn create(
     stream: StreamId,
     mode: StreamMode,
     transport: Transport,
     ring_size: u32,
     credit: CreditSpec,
+    pool: Option<&Pool>,
 ) -> io::Result<PortFds> {
     let mut fds = PortFds {
         caller: Vec::new(),
         service: Vec::new(),
     };
     for (i, _dir) in mode.directions().iter().enumerate() {
+        if transport == Transport::SharedMemory {
+            if let Some(u) = pool.and_then(|p| p.take(ring_size, credit.high_water_mark)) {
+                fds.caller.push(u.caller);
+                fds.caller.push(u.memfd.try_clone()?);
+                fds.service.push(u.service);
+                fds.service.push(u.memfd);
+                continue;
+            }
+        }
         let (a, b) = UnixStream::pair()?;
         if transport == Transport::Socket {
             // Best effort: the kernel caps these at its configured maximum.

@@ -56,6 +56,8 @@ pub struct Server {
     log: Option<LogHandle>,
     settings: Option<Settings>,
     stop_deadline: Option<Instant>,
+    /// Receive space shared by every connection.
+    read_chunk: Vec<u8>,
 }
 
 /// Binds `path`, creating its directory; refuses when a broker already answers there.
@@ -112,6 +114,7 @@ impl Server {
             log: None,
             settings: None,
             stop_deadline: None,
+            read_chunk: Vec::new(),
         })
     }
 
@@ -345,7 +348,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let result = conn.read_frames(self.limits.max_frame);
+        let result = conn.read_frames(self.limits.max_frame, &mut self.read_chunk);
         let (frames, end) = match result {
             Ok((frames, more)) => {
                 if more && !self.again.contains(&id) {
@@ -419,6 +422,11 @@ impl Server {
                 if delivered > 0 {
                     self.router.fds_delivered(id, delivered);
                 }
+                if conn.want_write != done {
+                    // Registered as needed already: spare the epoll_ctl.
+                    return;
+                }
+                conn.want_write = !done;
                 let interest = if done {
                     Interest::READABLE
                 } else {

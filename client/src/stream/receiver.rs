@@ -51,11 +51,13 @@ pub struct Receiver {
     finished: Option<Finished>,
     progress: Progress,
     scratch: Vec<u8>,
+    /// Whether the broker has heard of this half since it opened.
+    announced: bool,
 }
 
 impl Receiver {
     pub(crate) fn new(port: RxPort, stream: StreamId, conn: Bound) -> Self {
-        let mut r = Receiver {
+        Receiver {
             port: Some(port),
             life: lifecycle_opened(),
             stream,
@@ -64,9 +66,11 @@ impl Receiver {
             finished: None,
             progress: Progress::new(conn, stream),
             scratch: Vec::new(),
-        };
-        r.report();
-        r
+            // No report yet: it would wake the broker while both peers race
+            // to the first item. The first one goes once that item was handed
+            // out, or with the close.
+            announced: false,
+        }
     }
 
     /// Broker-wide stream id.
@@ -118,6 +122,7 @@ impl Receiver {
     }
 
     fn report(&mut self) {
+        self.announced = true;
         let credit = self.credit_outstanding();
         self.progress.report(self.life.state(), credit);
     }
@@ -164,6 +169,9 @@ impl Receiver {
     /// Advances to the next item and holds it; `Ok(false)` at stream-end.
     fn advance(&mut self, block: bool) -> Result<Option<bool>> {
         self.release_held()?;
+        if !self.announced && self.progress.items > 0 && self.port.is_some() {
+            self.report();
+        }
         if let Some(f) = &self.finished {
             return match f {
                 Finished::End => Ok(Some(false)),

@@ -80,6 +80,9 @@ impl Router {
             charge: None,
         };
         let mut out = Vec::new();
+        // The caller's stream-open goes out after the service's incoming: the
+        // service has the longer way to the first item (wake, map, write).
+        let mut caller_open = None;
         let mut open_fallback = None;
         let incoming_open = if mode == StreamMode::Unary {
             None
@@ -97,7 +100,7 @@ impl Router {
                         bytes: 0,
                         credit_outstanding: open.credit.high_water_mark,
                     });
-                    out.push(Output::Send {
+                    caller_open = Some(Output::Send {
                         to: conn,
                         frame: Frame::StreamOpen(open.clone()),
                         fds: fds.caller,
@@ -139,6 +142,7 @@ impl Router {
             },
             fds,
         });
+        out.extend(caller_open);
         if let Some(s) = &live.stream {
             out.extend(self.event(
                 &live,
@@ -252,7 +256,15 @@ impl Router {
         }
         let mut fds = None;
         if fallback.is_none() {
-            match ports::create(stream, mode, Transport::SharedMemory, ring_size, req.credit) {
+            let pool = Some(&self.pool);
+            match ports::create(
+                stream,
+                mode,
+                Transport::SharedMemory,
+                ring_size,
+                req.credit,
+                pool,
+            ) {
                 Ok(f) => fds = Some(f),
                 Err(e) if req.transport == TransportPreference::SharedMemory => {
                     return Err(remote(
@@ -270,14 +282,13 @@ impl Router {
             Some(f) => (Transport::SharedMemory, f),
             None => (
                 Transport::Socket,
-                ports::create(stream, mode, Transport::Socket, ring_size, req.credit).map_err(
-                    |e| {
+                ports::create(stream, mode, Transport::Socket, ring_size, req.credit, None)
+                    .map_err(|e| {
                         remote(
                             ErrorCode::LimitsExceeded,
                             format!("stream port setup failed: {e}"),
                         )
-                    },
-                )?,
+                    })?,
             ),
         };
         match transport {

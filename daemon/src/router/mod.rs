@@ -99,6 +99,8 @@ pub struct Router {
     started: Instant,
     /// Counters for status.
     pub stats: Stats,
+    /// Shared-memory ports made ahead of time.
+    pool: crate::ports::Pool,
 }
 
 /// Running totals.
@@ -130,6 +132,7 @@ impl Router {
             draining: false,
             started: Instant::now(),
             stats: Stats::default(),
+            pool: crate::ports::Pool::start(),
         }
     }
 
