@@ -56,6 +56,12 @@ pub struct Pool {
 }
 
 const POOL_TARGET: usize = 4;
+
+/// The guard, even if the other thread panicked holding the lock: the state
+/// is a list of descriptors and a few plain fields, valid at every step.
+fn relock<T>(r: std::sync::LockResult<T>) -> T {
+    r.unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 const POOL_IDLE: Duration = Duration::from_secs(1);
 
 impl Pool {
@@ -71,7 +77,7 @@ impl Pool {
 
     fn take(&self, capacity: u32, hwm: u64) -> Option<Unit> {
         let (lock, cv) = &*self.shared;
-        let mut st = lock.lock().unwrap();
+        let mut st = relock(lock.lock());
         if st.key != Some((capacity, hwm)) {
             st.key = Some((capacity, hwm));
             st.units.clear();
@@ -85,7 +91,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.shared.0.lock().unwrap().stop = true;
+        relock(self.shared.0.lock()).stop = true;
         self.shared.1.notify_all();
     }
 }
@@ -98,7 +104,7 @@ fn fill(weak: Weak<PoolShared>) {
         let Some(shared) = weak.upgrade() else { return };
         let key = {
             let (lock, cv) = &*shared;
-            let mut st = lock.lock().unwrap();
+            let mut st = relock(lock.lock());
             loop {
                 if st.stop {
                     return;
@@ -112,8 +118,8 @@ fn fill(weak: Weak<PoolShared>) {
                 }
                 match st.key {
                     Some(k) if st.units.len() < POOL_TARGET => break k,
-                    Some(_) => st = cv.wait_timeout(st, POOL_IDLE).unwrap().0,
-                    None => st = cv.wait(st).unwrap(),
+                    Some(_) => st = relock(cv.wait_timeout(st, POOL_IDLE)).0,
+                    None => st = relock(cv.wait(st)),
                 }
             }
         };
@@ -128,7 +134,7 @@ fn fill(weak: Weak<PoolShared>) {
         })();
         match made {
             Ok(unit) => {
-                let mut st = shared.0.lock().unwrap();
+                let mut st = relock(shared.0.lock());
                 if st.key == Some(key) {
                     st.units.push(unit);
                 }
