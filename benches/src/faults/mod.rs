@@ -176,10 +176,16 @@ impl Proc {
 
     /// SIGKILL; returns the [`mono_ns`] just before the signal.
     pub fn kill(&mut self) -> u64 {
+        self.kill_and_reap().0
+    }
+
+    /// SIGKILL; the [`mono_ns`] just before the signal and once the kernel
+    /// had finished the process (its descriptors closed).
+    pub fn kill_and_reap(&mut self) -> (u64, u64) {
         let at = mono_ns();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        at
+        (at, mono_ns())
     }
 }
 

@@ -64,6 +64,7 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
     let (mut kills, mut noticed, mut missed) = (0u64, 0u64, 0u64);
     let (mut calls_ok, mut calls_failed) = (0u64, 0u64);
     let mut delays = Vec::new();
+    let mut worst: Vec<(u64, bool, bool, u64, String)> = Vec::new();
     let (mut fds_max, mut rss_max) = (fds_start, rss_start);
     let mut unexpected = Vec::new();
     let mut progress = crate::progress::Progress::new(o.soak_secs.ceil() as usize);
@@ -73,12 +74,13 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
         cycle += 1;
         let name = format!("victim-{cycle}");
         let shm = rng.u64(..2) == 0;
+        let delay_us = [0, 0, 300][rng.u64(..3) as usize];
         let service = Proc::start(
             &exe,
             &broker.socket,
             &Role::Serve {
                 name: name.clone(),
-                delay_us: [0, 0, 300][rng.u64(..3) as usize],
+                delay_us,
             },
             None,
         )?;
@@ -88,17 +90,26 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
         std::thread::sleep(Duration::from_millis(rng.u64(..50)));
         let (mut service, mut consumer) = (service, consumer);
         kills += 1;
-        let survivor_line = if rng.u64(..2) == 0 {
-            let at = service.kill();
-            consumer.expect("error", 10 * SEC).map(|l| (at, l))
+        let producer_killed = rng.u64(..2) == 0;
+        let survivor_line = if producer_killed {
+            let (at, reaped) = service.kill_and_reap();
+            consumer.expect("error", 10 * SEC).map(|l| (at, reaped, l))
         } else {
-            let at = consumer.kill();
-            service.expect("failed", 10 * SEC).map(|l| (at, l))
+            let (at, reaped) = consumer.kill_and_reap();
+            service.expect("failed", 10 * SEC).map(|l| (at, reaped, l))
         };
         match survivor_line {
-            Ok((at, line)) => {
+            Ok((at, reaped, line)) => {
                 noticed += 1;
-                delays.push(stamp(&line).unwrap_or(at).saturating_sub(at));
+                let d = stamp(&line).unwrap_or(at).saturating_sub(at);
+                delays.push(d);
+                let line = format!(
+                    "{line} (the killed process was reaped {} ms after the signal)",
+                    ms(reaped - at)
+                );
+                worst.push((d, producer_killed, shm, delay_us, line));
+                worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+                worst.truncate(3);
             }
             Err(_) => missed += 1,
         }
@@ -180,6 +191,14 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
         ms(pct(&delays, 99.0)),
         ms(*delays.last().unwrap_or(&0))
     );
+    for (d, producer_killed, shm, delay_us, line) in &worst {
+        println!(
+            "    slowest: {} ms, {} killed, {}, producer pausing {delay_us} µs between items; survivor said: {line}",
+            ms(*d),
+            if *producer_killed { "producer" } else { "consumer" },
+            if *shm { "shm" } else { "socket" },
+        );
+    }
     println!(
         "  legitimate: {verified} items verified in order on the long streams (all still running: {legit_alive}); \
          short calls {calls_ok} ok, {calls_failed} failed; unexpected errors: {}",
