@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut conn = Conn::new(mio::net::UnixStream::from_std(server), creds);
     let bait = sys::create_ring_memfd("bait", 4096, 1).unwrap();
+    let mut scratch = Vec::new();
     let mut rest = data;
     while let Some((&ctl, tail)) = rest.split_first() {
         let len = (ctl as usize >> 2).min(tail.len());
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         if chunk.is_empty() || sys::send_with_fds(client.as_fd(), chunk, &fds, false).is_err() {
             continue;
         }
-        match conn.read_frames(Limits::default().max_frame) {
+        match conn.read_frames(Limits::default().max_frame, &mut scratch) {
             Ok((frames, _)) => {
                 for (frame, fds) in frames {
                     let _ = router.handle(1, frame, fds);
