@@ -52,16 +52,7 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
                 "mid-stream" => 300,
                 _ => 0,
             };
-            let mut service = Proc::start(
-                &exe,
-                &broker.socket,
-                &Role::Serve {
-                    name: name.clone(),
-                    delay_us,
-                },
-                None,
-            )?;
-            service.expect("ready", 10 * SEC)?;
+            let mut service = Proc::serve(&exe, &broker.socket, &name, delay_us)?;
             let mut call = call_numbers(&conn, &name, u64::MAX, shm).map_err(|e| e.to_string())?;
             let rx = call.receiver().ok_or("no receiver")?;
             let read = match point {
@@ -92,16 +83,8 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
             }
         } else {
             // The consumer dies; the service process reports its error.
-            let service = Proc::start(
-                &exe,
-                &broker.socket,
-                &Role::Serve {
-                    name: name.clone(),
-                    delay_us: if point == "asleep waiting" { 3000 } else { 0 },
-                },
-                None,
-            )?;
-            service.expect("ready", 10 * SEC)?;
+            let delay_us = if point == "asleep waiting" { 3000 } else { 0 };
+            let service = Proc::serve(&exe, &broker.socket, &name, delay_us)?;
             let mut consumer = Proc::start(
                 &exe,
                 &broker.socket,

@@ -66,16 +66,8 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
     open(&broker.socket, 0o666).map_err(|e| e.to_string())?;
     let flood_exe = world_executable(broker.dir())?;
 
-    let service = Proc::start(
-        &exe,
-        &broker.socket,
-        &Role::Serve {
-            name: "victim".into(),
-            delay_us: 0,
-        },
-        None,
-    )?;
-    service.expect("ready", 10 * SEC)?;
+    // Held until the end: dropping a `Proc` kills it.
+    let _service = Proc::serve(&exe, &broker.socket, "victim", 0)?;
     let conn = Connection::connect(&broker.socket).map_err(|e| e.to_string())?;
     phase(&conn, o.calls.min(50))?; // warm-up
 

@@ -147,6 +147,18 @@ impl Proc {
         Ok(Proc { child, lines })
     }
 
+    /// Starts a [`Role::Serve`] service named `name` (this user) and waits
+    /// until it serves.
+    pub fn serve(exe: &Path, socket: &Path, name: &str, delay_us: u64) -> Result<Proc, String> {
+        let role = Role::Serve {
+            name: name.to_string(),
+            delay_us,
+        };
+        let service = Proc::start(exe, socket, &role, None)?;
+        service.expect("ready", Duration::from_secs(10))?;
+        Ok(service)
+    }
+
     /// Waits for the next line starting with `prefix` (others are skipped)
     /// and returns the rest of it.
     pub fn expect(&self, prefix: &str, timeout: Duration) -> Result<String, String> {

@@ -27,16 +27,7 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
     let mut legit = Vec::new();
     for i in 0..LEGIT {
         let name = format!("legit-{i}");
-        let service = Proc::start(
-            &exe,
-            &broker.socket,
-            &Role::Serve {
-                name: name.clone(),
-                delay_us: 0,
-            },
-            None,
-        )?;
-        service.expect("ready", 10 * SEC)?;
+        let service = Proc::serve(&exe, &broker.socket, &name, 0)?;
         let consumer = Proc::start(
             &exe,
             &broker.socket,
@@ -75,16 +66,7 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
         let name = format!("victim-{cycle}");
         let shm = rng.u64(..2) == 0;
         let delay_us = [0, 0, 300][rng.u64(..3) as usize];
-        let service = Proc::start(
-            &exe,
-            &broker.socket,
-            &Role::Serve {
-                name: name.clone(),
-                delay_us,
-            },
-            None,
-        )?;
-        service.expect("ready", 10 * SEC)?;
+        let service = Proc::serve(&exe, &broker.socket, &name, delay_us)?;
         let consumer = Proc::start(&exe, &broker.socket, &Role::Consume { name, shm }, None)?;
         consumer.expect("open", 10 * SEC)?;
         std::thread::sleep(Duration::from_millis(rng.u64(..50)));
