@@ -197,6 +197,17 @@ pub enum Readiness {
     TimedOut,
 }
 
+/// Reads what is pending on a socket without waiting (`MSG_DONTWAIT`),
+/// whatever the descriptor's blocking mode: `WouldBlock` when nothing is.
+pub fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
 /// Waits until `fd` is readable or hung up, or `timeout` passes (`None`: forever).
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Readiness> {
     wait_any(fd, false, timeout)

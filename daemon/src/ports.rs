@@ -40,6 +40,8 @@ struct PoolState {
     key: Option<(u32, u64)>,
     units: Vec<Unit>,
     last_take: Option<Instant>,
+    /// The filler is waiting on the condition variable.
+    filler_asleep: bool,
     stop: bool,
 }
 
@@ -55,7 +57,11 @@ pub struct Pool {
     shared: Arc<PoolShared>,
 }
 
-const POOL_TARGET: usize = 4;
+/// Rings kept ready.
+const POOL_TARGET: usize = 6;
+/// The filler is woken once the pool is down to this many, so that one
+/// wake-up makes several rings.
+const POOL_LOW: usize = 3;
 
 /// The guard, even if the other thread panicked holding the lock: the state
 /// is a list of descriptors and a few plain fields, valid at every step.
@@ -75,17 +81,27 @@ impl Pool {
         Pool { shared }
     }
 
+    /// A ready unit of this geometry, if any. Never wakes the filler: the
+    /// broker calls [`Pool::refill`] once it has sent what the call needed,
+    /// so the wake-up stays off the call path.
     fn take(&self, capacity: u32, hwm: u64) -> Option<Unit> {
-        let (lock, cv) = &*self.shared;
-        let mut st = relock(lock.lock());
+        let mut st = relock(self.shared.0.lock());
         if st.key != Some((capacity, hwm)) {
             st.key = Some((capacity, hwm));
             st.units.clear();
         }
         st.last_take = Some(Instant::now());
-        let unit = st.units.pop();
-        cv.notify_one();
-        unit
+        st.units.pop()
+    }
+
+    /// Wakes the filler if it sleeps and the pool runs low.
+    pub fn refill(&self) {
+        let (lock, cv) = &*self.shared;
+        let mut st = relock(lock.lock());
+        if st.filler_asleep && st.key.is_some() && st.units.len() <= POOL_LOW {
+            st.filler_asleep = false;
+            cv.notify_one();
+        }
     }
 }
 
@@ -118,9 +134,16 @@ fn fill(weak: Weak<PoolShared>) {
                 }
                 match st.key {
                     Some(k) if st.units.len() < POOL_TARGET => break k,
-                    Some(_) => st = relock(cv.wait_timeout(st, POOL_IDLE)).0,
-                    None => st = relock(cv.wait(st)),
+                    Some(_) => {
+                        st.filler_asleep = true;
+                        st = relock(cv.wait_timeout(st, POOL_IDLE)).0;
+                    }
+                    None => {
+                        st.filler_asleep = true;
+                        st = relock(cv.wait(st));
+                    }
                 }
+                st.filler_asleep = false;
             }
         };
         let made = (|| -> io::Result<Unit> {

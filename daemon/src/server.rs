@@ -195,6 +195,7 @@ impl Server {
             for conn in std::mem::take(&mut self.again) {
                 self.readable(conn);
             }
+            self.router.refill_pool();
             self.notifier.tick();
             let status = self.status_line();
             self.notifier.status(status);

@@ -7,7 +7,7 @@
 //! at once: no wait outlives the peer. The descriptor is pollable, so an event
 //! loop can watch it instead of sleeping here.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -105,8 +105,9 @@ pub(crate) struct Doorbell {
 }
 
 impl Doorbell {
+    /// Every read and write on the doorbell passes `MSG_DONTWAIT`, so the
+    /// descriptor's own blocking mode does not matter (and costs no syscall).
     pub(crate) fn new(sock: UnixStream) -> io::Result<Self> {
-        sock.set_nonblocking(true)?;
         Ok(Doorbell {
             sock,
             peer_closed: false,
@@ -146,7 +147,7 @@ impl Doorbell {
         let mut buf = [0u8; 256];
         // Bounded: a peer flooding the doorbell cannot keep us here.
         for _ in 0..16 {
-            match (&self.sock).read(&mut buf) {
+            match sys::recv_nowait(self.sock.as_fd(), &mut buf) {
                 Ok(0) => {
                     self.peer_closed = true;
                     return;

@@ -208,6 +208,12 @@ impl Router {
         self.limits = limits;
     }
 
+    /// Lets the ring pool make more rings if it runs low. Called once the
+    /// frames of a turn are sent, so that waking its thread never delays them.
+    pub fn refill_pool(&self) {
+        self.pool.refill();
+    }
+
     /// Live calls.
     pub fn live_calls(&self) -> usize {
         self.calls.len()
