@@ -240,6 +240,56 @@ pub fn wait_any(
     }
 }
 
+/// A one-shot readiness watch on one descriptor (an epoll instance with
+/// `EPOLLONESHOT`): each arming reports readability once, and a watch that
+/// is not armed wakes nobody. Arming when the descriptor is already
+/// readable reports at once, so no readiness is lost between a disarm and
+/// the next arm.
+pub struct Watch {
+    epoll: nix::sys::epoll::Epoll,
+    fd: OwnedFd,
+}
+
+impl Watch {
+    /// Watches a duplicate of `fd`, disarmed.
+    pub fn new(fd: BorrowedFd<'_>) -> io::Result<Watch> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let fd = fd.try_clone_to_owned()?;
+        epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLONESHOT, 0))?;
+        Ok(Watch { epoll, fd })
+    }
+
+    fn set(&self, flags: nix::sys::epoll::EpollFlags) -> io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        let mut event = EpollEvent::new(flags | EpollFlags::EPOLLONESHOT, 0);
+        Ok(self.epoll.modify(&self.fd, &mut event)?)
+    }
+
+    /// Reports the next readability (or hang-up) to [`Watch::wait`].
+    pub fn arm(&self) -> io::Result<()> {
+        self.set(nix::sys::epoll::EpollFlags::EPOLLIN)
+    }
+
+    /// Stops reporting until armed again.
+    pub fn disarm(&self) -> io::Result<()> {
+        self.set(nix::sys::epoll::EpollFlags::empty())
+    }
+
+    /// Sleeps until an armed watch fires; the watch is then disarmed.
+    pub fn wait(&self) -> io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        let mut events = [EpollEvent::empty()];
+        loop {
+            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// Moves the calling thread to the `SCHED_IDLE` class: it then runs only
 /// on CPU time nothing else wants.
 pub fn idle_priority_for_this_thread() -> io::Result<()> {

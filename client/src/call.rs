@@ -182,7 +182,7 @@ pub struct Call {
 impl Call {
     /// Waits for stream-open; false when the call answered without a stream.
     fn wait_open(&mut self) -> Result<bool> {
-        match self.events.recv() {
+        match self.shared.inner.wait_for(&self.events) {
             Ok(CallEvent::Open(open, fds)) => {
                 self.attach(open, fds)?;
                 Ok(true)
@@ -284,7 +284,7 @@ impl Call {
         if let Some(outcome) = self.outcome.take() {
             return outcome.map_err(Error::Remote);
         }
-        match self.events.recv() {
+        match self.shared.inner.wait_for(&self.events) {
             Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::Remote),
             Ok(CallEvent::Open(open, fds)) => {
                 drop(fds);
@@ -323,7 +323,7 @@ impl Service {
     /// Waits for the next call; `None` once the broker connection closed.
     pub fn next(&self) -> Result<Option<IncomingCall>> {
         loop {
-            let Ok(raw) = self.incoming.recv() else {
+            let Ok(raw) = self.conn.inner().wait_for(&self.incoming) else {
                 return Ok(None);
             };
             let (call, origin) = (raw.call, raw.origin.clone());

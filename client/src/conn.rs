@@ -1,8 +1,15 @@
-//! A connection to the broker: the handshake, a reader thread that routes
-//! incoming frames to the calls and services waiting for them, and a writer
-//! shared by every call and stream on the connection.
+//! A connection to the broker: the handshake, the routing of incoming frames
+//! to the calls and services waiting for them, and a writer shared by every
+//! call and stream on the connection.
+//!
+//! One thread at a time reads the socket. A thread waiting for its own reply
+//! (stream-open, result, incoming call) reads itself when nobody else does,
+//! routing whatever else arrives meanwhile; the connection's reader thread
+//! reads only while no thread waits, woken by a one-shot watch that is armed
+//! whenever the socket is free.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -43,6 +50,26 @@ pub(crate) struct IncomingRaw {
     pub origin: Arc<Inner>,
 }
 
+/// Whoever holds the frame reader is the one thread reading the broker
+/// socket, and routes every frame it reads. A thread waiting for its own
+/// reply takes it when free and reads for everyone meanwhile, so its reply
+/// needs no hand-over from the reader thread: one wake-up fewer on every
+/// call, stream-open and incoming call.
+struct ReadToken {
+    /// `None` while a thread reads.
+    reader: Option<FrameReader>,
+    /// The connection failed or ended: nobody reads it again.
+    dead: bool,
+}
+
+/// What a thread asking for the reader got.
+enum Lead {
+    Reader(FrameReader),
+    /// Another thread reads and will route this one's frames.
+    Busy,
+    Dead,
+}
+
 enum Reply {
     Ack,
     Refused(RemoteError),
@@ -53,6 +80,10 @@ enum Reply {
 /// State shared by the reader thread and every handle.
 pub(crate) struct Inner {
     writer: Mutex<UnixStream>,
+    /// The right to read the socket; see [`Inner::wait_for`].
+    token: Mutex<ReadToken>,
+    /// Wakes the reader thread when input waits and nobody else reads.
+    watch: sys::Watch,
     calls: Mutex<HashMap<CallId, mpsc::Sender<CallEvent>>>,
     requests: Mutex<HashMap<RequestId, mpsc::Sender<Reply>>>,
     services: Mutex<HashMap<String, mpsc::Sender<IncomingRaw>>>,
@@ -152,14 +183,14 @@ impl Connection {
     /// with [`Error::BrokerGone`].
     pub fn connect_with(path: impl AsRef<Path>, options: ConnectOptions) -> Result<Self> {
         let path = path.as_ref();
-        let (inner, reader) = establish(path, &options)?;
+        let inner = establish(path, &options)?;
         let shared = Arc::new(Shared {
             current: Mutex::new(inner.clone()),
             path: path.to_path_buf(),
             options,
             registrations: Mutex::default(),
         });
-        spawn_reader(inner, reader, Arc::downgrade(&shared))?;
+        spawn_reader(inner, Arc::downgrade(&shared))?;
         Ok(Connection { shared })
     }
 
@@ -301,7 +332,7 @@ impl Inner {
         self.served.lock().unwrap().remove(&call);
     }
 
-    fn request(&self, make: impl FnOnce(RequestId) -> Frame) -> Result<Reply> {
+    fn request(self: &Arc<Self>, make: impl FnOnce(RequestId) -> Frame) -> Result<Reply> {
         let id = self.next_id();
         let (tx, rx) = mpsc::channel();
         self.requests.lock().unwrap().insert(id, tx);
@@ -312,7 +343,122 @@ impl Inner {
             self.requests.lock().unwrap().remove(&id);
             return Err(e);
         }
-        rx.recv().map_err(|_| Error::BrokerGone)
+        self.wait_for(&rx).map_err(|_| Error::BrokerGone)
+    }
+
+    /// Waits for what the broker sends to `rx`. When no other thread reads
+    /// the socket, this one does (routing whatever else arrives meanwhile)
+    /// until its own reply is in; else the reader reads and hands it over.
+    pub(crate) fn wait_for<T>(
+        self: &Arc<Self>,
+        rx: &mpsc::Receiver<T>,
+    ) -> std::result::Result<T, mpsc::RecvError> {
+        let take = |rx: &mpsc::Receiver<T>| match rx.try_recv() {
+            Ok(v) => Some(Ok(v)),
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(mpsc::RecvError)),
+            Err(mpsc::TryRecvError::Empty) => None,
+        };
+        if let Some(r) = take(rx) {
+            return r;
+        }
+        let mut reader = match self.take_token() {
+            Lead::Reader(r) => r,
+            Lead::Busy | Lead::Dead => return rx.recv(),
+        };
+        let mut alive = true;
+        let got = loop {
+            if let Some(r) = take(rx) {
+                break Some(r);
+            }
+            match reader.next_frame(true) {
+                Ok(Next::Frame(frame, fds)) => {
+                    self.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
+                    if self.dispatch(frame, fds).is_err() {
+                        alive = false;
+                        break None;
+                    }
+                }
+                Ok(Next::WouldBlock) => {}
+                Ok(Next::End) | Err(_) => {
+                    alive = false;
+                    break None;
+                }
+            }
+        };
+        // Whole frames already read go out now: nothing would wake the
+        // reader thread for them.
+        alive = alive && self.drain(&mut reader);
+        self.put_token(reader, alive);
+        match got {
+            Some(r) => r,
+            // The connection ended; the reader thread's clean-up ends the wait.
+            None => rx.recv(),
+        }
+    }
+
+    /// Takes the reader if it is free, and stops the reader thread's watch.
+    fn take_token(&self) -> Lead {
+        let mut t = self.token.lock().unwrap();
+        if t.dead {
+            return Lead::Dead;
+        }
+        match t.reader.take() {
+            Some(r) => {
+                // Harmless if it fails: the reader thread, woken, finds the
+                // reader taken and waits again.
+                let _ = self.watch.disarm();
+                Lead::Reader(r)
+            }
+            None => Lead::Busy,
+        }
+    }
+
+    /// Hands the reader back and arms the reader thread's watch, which fires
+    /// at once when input is already waiting. A failed connection is shut
+    /// down first, so the reader thread wakes to its end and cleans up.
+    fn put_token(&self, reader: FrameReader, alive: bool) {
+        let mut t = self.token.lock().unwrap();
+        if !alive {
+            t.dead = true;
+            let _ = reader.sock.shutdown(Shutdown::Both);
+        }
+        t.reader = Some(reader);
+        if self.watch.arm().is_err() {
+            // Nothing could wake the reader thread: end the connection here.
+            t.dead = true;
+            drop(t);
+            self.close_all();
+        }
+    }
+
+    /// Routes every frame readable without waiting; false once the
+    /// connection failed or ended.
+    fn drain(self: &Arc<Self>, reader: &mut FrameReader) -> bool {
+        loop {
+            match reader.next_frame(false) {
+                Ok(Next::Frame(frame, fds)) => {
+                    self.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
+                    if self.dispatch(frame, fds).is_err() {
+                        return false;
+                    }
+                }
+                Ok(Next::WouldBlock) => return true,
+                Ok(Next::End) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// Marks the connection closed and wakes every waiter with a disconnect.
+    fn close_all(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.token.lock().unwrap().dead = true;
+        // Dropping the senders wakes every waiter with a disconnect.
+        self.calls.lock().unwrap().clear();
+        self.requests.lock().unwrap().clear();
+        self.services.lock().unwrap().clear();
+        self.monitor.lock().unwrap().take();
+        // Calls being served keep streaming: their ports do not need the
+        // broker, and a caller that dies still closes its port, which ends them.
     }
 
     fn dispatch(self: &Arc<Self>, frame: Frame, fds: Vec<OwnedFd>) -> Result<(), String> {
@@ -393,11 +539,12 @@ impl Inner {
     }
 }
 
-fn spawn_reader(inner: Arc<Inner>, reader: FrameReader, shared: Weak<Shared>) -> Result<()> {
+fn spawn_reader(inner: Arc<Inner>, shared: Weak<Shared>) -> Result<()> {
+    inner.watch.arm()?;
     thread::Builder::new()
         .name("shmbus-reader".into())
         .spawn(move || {
-            read_loop(inner, reader);
+            read_loop(inner);
             reconnect(shared);
         })?;
     Ok(())
@@ -413,7 +560,7 @@ fn reconnect(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let Ok((inner, reader)) = establish(&shared.path, &shared.options) else {
+        let Ok(inner) = establish(&shared.path, &shared.options) else {
             continue;
         };
         let registrations = shared.registrations.lock().unwrap().clone();
@@ -424,7 +571,7 @@ fn reconnect(shared: Weak<Shared>) {
                 .unwrap()
                 .insert(name.clone(), tx.clone());
         }
-        if spawn_reader(inner.clone(), reader, Arc::downgrade(&shared)).is_err() {
+        if spawn_reader(inner.clone(), Arc::downgrade(&shared)).is_err() {
             continue;
         }
         for (name, methods, _) in registrations {
@@ -439,8 +586,8 @@ fn reconnect(shared: Weak<Shared>) {
     }
 }
 
-/// Connects and completes the handshake; the reader is not started yet.
-fn establish(path: &Path, options: &ConnectOptions) -> Result<(Arc<Inner>, FrameReader)> {
+/// Connects and completes the handshake; the reader thread is not started yet.
+fn establish(path: &Path, options: &ConnectOptions) -> Result<Arc<Inner>> {
     let sock = UnixStream::connect(path).map_err(|source| Error::BrokerUnreachable {
         path: path.display().to_string(),
         source,
@@ -479,8 +626,14 @@ fn establish(path: &Path, options: &ConnectOptions) -> Result<(Arc<Inner>, Frame
         None => return Err(Error::BrokerGone),
     };
     reader.max_frame = max_frame;
+    let watch = sys::Watch::new(sock.as_fd())?;
     let inner = Arc::new(Inner {
         writer: Mutex::new(sock),
+        token: Mutex::new(ReadToken {
+            reader: Some(reader),
+            dead: false,
+        }),
+        watch,
         calls: Mutex::default(),
         requests: Mutex::default(),
         services: Mutex::default(),
@@ -493,24 +646,24 @@ fn establish(path: &Path, options: &ConnectOptions) -> Result<(Arc<Inner>, Frame
         caps,
         max_frame,
     });
-    Ok((inner, reader))
+    Ok(inner)
 }
 
-fn read_loop(inner: Arc<Inner>, mut reader: FrameReader) {
-    while let Ok(Some((frame, fds))) = reader.next() {
-        inner.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
-        if inner.dispatch(frame, fds).is_err() {
+/// The reader thread: routes what arrives while no other thread reads.
+fn read_loop(inner: Arc<Inner>) {
+    while inner.watch.wait().is_ok() {
+        let mut reader = match inner.take_token() {
+            Lead::Reader(r) => r,
+            // A waiting thread reads now; it arms the watch when done.
+            Lead::Busy => continue,
+            Lead::Dead => break,
+        };
+        if !inner.drain(&mut reader) {
             break;
         }
+        inner.put_token(reader, true);
     }
-    inner.closed.store(true, Ordering::Release);
-    // Dropping the senders wakes every waiter with a disconnect.
-    inner.calls.lock().unwrap().clear();
-    inner.requests.lock().unwrap().clear();
-    inner.services.lock().unwrap().clear();
-    inner.monitor.lock().unwrap().take();
-    // Calls being served keep streaming: their ports do not need the broker,
-    // and a caller that dies still closes its port, which ends them.
+    inner.close_all();
 }
 
 fn write_frame(sock: &UnixStream, frame: &Frame) -> Result<()> {
@@ -555,6 +708,15 @@ impl FrameReader {
 
     /// The next frame, or `None` at a clean end of stream.
     pub(crate) fn next(&mut self) -> Result<Option<(Frame, Vec<OwnedFd>)>> {
+        match self.next_frame(true)? {
+            Next::Frame(frame, fds) => Ok(Some((frame, fds))),
+            Next::End | Next::WouldBlock => Ok(None),
+        }
+    }
+
+    /// The next frame. Without `block`, [`Next::WouldBlock`] once neither
+    /// the buffer nor the socket holds a whole frame.
+    pub(crate) fn next_frame(&mut self, block: bool) -> Result<Next> {
         loop {
             let pending = &self.buf[self.start..self.filled];
             match frame::split_frame(pending, self.max_frame) {
@@ -570,7 +732,7 @@ impl FrameReader {
                     let frame = frame::decode(&pending[body.clone()], n)
                         .map_err(|e| Error::Protocol(e.to_string()))?;
                     self.start += body.end;
-                    return Ok(Some((frame, fds)));
+                    return Ok(Next::Frame(frame, fds));
                 }
                 Ok(None) => {}
             }
@@ -599,6 +761,9 @@ impl FrameReader {
                 match got {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if !block {
+                            return Ok(Next::WouldBlock);
+                        }
                         sys::wait_readable(self.sock.as_fd(), None)?;
                     }
                     Err(e) => return Err(e.into()),
@@ -607,8 +772,18 @@ impl FrameReader {
             self.filled = old + n;
             self.bytes_read += n as u64;
             if n == 0 {
-                return Ok(None);
+                return Ok(Next::End);
             }
         }
     }
+}
+
+/// What [`FrameReader::next_frame`] found.
+pub(crate) enum Next {
+    /// A whole frame and its descriptors.
+    Frame(Frame, Vec<OwnedFd>),
+    /// Nothing more without waiting.
+    WouldBlock,
+    /// The broker closed the connection.
+    End,
 }

@@ -631,3 +631,72 @@ fn pollable_descriptors_wake_an_event_loop(t: Transport) {
     while rx.recv_bytes().unwrap().is_some() {}
     call.finish().unwrap();
 }
+
+/// One connection both serves and calls, from several threads at once: the
+/// thread waiting in `next` reads the socket for every other waiter (their
+/// stream-opens and results), and hands the reading over when it returns.
+#[test]
+fn a_connection_serving_and_calling_from_many_threads() {
+    let broker = Broker::start();
+    let _peer = Peer::serve(&broker, &["numbers", "nums"]);
+    let conn = broker.connect();
+    let service = conn
+        .register(
+            "squares",
+            &[shmbus_client::MethodSpec::new("square", StreamMode::Unary)],
+        )
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let mut served = 0u64;
+        while let Some(call) = service.next().unwrap() {
+            let n: u64 = call.args_typed().unwrap();
+            call.reply((n * n).to_le_bytes().to_vec()).unwrap();
+            served += 1;
+            if served == 4 * 40 {
+                break;
+            }
+        }
+        served
+    });
+    let workers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                for i in 0..40u64 {
+                    let n = w * 1000 + i;
+                    let got = conn
+                        .call("squares", "square")
+                        .args_typed(&n)
+                        .unwrap()
+                        .unary()
+                        .unwrap();
+                    assert_eq!(got, (n * n).to_le_bytes());
+                    let mut call = conn
+                        .call("nums", "numbers")
+                        .mode(StreamMode::Download)
+                        .args_typed(&(i + 1))
+                        .unwrap()
+                        .transport(if i % 2 == 0 {
+                            TransportPreference::SharedMemory
+                        } else {
+                            TransportPreference::Socket
+                        })
+                        .start()
+                        .unwrap();
+                    let rx = call.receiver().unwrap();
+                    let mut next = 0;
+                    while let Some(v) = rx.recv::<u64>().unwrap() {
+                        assert_eq!(v, next);
+                        next += 1;
+                    }
+                    assert_eq!(next, i + 1);
+                    call.finish().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(server.join().unwrap(), 160);
+}
