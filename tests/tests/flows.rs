@@ -493,12 +493,7 @@ fn many_concurrent_streams_share_one_connection() {
                     .transport(t)
                     .start()
                     .unwrap();
-                let rx = call.receiver().unwrap();
-                let mut next = 0;
-                while let Some(v) = rx.recv::<u64>().unwrap() {
-                    assert_eq!(v, next);
-                    next += 1;
-                }
+                let next = count_in_order(call.receiver().unwrap());
                 call.finish().unwrap();
                 next
             })
@@ -507,6 +502,16 @@ fn many_concurrent_streams_share_one_connection() {
     for (i, w) in workers.into_iter().enumerate() {
         assert_eq!(w.join().unwrap(), 5000 + i as u64);
     }
+}
+
+/// Receives `0, 1, 2, …` to the end of the stream; returns how many.
+fn count_in_order(rx: &mut shmbus_client::Receiver) -> u64 {
+    let mut next = 0;
+    while let Some(v) = rx.recv::<u64>().unwrap() {
+        assert_eq!(v, next);
+        next += 1;
+    }
+    next
 }
 
 /// CPU time (user + system, in clock ticks) a process has used.
@@ -683,13 +688,7 @@ fn a_connection_serving_and_calling_from_many_threads() {
                         })
                         .start()
                         .unwrap();
-                    let rx = call.receiver().unwrap();
-                    let mut next = 0;
-                    while let Some(v) = rx.recv::<u64>().unwrap() {
-                        assert_eq!(v, next);
-                        next += 1;
-                    }
-                    assert_eq!(next, i + 1);
+                    assert_eq!(count_in_order(call.receiver().unwrap()), i + 1);
                     call.finish().unwrap();
                 }
             })
