@@ -475,6 +475,11 @@ impl IncomingCall {
     }
 
     fn answer(&mut self, outcome: std::result::Result<Vec<u8>, RemoteError>) -> Result<()> {
+        let inner = self.shared.inner.clone();
+        inner.corked(|| self.answer_now(outcome))
+    }
+
+    fn answer_now(&mut self, outcome: std::result::Result<Vec<u8>, RemoteError>) -> Result<()> {
         self.answered = true;
         let mut outcome = outcome;
         if let Some(tx) = self.sender.as_mut() {

@@ -80,6 +80,8 @@ enum Reply {
 /// State shared by the reader thread and every handle.
 pub(crate) struct Inner {
     writer: Mutex<UnixStream>,
+    /// Frames held back by one thread until it flushes them in one write.
+    corked: Mutex<Option<(thread::ThreadId, Vec<u8>)>>,
     /// The right to read the socket; see [`Inner::wait_for`].
     token: Mutex<ReadToken>,
     /// Wakes the reader thread when input waits and nobody else reads.
@@ -300,11 +302,46 @@ impl Inner {
                 self.max_frame
             )));
         }
+        if let Some((by, held)) = self.corked.lock().unwrap().as_mut() {
+            if *by == thread::current().id() {
+                held.extend_from_slice(&buf);
+                return Ok(());
+            }
+        }
+        self.write(&buf)
+    }
+
+    fn write(&self, buf: &[u8]) -> Result<()> {
         let w = self.writer.lock().unwrap();
-        write_bytes(&w, &buf).map_err(|e| match e {
+        write_bytes(&w, buf).map_err(|e| match e {
             Error::Io(_) => Error::BrokerGone,
             other => other,
         })
+    }
+
+    /// Runs `f` with this thread's frames held back, then writes them all at
+    /// once: the broker wakes once for, say, a stream's close report and the
+    /// call's result. Without effect while another thread holds its own.
+    pub(crate) fn corked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mine = {
+            let mut c = self.corked.lock().unwrap();
+            let free = c.is_none();
+            if free {
+                *c = Some((thread::current().id(), Vec::new()));
+            }
+            free
+        };
+        let r = f();
+        if !mine {
+            return r;
+        }
+        let held = self.corked.lock().unwrap().take();
+        let flushed = match held {
+            Some((_, buf)) if !buf.is_empty() => self.write(&buf),
+            _ => Ok(()),
+        };
+        let v = r?;
+        flushed.map(|()| v)
     }
 
     /// Registers a waiter for a call's events.
@@ -629,6 +666,7 @@ fn establish(path: &Path, options: &ConnectOptions) -> Result<Arc<Inner>> {
     let watch = sys::Watch::new(sock.as_fd())?;
     let inner = Arc::new(Inner {
         writer: Mutex::new(sock),
+        corked: Mutex::new(None),
         token: Mutex::new(ReadToken {
             reader: Some(reader),
             dead: false,

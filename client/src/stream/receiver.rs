@@ -67,8 +67,9 @@ impl Receiver {
             progress: Progress::new(conn, stream),
             scratch: Vec::new(),
             // No report yet: it would wake the broker while both peers race
-            // to the first item. The first one goes once that item was handed
-            // out, or with the close.
+            // to the first item. The first one goes when the receiver is
+            // about to wait after its first item; a stream that ends first
+            // is reported by its sender alone.
             announced: false,
         }
     }
@@ -130,10 +131,15 @@ impl Receiver {
     fn finish_with(&mut self, how: Finished, cause: CloseCause) {
         self.port = None;
         self.holding = false;
+        // A normal end needs no report of a receiver that never made one:
+        // the sender's own close report carries the state and byte count.
+        let quiet = matches!(how, Finished::End) && !self.announced;
         self.finished = Some(how);
         let _ = self.life.apply(StreamEvent::Close(cause));
         let _ = self.life.apply(StreamEvent::Cleanup);
-        self.report();
+        if !quiet {
+            self.report();
+        }
     }
 
     fn release_held(&mut self) -> Result<()> {
@@ -169,9 +175,6 @@ impl Receiver {
     /// Advances to the next item and holds it; `Ok(false)` at stream-end.
     fn advance(&mut self, block: bool) -> Result<Option<bool>> {
         self.release_held()?;
-        if !self.announced && self.progress.items > 0 && self.port.is_some() {
-            self.report();
-        }
         if let Some(f) = &self.finished {
             return match f {
                 Finished::End => Ok(Some(false)),
@@ -179,7 +182,16 @@ impl Receiver {
             };
         }
         let port = self.port.as_mut().ok_or(Error::Closed)?;
-        match port.next(block) {
+        let mut next = port.next(false);
+        if block && matches!(next, Ok(None)) {
+            if !self.announced && self.progress.items > 0 {
+                self.report();
+            }
+            let port = self.port.as_mut().ok_or(Error::Closed)?;
+            next = port.next(true);
+        }
+        let port = self.port.as_mut().ok_or(Error::Closed)?;
+        match next {
             Ok(None) => Ok(None),
             Ok(Some(RxEvent::Item)) => {
                 self.holding = true;
