@@ -423,8 +423,9 @@ impl Inner {
             }
         };
         // Whole frames already read go out now: nothing would wake the
-        // reader thread for them.
-        alive = alive && self.drain(&mut reader);
+        // reader thread for them. What is still in the socket fires the
+        // watch as soon as it is armed.
+        alive = alive && self.drain_buffered(&mut reader);
         self.put_token(reader, alive);
         match got {
             Some(r) => r,
@@ -481,6 +482,22 @@ impl Inner {
                 }
                 Ok(Next::WouldBlock) => return true,
                 Ok(Next::End) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// Routes the whole frames already read into the reader's buffer; false
+    /// once the connection failed.
+    fn drain_buffered(self: &Arc<Self>, reader: &mut FrameReader) -> bool {
+        loop {
+            match reader.buffered_frame() {
+                Ok(Some((frame, fds))) => {
+                    if self.dispatch(frame, fds).is_err() {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
             }
         }
     }
@@ -756,23 +773,8 @@ impl FrameReader {
     /// the buffer nor the socket holds a whole frame.
     pub(crate) fn next_frame(&mut self, block: bool) -> Result<Next> {
         loop {
-            let pending = &self.buf[self.start..self.filled];
-            match frame::split_frame(pending, self.max_frame) {
-                Err(e) => return Err(Error::Protocol(e.to_string())),
-                Ok(Some((header, body))) => {
-                    let n = header.fds as usize;
-                    if self.fds.len() < n {
-                        return Err(Error::Protocol(
-                            "frame arrived without its descriptors".into(),
-                        ));
-                    }
-                    let fds: Vec<OwnedFd> = self.fds.drain(..n).collect();
-                    let frame = frame::decode(&pending[body.clone()], n)
-                        .map_err(|e| Error::Protocol(e.to_string()))?;
-                    self.start += body.end;
-                    return Ok(Next::Frame(frame, fds));
-                }
-                Ok(None) => {}
+            if let Some((frame, fds)) = self.buffered_frame()? {
+                return Ok(Next::Frame(frame, fds));
             }
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.filled, 0);
@@ -813,6 +815,29 @@ impl FrameReader {
                 return Ok(Next::End);
             }
         }
+    }
+}
+
+impl FrameReader {
+    /// The next whole frame already in the buffer, without reading.
+    fn buffered_frame(&mut self) -> Result<Option<(Frame, Vec<OwnedFd>)>> {
+        let pending = &self.buf[self.start..self.filled];
+        let Some((header, body)) = frame::split_frame(pending, self.max_frame)
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let n = header.fds as usize;
+        if self.fds.len() < n {
+            return Err(Error::Protocol(
+                "frame arrived without its descriptors".into(),
+            ));
+        }
+        let fds: Vec<OwnedFd> = self.fds.drain(..n).collect();
+        let frame =
+            frame::decode(&pending[body.clone()], n).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.start += body.end;
+        Ok(Some((frame, fds)))
     }
 }
 
