@@ -30,6 +30,15 @@ fn activated_listener() -> Result<Option<mio::net::UnixListener>, String> {
 }
 
 /// Binds the configured socket and applies its mode and group.
+fn early_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    set
+}
+
 fn own_listener(settings: &Settings) -> Result<mio::net::UnixListener, String> {
     let path = &settings.socket;
     let at = |e: &dyn std::fmt::Display| format!("cannot listen on {}: {e}", path.display());
@@ -65,6 +74,12 @@ fn main() -> ExitCode {
         eprintln!("shmbusd: {e}");
         return ExitCode::FAILURE;
     }
+    // Stop and reload signals stay pending until their handlers are in
+    // place: a SIGTERM right after the socket appears then stops the broker
+    // cleanly instead of killing it. Threads started meanwhile keep them
+    // blocked, so they always reach the main thread.
+    let early = early_signals();
+    let _ = early.thread_block();
     let (listener, owned_path) = match activated_listener() {
         Ok(Some(l)) => {
             info!("using the socket passed by the service manager");
@@ -93,6 +108,7 @@ fn main() -> ExitCode {
         eprintln!("shmbusd: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    let _ = early.thread_unblock();
     server.set_reloader(settings, Box::new(move || args.settings()), log);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
