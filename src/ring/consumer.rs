@@ -87,6 +87,14 @@ impl RingConsumer {
         Ok(())
     }
 
+    /// True when the producer published a record not yet read.
+    pub fn has_published(&mut self) -> Result<bool, RingError> {
+        if self.read_pos == self.write_pos_cache {
+            self.refresh_write_pos()?;
+        }
+        Ok(self.read_pos != self.write_pos_cache)
+    }
+
     /// The next record, validated, or `None` when nothing is published yet.
     /// Records must be released in the order they were returned.
     pub fn try_next(&mut self) -> Result<Option<Record>, RingError> {

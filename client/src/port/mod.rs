@@ -262,6 +262,15 @@ impl TxPort {
 }
 
 impl RxPort {
+    /// True when an item or the stream's end is known to be in already
+    /// (no syscall; false when that takes one to tell).
+    pub(crate) fn has_pending(&mut self) -> bool {
+        match self {
+            RxPort::Shm(p) => p.has_pending(),
+            RxPort::Socket(p) => p.has_pending(),
+        }
+    }
+
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         match self {
             RxPort::Shm(p) => p.next(block),

@@ -349,6 +349,11 @@ pub(crate) struct SockRx {
 }
 
 impl SockRx {
+    /// True when received bytes wait in the buffer.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.batch.is_some() || self.start < self.end
+    }
+
     pub(crate) fn open(
         link: OwnedFd,
         geometry: SocketGeometry,

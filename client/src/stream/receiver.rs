@@ -67,8 +67,8 @@ impl Receiver {
             progress: Progress::new(conn, stream),
             scratch: Vec::new(),
             // No report yet: it would wake the broker while both peers race
-            // to the first item. The first one goes when the receiver is
-            // about to wait after its first item; a stream that ends first
+            // to the first item. The first one goes once that item was handed
+            // out and nothing more is in; a stream whose end is in by then
             // is reported by its sender alone.
             announced: false,
         }
@@ -182,16 +182,13 @@ impl Receiver {
             };
         }
         let port = self.port.as_mut().ok_or(Error::Closed)?;
-        let mut next = port.next(false);
-        if block && matches!(next, Ok(None)) {
-            if !self.announced && self.progress.items > 0 {
-                self.report();
-            }
-            let port = self.port.as_mut().ok_or(Error::Closed)?;
-            next = port.next(true);
+        // Announced once an item was handed out and the next is not there
+        // yet; a stream whose end is already in needs no announcement.
+        if !self.announced && self.progress.items > 0 && !port.has_pending() {
+            self.report();
         }
         let port = self.port.as_mut().ok_or(Error::Closed)?;
-        match next {
+        match port.next(block) {
             Ok(None) => Ok(None),
             Ok(Some(RxEvent::Item)) => {
                 self.holding = true;
