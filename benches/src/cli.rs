@@ -61,6 +61,11 @@ pub struct Cli {
     /// half of it) [default: 1M].
     #[arg(long, value_name = "SIZE", value_parser = parse_ring)]
     pub ring: Option<u32>,
+    /// setup: microseconds of pause before each call (and each baseline
+    /// connection), so that calls start from idle CPUs [default: 0,
+    /// back to back].
+    #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub gap: Option<u32>,
     /// crash: kill trials [default: 1000, --quick: 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub trials: Option<u32>,
@@ -147,6 +152,8 @@ pub struct Options {
     pub faults: Vec<crate::faults::Fault>,
     pub fault: crate::faults::FaultOptions,
     pub fanout_ring: u32,
+    /// setup: pause before each call, in nanoseconds.
+    pub setup_gap_ns: u64,
 }
 
 impl Options {
@@ -206,6 +213,7 @@ impl Options {
                 .map_or(if cli.quick { 2 } else { 5 }, |r| r as usize),
             faults: cli.scenario.iter().filter_map(|s| s.fault()).collect(),
             fanout_ring: cli.ring.unwrap_or(crate::scenarios::fanout::RING),
+            setup_gap_ns: cli.gap.map_or(0, |us| u64::from(us) * 1000),
             fault: crate::faults::FaultOptions {
                 trials: cli
                     .trials

@@ -161,6 +161,9 @@ pub struct Job {
     pub service: String,
     /// The broker's process, for CPU and memory figures.
     pub broker_pid: Option<u32>,
+    /// Setup: pause before each call or connection, in nanoseconds.
+    #[serde(default)]
+    pub gap_ns: u64,
 }
 
 /// What a peer measured. Absent fields do not apply to the job.

@@ -97,3 +97,37 @@ fn fault_scenarios_run_their_checks() {
         );
     }
 }
+
+/// Setup with a pause before each call: every transport measures calls and
+/// the table says the pause was there.
+#[test]
+fn setup_with_a_gap_between_calls() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shmbus-bench"))
+        .args([
+            "--quick",
+            "--scenario",
+            "setup",
+            "--gap",
+            "200",
+            "--repeat",
+            "1",
+        ])
+        .output()
+        .expect("run shmbus-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("a pause of 200 µs"), "{stdout}");
+    for transport in ["shm", "socket", "uds"] {
+        let measured = stdout.lines().any(|l| {
+            let mut cells = l.split_whitespace().skip_while(|c| *c == "1" || *c == "B");
+            cells.next() == Some(transport)
+                && cells.next().is_some_and(|c| c.parse::<f64>().is_ok())
+        });
+        assert!(measured, "no measured row for {transport}:\n{stdout}");
+    }
+}

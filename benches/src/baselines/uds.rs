@@ -88,6 +88,9 @@ pub fn connect_loop(job: &Job, listener: OwnedFd) -> io::Result<Outcome> {
     let (warm, end) = (begin + job.duration_ns / 10, begin + job.duration_ns);
     let mut i = 0u64;
     loop {
+        if job.gap_ns > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(job.gap_ns));
+        }
         let ping = [ping_byte(i)];
         let t0 = Instant::now();
         let mut s = UnixStream::connect(&path)?;

@@ -228,6 +228,9 @@ fn setup(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
     let (warm, end) = (begin + job.duration_ns / 10, begin + job.duration_ns);
     let mut calls = 0u64;
     loop {
+        if job.gap_ns > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(job.gap_ns));
+        }
         let t0 = Instant::now();
         let mut call = start(conn, job, method::FIRST, StreamMode::Download)?;
         let rx = call.receiver().ok_or("no receiver")?;

@@ -106,6 +106,7 @@ pub fn job(ctx: &Context, o: &Options, scenario: Scenario, transport: Transport)
         start_at: 0,
         service: ctx.service.clone(),
         broker_pid: ctx.broker_pid,
+        gap_ns: 0,
     }
 }
 

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{job, median_u64, put, values, Context, Group, Spec, Variant};
 use crate::cli::Options;
-use crate::job::{Outcome, Scenario, Transport};
+use crate::job::{Job, Outcome, Scenario, Transport};
 use crate::report::{count, median, range};
 
 /// The setup scenario.
@@ -26,7 +26,10 @@ impl Spec for Setup {
             .filter(|&t| o.has(t))
             .map(|t| Variant {
                 transport: t,
-                job: job(ctx, o, Scenario::Setup, t),
+                job: Job {
+                    gap_ns: o.setup_gap_ns,
+                    ..job(ctx, o, Scenario::Setup, t)
+                },
             })
             .collect();
         vec![Group {
@@ -35,12 +38,19 @@ impl Spec for Setup {
         }]
     }
 
-    fn notes(&self, _o: &Options) -> Vec<String> {
-        vec![
-            "shm, socket: Connection::call(...).start() on an open broker connection until the first (1-byte) item is received; default ring and credit".into(),
+    fn notes(&self, o: &Options) -> Vec<String> {
+        let mut notes = vec![
+            "shm, socket: Connection::call(...).start() on an open broker connection until the first (1-byte) item is received; default ring and credit".to_string(),
             "uds: connect(2) to a listener in another process + 1-byte ping + 1-byte pong, a new connection each time".into(),
             "ratios compare p50 (below 1: shmbus is faster)".into(),
-        ]
+        ];
+        if o.setup_gap_ns > 0 {
+            notes.push(format!(
+                "a pause of {} µs before each call and each uds connection (--gap): every call starts from idle, possibly halted, CPUs",
+                o.setup_gap_ns / 1000
+            ));
+        }
+        notes
     }
 
     fn columns(&self) -> Vec<(&'static str, usize)> {
