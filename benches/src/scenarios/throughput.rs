@@ -16,10 +16,16 @@ use crate::report::{count, range};
 /// The bare ring's data bytes.
 pub const BARE_RING: u32 = 4 << 20;
 
-/// shmbus's ring for a write size: 4 MiB, or four writes' worth when larger
-/// (a record carries at most half a ring, a charge at most half the mark).
+/// shmbus's ring for a write size: 4 MiB, or eight writes' worth up to
+/// 1 MiB writes, four beyond (a record carries at most half a ring, a charge
+/// at most half the mark). With bytes credit of half the ring, a write up to
+/// 1 MiB is then at most a quarter of the credit: the receiver's re-grant,
+/// once less than half the mark is outstanding, overlaps the sender's next
+/// writes instead of waiting for the last byte in flight. A 1 MiB write
+/// then has 4 MiB in flight, as many as the bare ring holds.
 pub fn ring_for(size: usize) -> u32 {
-    (size * 4).next_power_of_two().max(4 << 20) as u32
+    let writes = if size <= 1 << 20 { 8 } else { 4 };
+    (size * writes).next_power_of_two().max(4 << 20) as u32
 }
 
 /// Items credit for typed items of `size` bytes: half a ring of records.
