@@ -331,11 +331,29 @@ impl Inner {
             }
             free
         };
-        let r = f();
         if !mine {
-            return r;
+            return f();
         }
+        // Uncorks even if `f` panics, sending what it held: the thread's
+        // later frames must not stay held.
+        struct Uncork<'a>(&'a Inner);
+        impl Drop for Uncork<'_> {
+            fn drop(&mut self) {
+                let held = self
+                    .0
+                    .corked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                if let Some((_, buf)) = held.filter(|(_, b)| !b.is_empty()) {
+                    let _ = self.0.write(&buf);
+                }
+            }
+        }
+        let guard = Uncork(self);
+        let r = f();
         let held = self.corked.lock().unwrap().take();
+        drop(guard);
         let flushed = match held {
             Some((_, buf)) if !buf.is_empty() => self.write(&buf),
             _ => Ok(()),

@@ -171,6 +171,21 @@ fn hostile_write_position_is_a_violation() {
 }
 
 #[test]
+fn has_published_sees_records_without_reading_them_and_refuses_hostile_positions() {
+    let (mut p, mut c, f) = pair(4096, CreditSpec::items(8));
+    assert!(!c.has_published().unwrap());
+    send(&mut p, b"one", 1).unwrap();
+    assert!(c.has_published().unwrap());
+    // Looking twice reads nothing: the record is still next.
+    assert!(c.has_published().unwrap());
+    let rec = c.try_next().unwrap().expect("the record");
+    assert_eq!(c.data(&rec), b"one");
+    assert!(!c.has_published().unwrap());
+    poke_u64(&f, OFF_WRITE_POS, 17);
+    assert!(matches!(c.has_published(), Err(RingError::Violation(_))));
+}
+
+#[test]
 fn hostile_record_lengths_never_read_out_of_bounds() {
     let (_p, mut c, f) = pair(4096, CreditSpec::bytes(1 << 20));
     // A record at offset 0 claiming 1 MiB, with 32 bytes published.
