@@ -91,17 +91,8 @@ pub(crate) fn spin<T, E>(
         round += 1;
         if round.is_multiple_of(16) {
             let since = *start.get_or_insert_with(Instant::now);
-            let spent = since.elapsed();
-            if spent >= policy.spin {
+            if since.elapsed() >= policy.spin {
                 return Ok(None);
-            }
-            // A long wait may mean the peer waits for this very CPU (the
-            // scheduler often queues two communicating processes on one):
-            // let it run. With nothing else runnable here this returns at
-            // once. Short waits, the common case while streaming, never
-            // get here.
-            if spent >= policy.spin / 4 {
-                std::thread::yield_now();
             }
         }
     }
