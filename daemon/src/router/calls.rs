@@ -142,6 +142,9 @@ impl Router {
             },
             fds,
         });
+        // Only now the caller's stream-open: a caller holding its stream
+        // knows the service has been told (the incoming call is in the
+        // service's socket even if the broker dies the next moment).
         out.extend(caller_open);
         if let Some(s) = &live.stream {
             out.extend(self.event(
