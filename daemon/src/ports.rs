@@ -52,7 +52,7 @@ type PoolShared = (Mutex<PoolState>, Condvar);
 /// pwrite, seals: 10-20 µs) leaves the call path and runs on otherwise idle
 /// CPU. A ring is never reused: each is handed out once, as a freshly made
 /// one would be. Only the geometry last asked for is kept (normally the
-/// default), and the pool empties after [`POOL_IDLE`] without calls.
+/// default), and the pool empties after a second without calls.
 pub struct Pool {
     shared: Arc<PoolShared>,
 }
