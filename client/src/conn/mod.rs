@@ -2,14 +2,10 @@
 //! to the calls and services waiting for them, and a writer shared by every
 //! call and stream on the connection.
 //!
-//! One thread at a time reads the socket. A thread waiting for its own reply
-//! (stream-open, result, incoming call) reads itself when nobody else does,
-//! routing whatever else arrives meanwhile; the connection's reader thread
-//! reads only while no thread waits, woken by a one-shot watch that is armed
-//! whenever the socket is free.
+//! Who reads the socket is decided in `leader`; how frames are cut out of
+//! it, in `reader`.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::Shutdown;
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,6 +21,12 @@ use shmbus::frame::{
 use shmbus::sys;
 
 use crate::error::{Error, Result};
+
+mod leader;
+mod reader;
+
+use leader::{read_loop, ReadToken};
+use reader::FrameReader;
 
 pub use shmbus::{default_socket_path, SOCKET_ENV};
 
@@ -48,26 +50,6 @@ pub(crate) struct IncomingRaw {
     pub cancelled: Arc<AtomicBool>,
     /// The broker connection the call arrived on.
     pub origin: Arc<Inner>,
-}
-
-/// Whoever holds the frame reader is the one thread reading the broker
-/// socket, and routes every frame it reads. A thread waiting for its own
-/// reply takes it when free and reads for everyone meanwhile, so its reply
-/// needs no hand-over from the reader thread: one wake-up fewer on every
-/// call, stream-open and incoming call.
-struct ReadToken {
-    /// `None` while a thread reads.
-    reader: Option<FrameReader>,
-    /// The connection failed or ended: nobody reads it again.
-    dead: bool,
-}
-
-/// What a thread asking for the reader got.
-enum Lead {
-    Reader(FrameReader),
-    /// Another thread reads and will route this one's frames.
-    Busy,
-    Dead,
 }
 
 enum Reply {
@@ -401,125 +383,6 @@ impl Inner {
         self.wait_for(&rx).map_err(|_| Error::BrokerGone)
     }
 
-    /// Waits for what the broker sends to `rx`. When no other thread reads
-    /// the socket, this one does (routing whatever else arrives meanwhile)
-    /// until its own reply is in; else the reader reads and hands it over.
-    pub(crate) fn wait_for<T>(
-        self: &Arc<Self>,
-        rx: &mpsc::Receiver<T>,
-    ) -> std::result::Result<T, mpsc::RecvError> {
-        let take = |rx: &mpsc::Receiver<T>| match rx.try_recv() {
-            Ok(v) => Some(Ok(v)),
-            Err(mpsc::TryRecvError::Disconnected) => Some(Err(mpsc::RecvError)),
-            Err(mpsc::TryRecvError::Empty) => None,
-        };
-        if let Some(r) = take(rx) {
-            return r;
-        }
-        let mut reader = match self.take_token() {
-            Lead::Reader(r) => r,
-            Lead::Busy | Lead::Dead => return rx.recv(),
-        };
-        let mut alive = true;
-        let got = loop {
-            if let Some(r) = take(rx) {
-                break Some(r);
-            }
-            match reader.next_frame(true) {
-                Ok(Next::Frame(frame, fds)) => {
-                    self.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
-                    if self.dispatch(frame, fds).is_err() {
-                        alive = false;
-                        break None;
-                    }
-                }
-                Ok(Next::WouldBlock) => {}
-                Ok(Next::End) | Err(_) => {
-                    alive = false;
-                    break None;
-                }
-            }
-        };
-        // Whole frames already read go out now: nothing would wake the
-        // reader thread for them. What is still in the socket fires the
-        // watch as soon as it is armed.
-        alive = alive && self.drain_buffered(&mut reader);
-        self.put_token(reader, alive);
-        match got {
-            Some(r) => r,
-            // The connection ended; the reader thread's clean-up ends the wait.
-            None => rx.recv(),
-        }
-    }
-
-    /// Takes the reader if it is free, and stops the reader thread's watch.
-    fn take_token(&self) -> Lead {
-        let mut t = self.token.lock().unwrap();
-        if t.dead {
-            return Lead::Dead;
-        }
-        match t.reader.take() {
-            Some(r) => {
-                // Harmless if it fails: the reader thread, woken, finds the
-                // reader taken and waits again.
-                let _ = self.watch.disarm();
-                Lead::Reader(r)
-            }
-            None => Lead::Busy,
-        }
-    }
-
-    /// Hands the reader back and arms the reader thread's watch, which fires
-    /// at once when input is already waiting. A failed connection is shut
-    /// down first, so the reader thread wakes to its end and cleans up.
-    fn put_token(&self, reader: FrameReader, alive: bool) {
-        let mut t = self.token.lock().unwrap();
-        if !alive {
-            t.dead = true;
-            let _ = reader.sock.shutdown(Shutdown::Both);
-        }
-        t.reader = Some(reader);
-        if self.watch.arm().is_err() {
-            // Nothing could wake the reader thread: end the connection here.
-            t.dead = true;
-            drop(t);
-            self.close_all();
-        }
-    }
-
-    /// Routes every frame readable without waiting; false once the
-    /// connection failed or ended.
-    fn drain(self: &Arc<Self>, reader: &mut FrameReader) -> bool {
-        loop {
-            match reader.next_frame(false) {
-                Ok(Next::Frame(frame, fds)) => {
-                    self.bytes_read.store(reader.bytes_read, Ordering::Relaxed);
-                    if self.dispatch(frame, fds).is_err() {
-                        return false;
-                    }
-                }
-                Ok(Next::WouldBlock) => return true,
-                Ok(Next::End) | Err(_) => return false,
-            }
-        }
-    }
-
-    /// Routes the whole frames already read into the reader's buffer; false
-    /// once the connection failed.
-    fn drain_buffered(self: &Arc<Self>, reader: &mut FrameReader) -> bool {
-        loop {
-            match reader.buffered_frame() {
-                Ok(Some((frame, fds))) => {
-                    if self.dispatch(frame, fds).is_err() {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
     /// Marks the connection closed and wakes every waiter with a disconnect.
     fn close_all(&self) {
         self.closed.store(true, Ordering::Release);
@@ -722,23 +585,6 @@ fn establish(path: &Path, options: &ConnectOptions) -> Result<Arc<Inner>> {
     Ok(inner)
 }
 
-/// The reader thread: routes what arrives while no other thread reads.
-fn read_loop(inner: Arc<Inner>) {
-    while inner.watch.wait().is_ok() {
-        let mut reader = match inner.take_token() {
-            Lead::Reader(r) => r,
-            // A waiting thread reads now; it arms the watch when done.
-            Lead::Busy => continue,
-            Lead::Dead => break,
-        };
-        if !inner.drain(&mut reader) {
-            break;
-        }
-        inner.put_token(reader, true);
-    }
-    inner.close_all();
-}
-
 fn write_frame(sock: &UnixStream, frame: &Frame) -> Result<()> {
     let mut buf = Vec::new();
     frame::encode(frame, &mut buf);
@@ -752,119 +598,4 @@ fn write_bytes(sock: &UnixStream, buf: &[u8]) -> Result<()> {
         rest = &rest[n..];
     }
     Ok(())
-}
-
-/// Reads frames and their descriptors from a blocking socket.
-pub(crate) struct FrameReader {
-    sock: UnixStream,
-    /// Zeroed once as it grows; bytes `start..filled` are pending.
-    buf: Vec<u8>,
-    filled: usize,
-    start: usize,
-    fds: VecDeque<OwnedFd>,
-    pub(crate) max_frame: u32,
-    pub(crate) bytes_read: u64,
-}
-
-impl FrameReader {
-    pub(crate) fn new(sock: UnixStream, max_frame: u32) -> Self {
-        FrameReader {
-            sock,
-            buf: Vec::new(),
-            filled: 0,
-            start: 0,
-            fds: VecDeque::new(),
-            max_frame,
-            bytes_read: 0,
-        }
-    }
-
-    /// The next frame, or `None` at a clean end of stream.
-    pub(crate) fn next(&mut self) -> Result<Option<(Frame, Vec<OwnedFd>)>> {
-        match self.next_frame(true)? {
-            Next::Frame(frame, fds) => Ok(Some((frame, fds))),
-            Next::End | Next::WouldBlock => Ok(None),
-        }
-    }
-
-    /// The next frame. Without `block`, [`Next::WouldBlock`] once neither
-    /// the buffer nor the socket holds a whole frame.
-    pub(crate) fn next_frame(&mut self, block: bool) -> Result<Next> {
-        loop {
-            if let Some((frame, fds)) = self.buffered_frame()? {
-                return Ok(Next::Frame(frame, fds));
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.filled, 0);
-                self.filled -= self.start;
-                self.start = 0;
-            }
-            let old = self.filled;
-            let want = (FRAME_HEADER_LEN + self.max_frame as usize).min(old + 64 * 1024);
-            let want = want.max(old + 4096);
-            if self.buf.len() < want {
-                self.buf.resize(want, 0);
-            }
-            // Never sleep inside recvmsg: a thread blocked there is woken, for
-            // nothing, each time the broker drains what this process sent (the
-            // kernel's write-space wake-up is not filtered by event for a
-            // blocking read). poll(POLLIN) filters it, so wait there.
-            let n = loop {
-                let got = sys::recv_with_fds(
-                    self.sock.as_fd(),
-                    &mut self.buf[old..want],
-                    &mut self.fds,
-                    false,
-                );
-                match got {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if !block {
-                            return Ok(Next::WouldBlock);
-                        }
-                        sys::wait_readable(self.sock.as_fd(), None)?;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            self.filled = old + n;
-            self.bytes_read += n as u64;
-            if n == 0 {
-                return Ok(Next::End);
-            }
-        }
-    }
-}
-
-impl FrameReader {
-    /// The next whole frame already in the buffer, without reading.
-    fn buffered_frame(&mut self) -> Result<Option<(Frame, Vec<OwnedFd>)>> {
-        let pending = &self.buf[self.start..self.filled];
-        let Some((header, body)) = frame::split_frame(pending, self.max_frame)
-            .map_err(|e| Error::Protocol(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        let n = header.fds as usize;
-        if self.fds.len() < n {
-            return Err(Error::Protocol(
-                "frame arrived without its descriptors".into(),
-            ));
-        }
-        let fds: Vec<OwnedFd> = self.fds.drain(..n).collect();
-        let frame =
-            frame::decode(&pending[body.clone()], n).map_err(|e| Error::Protocol(e.to_string()))?;
-        self.start += body.end;
-        Ok(Some((frame, fds)))
-    }
-}
-
-/// What [`FrameReader::next_frame`] found.
-pub(crate) enum Next {
-    /// A whole frame and its descriptors.
-    Frame(Frame, Vec<OwnedFd>),
-    /// Nothing more without waiting.
-    WouldBlock,
-    /// The broker closed the connection.
-    End,
 }
