@@ -10,11 +10,9 @@ use std::sync::{mpsc, Arc};
 use super::reader::{FrameReader, Next};
 use super::Inner;
 
-/// Whoever holds the frame reader is the one thread reading the broker
-/// socket, and routes every frame it reads. A thread waiting for its own
-/// reply takes it when free and reads for everyone meanwhile, so its reply
-/// needs no hand-over from the reader thread: one wake-up fewer on every
-/// call, stream-open and incoming call.
+/// The frame reader, lent to the one thread that reads. Taking it saves a
+/// waiting thread the hand-over from the reader thread: one wake-up fewer
+/// on every call, stream-open and incoming call.
 pub(super) struct ReadToken {
     /// `None` while a thread reads.
     pub(super) reader: Option<FrameReader>,
