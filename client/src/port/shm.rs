@@ -241,13 +241,13 @@ impl ShmRx {
         ev
     }
 
-    /// The next event; waits when `block`, else `None` when nothing is there.
     /// True when the sender published a record not yet read. A ring that
     /// fails validation counts as pending: the next read reports it.
     pub(crate) fn has_pending(&mut self) -> bool {
         self.ring.has_published().unwrap_or(true)
     }
 
+    /// The next event; waits when `block`, else `None` when nothing is there.
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none(), "release before the next item");
         let deadline = if block { self.policy.deadline() } else { None };
