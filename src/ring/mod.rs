@@ -284,19 +284,10 @@ impl SharedRing {
     /// into a local copy, in two 8-byte loads.
     pub(super) fn read_record_header(&self, off: usize) -> [u8; RECORD_HEADER] {
         assert!(off.is_multiple_of(RECORD_HEADER) && off + RECORD_HEADER <= self.capacity as usize);
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        if off + 64 < self.capacity as usize {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: a prefetch is a hint that never faults, and the address
-            // is inside the data area. A small record's payload spills into
-            // the next cache line: fetching it now overlaps that miss with
-            // the header's instead of taking them one after the other.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    self.base.as_ptr().add(HEADER_SIZE + off + 64) as *const i8
-                )
-            };
-        }
+        // A small record's payload spills into the next cache line: fetching
+        // it now overlaps that miss with the header's instead of taking them
+        // one after the other.
+        self.prefetch(off + 64);
         // SAFETY: the 16 bytes lie inside the data area (asserted) and are
         // 8-aligned (the data area is page-aligned, `off` 16-aligned).
         // Volatile because the peer may be writing; only the copy is used.
@@ -311,6 +302,22 @@ impl SharedRing {
         h[..8].copy_from_slice(&words[0].to_ne_bytes());
         h[8..].copy_from_slice(&words[1].to_ne_bytes());
         h
+    }
+
+    /// Hints the CPU to fetch the cache line at data offset `off`; nothing
+    /// when `off` is past the data area.
+    pub(super) fn prefetch(&self, off: usize) {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        if off < self.capacity as usize {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch is a hint that never faults, and the address
+            // is inside the data area.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(self.base.as_ptr().add(HEADER_SIZE + off) as *const i8)
+            };
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        let _ = off;
     }
 
     /// Writes bytes at absolute file offset `off`.

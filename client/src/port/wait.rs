@@ -80,11 +80,9 @@ pub(crate) fn spin<T, E>(
     let mut start = None;
     let mut round = 0u32;
     loop {
-        // Few pauses between looks: a pause costs up to ~140 cycles on
+        // One pause between looks: a pause costs up to ~140 cycles on
         // recent x86, and every one of them is added to the wake-up latency.
-        for _ in 0..(1u32 << round.min(2)) {
-            std::hint::spin_loop();
-        }
+        std::hint::spin_loop();
         if let Some(v) = check()? {
             return Ok(Some(v));
         }
