@@ -31,7 +31,9 @@ fn link_buffer(ring_size: u32) -> usize {
 struct Unit {
     caller: OwnedFd,
     service: OwnedFd,
-    memfd: OwnedFd,
+    /// The ring, once per peer: duplicated here rather than on the call path.
+    memfd_caller: OwnedFd,
+    memfd_service: OwnedFd,
 }
 
 #[derive(Default)]
@@ -152,7 +154,8 @@ fn fill(weak: Weak<PoolShared>) {
             Ok(Unit {
                 caller: a.into(),
                 service: b.into(),
-                memfd,
+                memfd_caller: memfd.try_clone()?,
+                memfd_service: memfd,
             })
         })();
         match made {
@@ -186,9 +189,9 @@ pub fn create(
         if transport == Transport::SharedMemory {
             if let Some(u) = pool.and_then(|p| p.take(ring_size, credit.high_water_mark)) {
                 fds.caller.push(u.caller);
-                fds.caller.push(u.memfd.try_clone()?);
+                fds.caller.push(u.memfd_caller);
                 fds.service.push(u.service);
-                fds.service.push(u.memfd);
+                fds.service.push(u.memfd_service);
                 continue;
             }
         }

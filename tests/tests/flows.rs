@@ -47,6 +47,7 @@ both_transports!(
     batch_collects_a_whole_stream,
     zero_copy_slots_and_in_place_reads,
     custom_size_strategy_returns_what_the_sender_charged,
+    typed_items_decode_borrowing_from_the_receivers_copy,
 );
 
 fn download_with_slow_consumer_blocks_the_producer_at_the_high_water_mark(t: Transport) {
@@ -131,6 +132,35 @@ fn bidirectional_echo(t: Transport) {
     let tx = writer.join().unwrap();
     assert_eq!(tx.history(), SEED_PATH);
     assert_eq!(rx.history(), SEED_PATH);
+    call.finish().unwrap();
+}
+
+fn typed_items_decode_borrowing_from_the_receivers_copy(t: Transport) {
+    let broker = Broker::start();
+    let _peer = Peer::serve(&broker, &["echo", "echo"]);
+    let conn = broker.connect();
+    let mut call = conn
+        .call("echo", "echo")
+        .mode(StreamMode::Bidirectional)
+        .transport(pref(t))
+        .start()
+        .unwrap();
+    let mut tx = call.take_sender().unwrap();
+    let mut rx = call.take_receiver().unwrap();
+    let words = ["alpha", "", "gamma δ", "a longer word than the others"];
+    for (i, word) in words.iter().enumerate() {
+        tx.send(&(*word, i as u32)).unwrap();
+    }
+    tx.finish().unwrap();
+    // The echo puts six bytes ("Echo: ") in front; a fixed-size array
+    // decodes them, then the string borrows from the receiver's copy.
+    let mut i = 0;
+    while let Some((prefix, word, n)) = rx.recv_borrowed::<([u8; 6], &str, u32)>().unwrap() {
+        assert_eq!(&prefix, b"Echo: ");
+        assert_eq!((word, n), (words[i], i as u32));
+        i += 1;
+    }
+    assert_eq!(i, words.len());
     call.finish().unwrap();
 }
 

@@ -97,11 +97,11 @@ fn consume(conn: &Connection, job: &Job) -> Result<(u64, u64, u64, u64, Reply, u
     let mut items = 0u64;
     if job.typed {
         let want = typed_payload(job.size);
-        while let Some(item) = rx.recv::<serde_bytes::ByteBuf>()? {
+        while let Some(item) = rx.recv_borrowed::<&serde_bytes::Bytes>()? {
             if item.len() != want {
                 return Err(format!("typed item of {} bytes, {want} expected", item.len()).into());
             }
-            sum.update(&item);
+            sum.update(item);
             items += 1;
         }
     } else {

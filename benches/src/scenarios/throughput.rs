@@ -111,7 +111,7 @@ impl Spec for Throughput {
                 .map(|&s| format!("{}: {} items", human_size(s), items_credit(s)))
                 .collect();
             n.push(format!(
-                "typed: serde_bytes payloads, postcard-encoded to the item size (size→payload: {}); feed below {} (flush at the end), send above; items credit ({})",
+                "typed: serde_bytes payloads, postcard-encoded to the item size (size→payload: {}); feed below {} (flush at the end), send above; received with recv_borrowed (copied out of the port, decoded borrowing the copy); items credit ({})",
                 o.typed_sizes.iter().map(|&s| format!("{}→{}", s, typed_payload(s))).collect::<Vec<_>>().join(", "),
                 human_size(FEED_BELOW),
                 credits.join(", ")

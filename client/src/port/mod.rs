@@ -111,17 +111,14 @@ pub(crate) fn open(
         let geometry = SocketGeometry::for_ring_size(open.ring_size);
         // Both peers take the first direction's ring for the result, and
         // hold their end of its doorbell until the call is answered.
-        let watch = match (&memfd, &result) {
-            (Some(_), None) => Some(link.try_clone()?),
-            _ => None,
-        };
+        let watch = memfd.is_some() && result.is_none();
         if sending {
             tx = Some(match memfd {
                 Some(m) => {
                     let port =
                         ShmTx::open(link, m, open.ring_size, open.credit, cancelled.clone())?;
-                    if let Some(watch) = watch {
-                        result = Some(PeerResult::new(port.result_slot(), watch));
+                    if watch {
+                        result = Some(PeerResult::new(port.result_slot(), port.share_link()));
                     }
                     TxPort::Shm(port)
                 }
@@ -136,8 +133,8 @@ pub(crate) fn open(
             rx = Some(match memfd {
                 Some(m) => {
                     let port = ShmRx::open(link, m, open.ring_size, open.credit)?;
-                    if let Some(watch) = watch {
-                        result = Some(PeerResult::new(port.result_slot(), watch));
+                    if watch {
+                        result = Some(PeerResult::new(port.result_slot(), port.share_link()));
                     }
                     RxPort::Shm(port)
                 }

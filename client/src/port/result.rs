@@ -3,6 +3,7 @@
 //! still learns how the call ended.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmbus::frame::RemoteError;
@@ -21,15 +22,16 @@ const RECHECK: Duration = Duration::from_millis(5);
 /// The result area of one of the call's rings, and a watch on the service.
 pub(crate) struct PeerResult {
     slot: ResultSlot,
-    /// A duplicate of this side's end of the ring's doorbell socket. The
-    /// service holds its copy until it has answered (or dies), so the
-    /// caller's copy hangs up exactly when no result can come any more —
-    /// not merely when the service is done with the stream itself.
-    link: OwnedFd,
+    /// This side's end of the ring's doorbell socket, shared with the
+    /// port. The service holds it until it has answered (or dies), even
+    /// once its port is gone, so the caller's end hangs up exactly when no
+    /// result can come any more — not merely when the service is done with
+    /// the stream itself.
+    link: Arc<OwnedFd>,
 }
 
 impl PeerResult {
-    pub(crate) fn new(slot: ResultSlot, link: OwnedFd) -> Self {
+    pub(crate) fn new(slot: ResultSlot, link: Arc<OwnedFd>) -> Self {
         PeerResult { slot, link }
     }
 

@@ -1,7 +1,6 @@
 //! The shared-memory port: a ring per direction plus its doorbell.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +32,7 @@ impl ShmTx {
         let ring = RingProducer::open(memfd, capacity, credit)?;
         Ok(ShmTx {
             ring,
-            bell: Doorbell::new(UnixStream::from(link))?,
+            bell: Doorbell::new(link),
             slot: None,
             cancelled,
             policy: WaitPolicy::default(),
@@ -200,6 +199,12 @@ impl ShmTx {
     pub(crate) fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
         self.bell.fd()
     }
+
+    /// A handle on this end of the doorbell that keeps it open after the
+    /// port is gone.
+    pub(crate) fn share_link(&self) -> Arc<OwnedFd> {
+        self.bell.share()
+    }
 }
 
 /// Consuming side over shared memory.
@@ -220,7 +225,7 @@ impl ShmRx {
         let ring = RingConsumer::open(memfd, capacity, credit)?;
         Ok(ShmRx {
             ring,
-            bell: Doorbell::new(UnixStream::from(link))?,
+            bell: Doorbell::new(link),
             held: None,
             policy: WaitPolicy::default(),
         })
@@ -325,5 +330,11 @@ impl ShmRx {
 
     pub(crate) fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
         self.bell.fd()
+    }
+
+    /// A handle on this end of the doorbell that keeps it open after the
+    /// port is gone.
+    pub(crate) fn share_link(&self) -> Arc<OwnedFd> {
+        self.bell.share()
     }
 }

@@ -8,8 +8,8 @@
 //! loop can watch it instead of sleeping here.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmbus::sys;
@@ -98,18 +98,27 @@ pub(crate) fn spin<T, E>(
 
 /// One peer's end of a direction's doorbell socket.
 pub(crate) struct Doorbell {
-    sock: UnixStream,
+    /// Shared with the call's result watch, which must outlive the port
+    /// (see [`PeerResult`](super::result::PeerResult)); the socket closes
+    /// when both are gone.
+    sock: Arc<OwnedFd>,
     peer_closed: bool,
 }
 
 impl Doorbell {
     /// Every read and write on the doorbell passes `MSG_DONTWAIT`, so the
     /// descriptor's own blocking mode does not matter (and costs no syscall).
-    pub(crate) fn new(sock: UnixStream) -> io::Result<Self> {
-        Ok(Doorbell {
-            sock,
+    pub(crate) fn new(sock: OwnedFd) -> Self {
+        Doorbell {
+            sock: Arc::new(sock),
             peer_closed: false,
-        })
+        }
+    }
+
+    /// Another handle on this end of the socket: it stays open while any
+    /// handle lives.
+    pub(crate) fn share(&self) -> Arc<OwnedFd> {
+        self.sock.clone()
     }
 
     /// True once the other end closed: the peer finished or died.

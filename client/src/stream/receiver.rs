@@ -4,6 +4,7 @@ use std::io::{self, BufRead, Read};
 use std::os::fd::BorrowedFd;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use shmbus::frame::{StreamId, Transport};
 use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
 
@@ -246,29 +247,57 @@ impl Receiver {
         Ok(self.recv_in_place()?.map(|item| item.to_vec()))
     }
 
-    /// The next typed item, decoded in place. `None` at stream-end.
+    /// The next typed item, decoded from a copy. `None` at stream-end.
     ///
     /// The item is copied out of the port first: decoding validates (UTF-8,
     /// lengths) and then reads again, which must not see bytes a hostile
     /// peer changed in between.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        if !self.copy_next()? {
+            return Ok(None);
+        }
+        Ok(Some(postcard::from_bytes(&self.scratch)?))
+    }
+
+    /// The next typed item, decoded from the receiver's own copy of it and
+    /// borrowing from that copy: `&str`, `&[u8]` or `&serde_bytes::Bytes`
+    /// fields cost no allocation. The borrow ends at the next call.
+    /// `None` at stream-end.
+    ///
+    /// ```no_run
+    /// # fn demo(rx: &mut shmbus_client::Receiver) -> shmbus_client::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Line<'a> {
+    ///     host: &'a str,
+    ///     level: u8,
+    /// }
+    /// while let Some(line) = rx.recv_borrowed::<Line<'_>>()? {
+    ///     println!("{} {}", line.host, line.level);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn recv_borrowed<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Option<T>> {
+        if !self.copy_next()? {
+            return Ok(None);
+        }
+        Ok(Some(postcard::from_bytes(&self.scratch)?))
+    }
+
+    /// Copies the next item into `scratch`; false at stream-end.
+    fn copy_next(&mut self) -> Result<bool> {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let got = match self.recv_in_place()? {
-            Some(item) => {
+        let got = match self.recv_in_place() {
+            Ok(Some(item)) => {
                 scratch.clear();
                 scratch.extend_from_slice(&item);
-                true
+                Ok(true)
             }
-            None => false,
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
         };
-        let r = if got {
-            Some(postcard::from_bytes(&scratch))
-        } else {
-            None
-        };
-        let out = r.transpose().map_err(Error::from);
         self.scratch = scratch;
-        out
+        got
     }
 
     /// Asks the sender to stop (stream-cancel). Items already sent are dropped.
