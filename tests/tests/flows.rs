@@ -135,16 +135,20 @@ fn bidirectional_echo(t: Transport) {
     call.finish().unwrap();
 }
 
+/// A bidirectional call to the test peer's echo, with default credit.
+fn echo_call(conn: &shmbus_client::Connection, t: Transport) -> shmbus_client::Call {
+    conn.call("echo", "echo")
+        .mode(StreamMode::Bidirectional)
+        .transport(pref(t))
+        .start()
+        .unwrap()
+}
+
 fn typed_items_decode_borrowing_from_the_receivers_copy(t: Transport) {
     let broker = Broker::start();
     let _peer = Peer::serve(&broker, &["echo", "echo"]);
     let conn = broker.connect();
-    let mut call = conn
-        .call("echo", "echo")
-        .mode(StreamMode::Bidirectional)
-        .transport(pref(t))
-        .start()
-        .unwrap();
+    let mut call = echo_call(&conn, t);
     let mut tx = call.take_sender().unwrap();
     let mut rx = call.take_receiver().unwrap();
     let words = ["alpha", "", "gamma δ", "a longer word than the others"];
@@ -558,12 +562,7 @@ fn an_idle_open_stream_sleeps_in_the_kernel() {
         let broker = Broker::start();
         let peer = Peer::serve(&broker, &["echo", "echo"]);
         let conn = broker.connect();
-        let mut call = conn
-            .call("echo", "echo")
-            .mode(StreamMode::Bidirectional)
-            .transport(pref(t))
-            .start()
-            .unwrap();
+        let mut call = echo_call(&conn, t);
         call.sender().unwrap().send_bytes(b"x").unwrap();
         assert!(call.receiver().unwrap().recv_bytes().unwrap().is_some());
         // Both sides now wait with nothing flowing: the service for an item,
