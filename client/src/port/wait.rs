@@ -9,7 +9,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use shmbus::sys;
@@ -67,7 +68,41 @@ pub(crate) fn stall_left(deadline: Instant) -> crate::Result<Duration> {
     Ok(left)
 }
 
+/// Threads of this process spinning now.
+static SPINNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A turn to spin, given back on drop. Spinning pays only while the peer
+/// runs on another CPU; with more waiting threads than CPUs the spinners
+/// would take the CPUs their peers need. So at most half the CPUs this
+/// process may use (at least one) spin at once; the other waiters sleep
+/// at once and are woken by their peer.
+struct SpinTurn;
+
+impl SpinTurn {
+    fn take() -> Option<SpinTurn> {
+        static LIMIT: OnceLock<usize> = OnceLock::new();
+        let limit = *LIMIT.get_or_init(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        });
+        // Relaxed: a counter of turns; it orders no other memory.
+        if SPINNING.fetch_add(1, Ordering::Relaxed) < limit {
+            Some(SpinTurn)
+        } else {
+            SPINNING.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for SpinTurn {
+    fn drop(&mut self) {
+        SPINNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Re-runs `check` until it yields a value or the spin budget is spent.
+/// Gives up at once when other threads of this process already spin on
+/// every CPU that spinning may take (see [`SpinTurn`]).
 pub(crate) fn spin<T, E>(
     policy: WaitPolicy,
     mut check: impl FnMut() -> Result<Option<T>, E>,
@@ -75,6 +110,9 @@ pub(crate) fn spin<T, E>(
     if policy.spin.is_zero() {
         return Ok(None);
     }
+    let Some(_turn) = SpinTurn::take() else {
+        return Ok(None);
+    };
     // The clock is first read after 16 looks: a peer that answers within
     // them (the common case when both spin) costs no clock read at all.
     let mut start = None;
@@ -172,5 +210,30 @@ impl Doorbell {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiter_beyond_the_spin_limit_sleeps_without_spinning() {
+        // Every turn this process allows, held.
+        let held: Vec<SpinTurn> = std::iter::from_fn(SpinTurn::take).take(1024).collect();
+        assert!(!held.is_empty() && held.len() < 1024);
+        let mut looks = 0;
+        let got = spin(WaitPolicy::SPIN, || -> Result<Option<()>, ()> {
+            looks += 1;
+            Ok(Some(()))
+        });
+        assert_eq!((got, looks), (Ok(None), 0));
+        drop(held);
+        let got = spin(WaitPolicy::SPIN, || -> Result<Option<()>, ()> {
+            looks += 1;
+            Ok(Some(()))
+        });
+        assert_eq!((got, looks), (Ok(Some(())), 1));
+        assert_eq!(SPINNING.load(Ordering::Relaxed), 0);
     }
 }
