@@ -8,7 +8,7 @@ use std::time::Instant;
 use shmbus::credit::CreditSpec;
 use shmbus::ring::{Record, RecordKind, ResultSlot, RingConsumer, RingProducer, Slot};
 
-use super::wait::{spin, Doorbell, WaitPolicy};
+use super::wait::{Doorbell, Spinner, WaitPolicy};
 use super::{Ending, RxEvent};
 use crate::error::{Error, Result};
 
@@ -19,6 +19,7 @@ pub(crate) struct ShmTx {
     slot: Option<Slot>,
     cancelled: Arc<AtomicBool>,
     pub(crate) policy: WaitPolicy,
+    spinner: Spinner,
 }
 
 impl ShmTx {
@@ -36,6 +37,7 @@ impl ShmTx {
             slot: None,
             cancelled,
             policy: WaitPolicy::default(),
+            spinner: Spinner::default(),
         })
     }
 
@@ -114,7 +116,7 @@ impl ShmTx {
             ));
         }
         let ring = &mut self.ring;
-        let moved = spin(self.policy, || -> Result<Option<()>> {
+        let moved = self.spinner.spin(self.policy, || -> Result<Option<()>> {
             if ring.is_cancelled() {
                 return Ok(Some(()));
             }
@@ -124,7 +126,9 @@ impl ShmTx {
         if moved.is_some() {
             return Ok(());
         }
-        self.sleep(deadline)
+        let slept = self.sleep(deadline);
+        self.spinner.woke(self.policy);
+        slept
     }
 
     /// Sleeps on the doorbell unless the consumer moved since the last look.
@@ -213,6 +217,7 @@ pub(crate) struct ShmRx {
     bell: Doorbell,
     held: Option<Record>,
     pub(crate) policy: WaitPolicy,
+    spinner: Spinner,
 }
 
 impl ShmRx {
@@ -228,6 +233,7 @@ impl ShmRx {
             bell: Doorbell::new(link),
             held: None,
             policy: WaitPolicy::default(),
+            spinner: Spinner::default(),
         })
     }
 
@@ -281,7 +287,7 @@ impl ShmRx {
                 continue;
             }
             let ring = &mut self.ring;
-            if let Some(rec) = spin(self.policy, || ring.try_next())? {
+            if let Some(rec) = self.spinner.spin(self.policy, || ring.try_next())? {
                 return Ok(Some(self.event(rec)));
             }
             if self.ring.prepare_sleep() {
@@ -291,6 +297,7 @@ impl ShmRx {
             } else {
                 self.bell.drain();
             }
+            self.spinner.woke(self.policy);
         }
     }
 

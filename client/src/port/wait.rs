@@ -9,8 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmbus::sys;
@@ -18,7 +17,9 @@ use shmbus::sys;
 /// How long a blocked side spins before it sleeps in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitPolicy {
-    /// Time spent re-checking before sleeping. Zero sleeps at once.
+    /// Longest time spent re-checking before sleeping. Zero sleeps at once.
+    /// A port whose peer keeps coming long after the spin gave up spins
+    /// less, down to a 64th, until the peer answers within a spin again.
     pub spin: Duration,
     /// Longest a single send or receive may wait for the peer before failing
     /// with [`Error::Stalled`](crate::Error::Stalled); `None` waits as long
@@ -68,51 +69,62 @@ pub(crate) fn stall_left(deadline: Instant) -> crate::Result<Duration> {
     Ok(left)
 }
 
-/// Threads of this process spinning now.
-static SPINNING: AtomicUsize = AtomicUsize::new(0);
+/// How long one port spins before it sleeps, learnt from how its waits
+/// end. A wait that ends while spinning, or soon after the spin gave up,
+/// restores the policy's whole spin; one that lasts much longer halves the
+/// next spin, down to a 64th. A peer that keeps up (a ping-pong, a stream
+/// whose ends run on two CPUs) keeps the whole spin; a peer that is rarely
+/// running (more streams than CPUs) costs little spinning, so the CPU goes
+/// to the threads with work.
+#[derive(Debug, Default)]
+pub(crate) struct Spinner {
+    /// Divides the policy's spin: 1, 2, 4, … 64.
+    shrink: u32,
+    /// When the last spin gave up.
+    gave_up: Option<Instant>,
+}
 
-/// A turn to spin, given back on drop. Spinning pays only while the peer
-/// runs on another CPU; with more waiting threads than CPUs the spinners
-/// would take the CPUs their peers need. So at most half the CPUs this
-/// process may use (at least one) spin at once; the other waiters sleep
-/// at once and are woken by their peer.
-struct SpinTurn;
+impl Spinner {
+    const MAX_SHRINK: u32 = 6;
 
-impl SpinTurn {
-    fn take() -> Option<SpinTurn> {
-        static LIMIT: OnceLock<usize> = OnceLock::new();
-        let limit = *LIMIT.get_or_init(|| {
-            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-        });
-        // Relaxed: a counter of turns; it orders no other memory.
-        if SPINNING.fetch_add(1, Ordering::Relaxed) < limit {
-            Some(SpinTurn)
-        } else {
-            SPINNING.fetch_sub(1, Ordering::Relaxed);
-            None
+    /// Re-runs `check` until it yields a value or this port's share of the
+    /// policy's spin is spent.
+    pub(crate) fn spin<T, E>(
+        &mut self,
+        policy: WaitPolicy,
+        mut check: impl FnMut() -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, E> {
+        let budget = Duration::from_nanos((policy.spin.as_nanos() as u64) >> self.shrink);
+        if budget.is_zero() {
+            return Ok(None);
+        }
+        let got = spin_for(budget, &mut check)?;
+        match got {
+            Some(_) => self.shrink = 0,
+            None => self.gave_up = Some(Instant::now()),
+        }
+        Ok(got)
+    }
+
+    /// After the sleep that followed a spin: a peer that came within the
+    /// whole spin would have been caught by it, a later one was not worth
+    /// spinning for.
+    pub(crate) fn woke(&mut self, policy: WaitPolicy) {
+        if let Some(at) = self.gave_up.take() {
+            self.shrink = if at.elapsed() < policy.spin {
+                0
+            } else {
+                (self.shrink + 1).min(Self::MAX_SHRINK)
+            };
         }
     }
 }
 
-impl Drop for SpinTurn {
-    fn drop(&mut self) {
-        SPINNING.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Re-runs `check` until it yields a value or the spin budget is spent.
-/// Gives up at once when other threads of this process already spin on
-/// every CPU that spinning may take (see [`SpinTurn`]).
-pub(crate) fn spin<T, E>(
-    policy: WaitPolicy,
+/// Re-runs `check` until it yields a value or `budget` is spent.
+fn spin_for<T, E>(
+    budget: Duration,
     mut check: impl FnMut() -> Result<Option<T>, E>,
 ) -> Result<Option<T>, E> {
-    if policy.spin.is_zero() {
-        return Ok(None);
-    }
-    let Some(_turn) = SpinTurn::take() else {
-        return Ok(None);
-    };
     // The clock is first read after 16 looks: a peer that answers within
     // them (the common case when both spin) costs no clock read at all.
     let mut start = None;
@@ -127,7 +139,7 @@ pub(crate) fn spin<T, E>(
         round += 1;
         if round.is_multiple_of(16) {
             let since = *start.get_or_insert_with(Instant::now);
-            if since.elapsed() >= policy.spin {
+            if since.elapsed() >= budget {
                 return Ok(None);
             }
         }
@@ -217,23 +229,57 @@ impl Doorbell {
 mod tests {
     use super::*;
 
+    fn never() -> Result<Option<()>, ()> {
+        Ok(None)
+    }
+
     #[test]
-    fn a_waiter_beyond_the_spin_limit_sleeps_without_spinning() {
-        // Every turn this process allows, held.
-        let held: Vec<SpinTurn> = std::iter::from_fn(SpinTurn::take).take(1024).collect();
-        assert!(!held.is_empty() && held.len() < 1024);
+    fn long_sleeps_shrink_the_spin_and_a_quick_peer_restores_it() {
+        let policy = WaitPolicy {
+            spin: Duration::from_millis(2),
+            stall: None,
+        };
+        let mut s = Spinner::default();
+        let t = Instant::now();
+        assert_eq!(s.spin(policy, never), Ok(None));
+        assert!(t.elapsed() >= policy.spin);
+        // The peer came long after the spin gave up: spin half as long.
+        std::thread::sleep(policy.spin * 2);
+        s.woke(policy);
+        assert_eq!(s.shrink, 1);
+        for _ in 0..10 {
+            assert_eq!(s.spin(policy, never), Ok(None));
+            std::thread::sleep(policy.spin * 2);
+            s.woke(policy);
+        }
+        assert_eq!(s.shrink, Spinner::MAX_SHRINK);
+        // A peer that answers while spinning gets the whole spin back.
         let mut looks = 0;
-        let got = spin(WaitPolicy::SPIN, || -> Result<Option<()>, ()> {
+        let got = s.spin(policy, || -> Result<Option<()>, ()> {
             looks += 1;
-            Ok(Some(()))
+            Ok((looks == 3).then_some(()))
+        });
+        assert_eq!((got, looks), (Ok(Some(())), 3));
+        assert_eq!(s.shrink, 0);
+        // So does one that comes soon after the spin gave up.
+        s.shrink = 4;
+        assert_eq!(s.spin(policy, never), Ok(None));
+        s.woke(policy);
+        assert_eq!(s.shrink, 0);
+    }
+
+    #[test]
+    fn a_zero_spin_policy_never_looks() {
+        let mut s = Spinner::default();
+        let mut looks = 0;
+        let policy = WaitPolicy {
+            spin: Duration::ZERO,
+            stall: None,
+        };
+        let got = s.spin(policy, || {
+            looks += 1;
+            Ok::<_, ()>(Some(()))
         });
         assert_eq!((got, looks), (Ok(None), 0));
-        drop(held);
-        let got = spin(WaitPolicy::SPIN, || -> Result<Option<()>, ()> {
-            looks += 1;
-            Ok(Some(()))
-        });
-        assert_eq!((got, looks), (Ok(Some(())), 1));
-        assert_eq!(SPINNING.load(Ordering::Relaxed), 0);
     }
 }
