@@ -89,6 +89,9 @@ impl Spinner {
 
     /// Re-runs `check` until it yields a value or this port's share of the
     /// policy's spin is spent.
+    // Inlined into each wait loop, like `spin_for`: out of line, the calls
+    // cost 0.03 µs of a 0.5 µs round trip (harness, side by side).
+    #[inline(always)]
     pub(crate) fn spin<T, E>(
         &mut self,
         policy: WaitPolicy,
@@ -121,6 +124,7 @@ impl Spinner {
 }
 
 /// Re-runs `check` until it yields a value or `budget` is spent.
+#[inline(always)]
 fn spin_for<T, E>(
     budget: Duration,
     mut check: impl FnMut() -> Result<Option<T>, E>,
