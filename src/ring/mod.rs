@@ -20,7 +20,11 @@
 //!
 //! A record is a 16-byte header (`len u32 | kind u32 | charge u64`, little
 //! endian) followed by `len` bytes, padded to 16. Records never wrap: when a
-//! record does not fit before the end, a padding record fills the tail.
+//! record does not fit before the end, a padding record fills the tail. A
+//! producer that finds the ring empty pads to the end too and starts over at
+//! the beginning, so bursts smaller than the ring reuse memory that is still
+//! cached (with many streams, cycling through every ring would not fit the
+//! caches).
 //! Positions are monotonic byte counts; `position % capacity` is the offset.
 //!
 //! # Trust

@@ -126,7 +126,11 @@ impl RingProducer {
         let cap = self.ring.capacity as u64;
         let off = self.write_pos & self.ring.mask();
         let to_end = cap - off;
-        let need = if to_end < total {
+        // A ring seen empty starts over at its beginning, so that a stream
+        // moving bursts smaller than its ring keeps reusing the same (cached)
+        // memory instead of cycling through all of it.
+        let restart = self.write_pos == self.read_pos_cache && off != 0 && total <= off;
+        let need = if to_end < total || restart {
             to_end + total
         } else {
             total
@@ -137,7 +141,7 @@ impl RingProducer {
                 return Ok(None);
             }
         }
-        Ok(Some(if to_end < total { to_end } else { 0 }))
+        Ok(Some(if to_end < total || restart { to_end } else { 0 }))
     }
 
     /// Finds room for a record of `total` bytes. Returns the padding that
@@ -173,10 +177,11 @@ impl RingProducer {
         }
         if !self.credit.check(charge)? {
             self.refresh_credit()?;
+            // Fresh caches of both counters: for `prepare_sleep` to compare
+            // against what was just seen when blocked, and once credit came
+            // back, for `free_for` to see whether the ring drained.
+            self.refresh_read_pos()?;
             if !self.credit.check(charge)? {
-                // Fresh caches of both counters, so `prepare_sleep` compares
-                // against what was just seen.
-                self.refresh_read_pos()?;
                 return Ok(Err(Blocked::Credit));
             }
         }

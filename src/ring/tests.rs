@@ -425,3 +425,53 @@ fn the_result_slot_carries_one_result_and_refuses_hostile_lengths() {
         .unwrap();
     assert!(matches!(read.take(), Err(RingError::Violation(_))));
 }
+
+#[test]
+fn a_drained_ring_starts_over_at_its_beginning() {
+    // Credit runs out after a few items; the producer picks up the next
+    // grant together with the consumer's position.
+    let (mut p, mut c, _f) = pair(8192, CreditSpec::items(4));
+    let mut first = None;
+    for round in 0..4u8 {
+        let mut sent = 0u8;
+        while send(&mut p, &[round, sent, 7], 1).is_ok() {
+            sent += 1;
+        }
+        assert!(sent >= 2, "round {round} sent {sent}");
+        for i in 0..sent {
+            let rec = c.try_next().unwrap().unwrap();
+            assert_eq!(c.data(&rec), &[round, i, 7]);
+            let at = c.data(&rec).as_ptr();
+            if round == 0 && i == 0 {
+                first = Some(at);
+            } else if i == 0 {
+                // Everything was consumed and handed back: the next burst
+                // reuses the start of the ring (after a padding record).
+                assert_eq!(Some(at), first, "round {round} did not start over");
+            } else {
+                assert_ne!(Some(at), first);
+            }
+            let _ = c.release(&rec).unwrap();
+        }
+        let _ = c.flush_release();
+        assert_eq!(c.try_next().unwrap(), None);
+    }
+    // Not drained: one item still unread, so the ring goes on forward.
+    let mut sent = 0u8;
+    while send(&mut p, &[9, sent], 1).is_ok() {
+        sent += 1;
+    }
+    for i in 0..sent - 1 {
+        let rec = c.try_next().unwrap().unwrap();
+        assert_eq!(c.data(&rec), &[9, i]);
+        let _ = c.release(&rec).unwrap();
+    }
+    let _ = c.flush_release();
+    send(&mut p, &[10], 1).unwrap();
+    let rec = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&rec), &[9, sent - 1]);
+    let _ = c.release(&rec).unwrap();
+    let rec = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&rec), &[10]);
+    assert_ne!(Some(c.data(&rec).as_ptr()), first);
+}
