@@ -31,6 +31,12 @@ const FIRST_CONN: u64 = 16;
 /// How long calls in flight may take to finish once the broker is asked to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(4);
 
+/// How long a connection is not read after a turn in which its calls were
+/// refused for exceeding its limits. A client retrying refused calls in a
+/// loop would otherwise take the broker's time from everyone else; one that
+/// hits its limit now and then waits this much once.
+pub const REFUSED_PAUSE: Duration = Duration::from_millis(2);
+
 /// Stops a running [`Server`].
 pub type StopHandle = Trigger;
 
@@ -51,6 +57,10 @@ pub struct Server {
     started: Instant,
     /// Connections whose read budget ran out with data possibly left.
     again: Vec<ConnId>,
+    /// Connections not read until the given time, because their calls were
+    /// refused for exceeding their limits (see [`REFUSED_PAUSE`]). They are
+    /// read at that time whether or not new input was signalled.
+    paused: HashMap<ConnId, Instant>,
     notifier: Notifier,
     reloader: Option<Reloader>,
     log: Option<LogHandle>,
@@ -109,6 +119,7 @@ impl Server {
             next_conn: FIRST_CONN,
             started: Instant::now(),
             again: Vec::new(),
+            paused: HashMap::new(),
             notifier: Notifier::from_env(),
             reloader: None,
             log: None,
@@ -159,6 +170,10 @@ impl Server {
             if !self.again.is_empty() {
                 timeout = Some(Duration::ZERO);
             }
+            if let Some(&resume) = self.paused.values().min() {
+                let left = resume.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             if let Some(deadline) = self.stop_deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -189,6 +204,21 @@ impl Server {
                         if event.is_writable() {
                             self.flush(conn);
                         }
+                    }
+                }
+            }
+            if !self.paused.is_empty() {
+                let now = Instant::now();
+                let due: Vec<ConnId> = self
+                    .paused
+                    .iter()
+                    .filter(|(_, &at)| at <= now)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in due {
+                    self.paused.remove(&id);
+                    if !self.again.contains(&id) {
+                        self.again.push(id);
                     }
                 }
             }
@@ -346,6 +376,10 @@ impl Server {
     }
 
     fn readable(&mut self, id: ConnId) {
+        if self.paused.contains_key(&id) {
+            // Read when the pause ends; the input waits in the socket.
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -365,6 +399,11 @@ impl Server {
             if !self.conns.contains_key(&id) {
                 return;
             }
+        }
+        if self.router.take_refused(id) {
+            // Whatever else it sent is still read, a pause later.
+            self.paused.insert(id, Instant::now() + REFUSED_PAUSE);
+            self.again.retain(|&c| c != id);
         }
         match end {
             None => {}
@@ -444,6 +483,7 @@ impl Server {
     }
 
     fn drop_conn(&mut self, id: ConnId, why: &str) {
+        self.paused.remove(&id);
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };

@@ -156,3 +156,52 @@ services = 1
     let e = conn.call("nope", "x").unary().unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NoSuchService));
 }
+
+#[test]
+fn refused_calls_are_each_answered_while_the_broker_serves_others() {
+    use shmbus_client::{Error, StreamMode};
+    let (broker, _dir) = broker_with("max_streams_per_uid = 1\n");
+    let _endless = Peer::serve(&broker, &["endless", "long"]);
+    let _adder = Peer::serve(&broker, &["unary", "adder"]);
+    let conn = broker.connect();
+    let start = |conn: &shmbus_client::Connection| {
+        conn.call("long", "endless")
+            .mode(StreamMode::Download)
+            .start()
+    };
+    let mut held = start(&conn).unwrap();
+    // A client retrying in a loop past its quota: every call gets its
+    // refusal, none is lost or left waiting, although the broker now
+    // reads this connection only after a pause each time.
+    for i in 0..40 {
+        match start(&conn) {
+            Err(Error::Remote(e)) => assert_eq!(e.code, ErrorCode::LimitsExceeded, "call {i}"),
+            Err(e) => panic!("call {i}: {e}"),
+            Ok(_) => panic!("call {i} opened beyond the quota"),
+        }
+    }
+    // Meanwhile another connection is served as usual.
+    let other = broker.connect();
+    let sum = other
+        .call("adder", "add")
+        .args_typed(&(2u64, 3u64))
+        .unwrap()
+        .unary()
+        .unwrap();
+    assert_eq!(sum, 5u64.to_le_bytes());
+    // Once the quota is free, the throttled connection opens again.
+    held.cancel().unwrap();
+    drop(held);
+    let t = std::time::Instant::now();
+    let mut reopened = loop {
+        match start(&conn) {
+            Ok(call) => break call,
+            Err(Error::Remote(e)) if e.code == ErrorCode::LimitsExceeded => {
+                assert!(t.elapsed() < 10 * SEC, "quota never came back");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(reopened.receiver().unwrap().recv_bytes().unwrap().is_some());
+}

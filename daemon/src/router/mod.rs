@@ -101,6 +101,9 @@ pub struct Router {
     pub stats: Stats,
     /// Shared-memory ports made ahead of time.
     pool: crate::ports::Pool,
+    /// Connections whose calls were refused for their limits since the
+    /// event loop last asked (see [`Router::take_refused`]).
+    refused: HashSet<ConnId>,
 }
 
 /// Running totals.
@@ -133,6 +136,7 @@ impl Router {
             started: Instant::now(),
             stats: Stats::default(),
             pool: crate::ports::Pool::start(),
+            refused: HashSet::new(),
         }
     }
 
@@ -252,6 +256,14 @@ impl Router {
         Ok(())
     }
 
+    /// True once per connection whose calls were refused for exceeding
+    /// its limits since the last ask: the event loop reads such a
+    /// connection less often, so a flood of refused calls cannot take the
+    /// broker from everyone else.
+    pub fn take_refused(&mut self, conn: ConnId) -> bool {
+        self.refused.remove(&conn)
+    }
+
     /// Descriptors queued toward `conn` were delivered (or dropped).
     pub fn fds_delivered(&mut self, conn: ConnId, n: usize) {
         if let Some(p) = self.peers.get_mut(&conn) {
@@ -306,7 +318,13 @@ impl Router {
                 service,
                 methods,
             } => self.register(conn, request, service, methods),
-            Frame::Call(req) => self.call(conn, req),
+            Frame::Call(req) => {
+                let out = self.call(conn, req);
+                if refused_for_limits(conn, &out) {
+                    self.refused.insert(conn);
+                }
+                out
+            }
             Frame::Result { call, outcome } => self.result(conn, call, outcome),
             Frame::Cancel { call } => self.cancel(conn, call),
             Frame::StreamProgress {
@@ -516,6 +534,7 @@ impl Router {
     /// A connection went away: its services vanish, its outgoing calls are
     /// cancelled, and the callers of calls it served get "peer gone".
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Output> {
+        self.refused.remove(&conn);
         let Some(peer) = self.peers.remove(&conn) else {
             return Vec::new();
         };
@@ -623,4 +642,15 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'))
+}
+
+/// Whether a call's outputs refuse it to `conn` for exceeding a limit.
+fn refused_for_limits(conn: ConnId, out: &[Output]) -> bool {
+    out.iter().any(|o| {
+        matches!(o, Output::Send {
+            to,
+            frame: Frame::Result { outcome: Err(e), .. },
+            ..
+        } if *to == conn && e.code == ErrorCode::LimitsExceeded)
+    })
 }
