@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod log_limit;
 pub mod logging;
 pub mod notify;
 pub mod policy;

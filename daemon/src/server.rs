@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Limits, Settings};
 use crate::conn::{Conn, ReadError};
+use crate::log_limit::{held_back, LogLimit};
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
 use crate::router::{ConnId, Output, Router};
@@ -61,6 +62,8 @@ pub struct Server {
     /// refused for exceeding their limits (see [`REFUSED_PAUSE`]). They are
     /// read at that time whether or not new input was signalled.
     paused: HashMap<ConnId, Instant>,
+    /// Keeps a user's connections closed for violations from flooding the log.
+    log_limit: LogLimit,
     notifier: Notifier,
     reloader: Option<Reloader>,
     log: Option<LogHandle>,
@@ -120,6 +123,7 @@ impl Server {
             started: Instant::now(),
             again: Vec::new(),
             paused: HashMap::new(),
+            log_limit: LogLimit::default(),
             notifier: Notifier::from_env(),
             reloader: None,
             log: None,
@@ -446,7 +450,9 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        warn!(conn = id, pid = conn.creds.pid, uid = conn.creds.uid, error = %error.message, "closing connection");
+        if let Some(held) = self.log_limit.admit(conn.creds.uid, Instant::now()) {
+            warn!(conn = id, pid = conn.creds.pid, uid = conn.creds.uid, error = %error.message, "closing connection{}", held_back(held));
+        }
         let _ = conn.queue(&Frame::Error(error), Vec::new(), usize::MAX);
         conn.closing = true;
         let _ = conn.flush();

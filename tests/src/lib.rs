@@ -36,6 +36,8 @@ pub struct Broker {
     child: Child,
     /// The broker's socket.
     pub socket: PathBuf,
+    /// Where the broker's stderr goes, when not to the test's.
+    log: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -52,6 +54,22 @@ impl Broker {
 
     /// Starts `shmbusd` with its file-size limit (RLIMIT_FSIZE) set to `fsize` bytes.
     pub fn start_limited(args: &[&str], fsize: Option<u64>) -> Broker {
+        Self::spawn(args, fsize, false)
+    }
+
+    /// Starts `shmbusd` with its log (stderr) kept in a file, read with
+    /// [`log`](Self::log).
+    pub fn start_logged(args: &[&str]) -> Broker {
+        Self::spawn(args, None, true)
+    }
+
+    /// What the broker logged so far (only for [`start_logged`](Self::start_logged)).
+    pub fn log(&self) -> String {
+        let path = self.log.as_ref().expect("broker started with start_logged");
+        std::fs::read_to_string(path).expect("read broker log")
+    }
+
+    fn spawn(args: &[&str], fsize: Option<u64>, logged: bool) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         // Other users (tests drop to `nobody`) must reach the socket.
         std::fs::set_permissions(
@@ -65,17 +83,20 @@ impl Broker {
         cmd.arg("-c")
             .arg(format!("ulimit -f {limit} && exec \"$0\" \"$@\""))
             .arg(bin("shmbusd"));
-        let child = cmd
-            .arg("--socket")
+        cmd.arg("--socket")
             .arg(&socket)
             .args(args)
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn shmbusd");
+            .stdin(Stdio::null());
+        let log = logged.then(|| dir.path().join("shmbusd.log"));
+        if let Some(path) = &log {
+            cmd.stderr(std::fs::File::create(path).expect("create broker log"));
+        }
+        let child = cmd.spawn().expect("spawn shmbusd");
         let broker = Broker {
             child,
             socket,
+            log,
             _dir: dir,
         };
         wait_until(Duration::from_secs(10), || {

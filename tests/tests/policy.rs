@@ -13,7 +13,7 @@ fn broker_with(config: &str) -> (Broker, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shmbusd.toml");
     std::fs::write(&path, config).unwrap();
-    let broker = Broker::start_with(&["--config", path.to_str().unwrap()]);
+    let broker = Broker::start_logged(&["--config", path.to_str().unwrap()]);
     (broker, dir)
 }
 
@@ -189,6 +189,14 @@ fn refused_calls_are_each_answered_while_the_broker_serves_others() {
         .unary()
         .unwrap();
     assert_eq!(sum, 5u64.to_le_bytes());
+    // The 40 refusals were logged as a short burst (the broker lets 5 per
+    // uid through every 10 s), not one line each.
+    let log = broker.log();
+    let warned = log.matches("stream refused").count();
+    assert!(
+        (1..=5).contains(&warned),
+        "{warned} refusal warnings logged:\n{log}"
+    );
     // Once the quota is free, the throttled connection opens again.
     held.cancel().unwrap();
     drop(held);

@@ -1,5 +1,7 @@
 //! Calls: checking a call, opening its stream port, routing it to the service.
 
+use std::time::Instant;
+
 use shmbus::frame::{
     CallRequest, ErrorCode, FallbackReason, Frame, MonitorKind, RemoteError, StreamInfo,
     StreamMode, StreamOpen, Transport, TransportPreference,
@@ -7,6 +9,7 @@ use shmbus::frame::{
 use tracing::{debug, info, warn};
 
 use super::{remote, send, violation, ConnId, LiveCall, Output, Router};
+use crate::log_limit::held_back;
 use crate::ports;
 use crate::quota::Resource;
 
@@ -56,7 +59,9 @@ impl Router {
         let owner = self.peers[&service.owner].creds.uid;
         let creds = self.peers[&conn].creds;
         if let Err(msg) = self.limits.policy.may_call(&req.service, creds.uid, owner) {
-            warn!(pid = creds.pid, uid = creds.uid, service = %req.service, "call denied: {msg}");
+            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
+                warn!(pid = creds.pid, uid = creds.uid, service = %req.service, "call denied: {msg}{}", held_back(held));
+            }
             return fail(ErrorCode::Denied, msg);
         }
         if self.peers[&conn].live_calls >= self.limits.max_calls_per_connection {
@@ -201,11 +206,14 @@ impl Router {
             Resource::Streams,
             ring_bytes,
         ) {
-            warn!(
-                pid = caller_creds.pid,
-                uid = caller_creds.uid,
-                "stream refused: {msg}"
-            );
+            if let Some(held) = self.log_limit.admit(caller_creds.uid, Instant::now()) {
+                warn!(
+                    pid = caller_creds.pid,
+                    uid = caller_creds.uid,
+                    "stream refused: {msg}{}",
+                    held_back(held)
+                );
+            }
             return Err(remote(ErrorCode::LimitsExceeded, msg));
         }
         let charge = (caller_creds.uid, ring_bytes);

@@ -16,6 +16,7 @@ use shmbus::sys::PeerCredentials;
 use tracing::{info, warn};
 
 use crate::config::Limits;
+use crate::log_limit::{held_back, LogLimit};
 use crate::quota::{Ledger, Resource};
 
 mod calls;
@@ -104,6 +105,8 @@ pub struct Router {
     /// Connections whose calls were refused for their limits since the
     /// event loop last asked (see [`Router::take_refused`]).
     refused: HashSet<ConnId>,
+    /// Keeps a user's refused requests from flooding the log.
+    log_limit: LogLimit,
 }
 
 /// Running totals.
@@ -137,6 +140,7 @@ impl Router {
             stats: Stats::default(),
             pool: crate::ports::Pool::start(),
             refused: HashSet::new(),
+            log_limit: LogLimit::default(),
         }
     }
 
@@ -236,11 +240,14 @@ impl Router {
             self.ledger
                 .charge(&self.limits.quotas, creds.uid, Resource::Connections, 1)
         {
-            warn!(
-                pid = creds.pid,
-                uid = creds.uid,
-                "connection refused: {msg}"
-            );
+            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
+                warn!(
+                    pid = creds.pid,
+                    uid = creds.uid,
+                    "connection refused: {msg}{}",
+                    held_back(held)
+                );
+            }
             return Err(remote(ErrorCode::LimitsExceeded, msg));
         }
         self.peers.insert(
@@ -403,7 +410,9 @@ impl Router {
         }
         let creds = self.peers[&conn].creds;
         if let Err(msg) = self.limits.policy.may_register(&name, creds.uid) {
-            warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration denied: {msg}");
+            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
+                warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration denied: {msg}{}", held_back(held));
+            }
             return refuse(ErrorCode::Denied, msg);
         }
         let peer = self.peers.get_mut(&conn).expect("checked");
@@ -417,7 +426,9 @@ impl Router {
             .ledger
             .charge(&self.limits.quotas, creds.uid, Resource::Services, 1)
         {
-            warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration refused: {msg}");
+            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
+                warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration refused: {msg}{}", held_back(held));
+            }
             return refuse(ErrorCode::LimitsExceeded, msg);
         }
         let peer = self.peers.get_mut(&conn).expect("checked");
