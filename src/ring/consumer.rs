@@ -178,6 +178,8 @@ impl RingConsumer {
             return Err(violation("record released twice or out of order"));
         }
         self.released = record.end_pos;
+        // The first item has passed: the descriptor is no longer needed.
+        self.ring.close_memfd();
         let granted = self.credit.on_consume(record.charge)?;
         if let Some(limit) = granted {
             // SYNC: Release pairs with the Acquire load in `RingProducer::refresh_credit`.

@@ -156,10 +156,13 @@ pub(super) fn align_record(len: usize) -> u64 {
     ((RECORD_HEADER + len + RECORD_HEADER - 1) & !(RECORD_HEADER - 1)) as u64
 }
 
-/// A mapped, validated ring. Shares the mapping with its other views; the
-/// descriptor is closed once mapped.
+/// A mapped, validated ring. Shares the mapping with its other views.
 pub(super) struct SharedRing {
     _backing: Backing,
+    /// The memfd, kept open after mapping until the stream's first item has
+    /// passed ([`SharedRing::close_memfd`]): closing it is a system call
+    /// that would otherwise stand between a new stream and its first item.
+    memfd: Option<File>,
     base: NonNull<u8>,
     len: usize,
     pub(super) capacity: u32,
@@ -188,7 +191,12 @@ impl SharedRing {
         }
         sys::check_ring_seals(&fd).map_err(|e| RingError::BadPort(e.to_string()))?;
         let file = File::from(fd);
-        let size = file.metadata()?.len();
+        // The size from `lseek`, which costs half of an `fstat` (statx)
+        // and is all that is needed here.
+        let size = {
+            use std::io::Seek;
+            (&file).seek(std::io::SeekFrom::End(0))?
+        };
         if size != file_size(capacity) {
             return Err(RingError::BadPort(format!(
                 "memfd is {size} bytes, {} expected",
@@ -203,6 +211,7 @@ impl SharedRing {
         let ring = SharedRing {
             len: map.len(),
             _backing: Backing::Mapped(std::sync::Arc::new(map)),
+            memfd: Some(file),
             base,
             capacity,
         };
@@ -219,6 +228,7 @@ impl SharedRing {
     ) -> Result<Self, RingError> {
         let ring = SharedRing {
             len: region.len(),
+            memfd: None,
             base: region.base(),
             capacity: region.capacity(),
             _backing: Backing::Heap(region.clone()),
@@ -235,6 +245,7 @@ impl SharedRing {
                 #[cfg(test)]
                 Backing::Heap(r) => Backing::Heap(r.clone()),
             },
+            memfd: None,
             base: self.base,
             len: self.len,
             capacity: self.capacity,
@@ -255,6 +266,14 @@ impl SharedRing {
             )));
         }
         Ok(())
+    }
+
+    /// Closes the memfd (the mapping stays). Called once the first item
+    /// has passed; later calls cost a test of a field.
+    pub(super) fn close_memfd(&mut self) {
+        if self.memfd.is_some() {
+            self.memfd = None;
+        }
     }
 
     pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {

@@ -269,7 +269,10 @@ impl RingProducer {
             .store(self.write_pos, Ordering::Release);
         // SYNC: pairs with the fence in `RingConsumer::prepare_sleep`.
         fence(Ordering::SeqCst);
-        take_flag(self.ring.u32_at(OFF_CONSUMER_SLEEPING))
+        let asleep = take_flag(self.ring.u32_at(OFF_CONSUMER_SLEEPING));
+        // The first item is out: the descriptor is no longer needed.
+        self.ring.close_memfd();
+        asleep
     }
 
     /// Announces the intent to sleep, then re-checks. Returns true when the

@@ -475,3 +475,47 @@ fn a_drained_ring_starts_over_at_its_beginning() {
     assert_eq!(c.data(&rec), &[10]);
     assert_ne!(Some(c.data(&rec).as_ptr()), first);
 }
+
+/// Descriptors this process holds on memfds named `name`.
+fn memfds_named(name: &str) -> usize {
+    let link = format!("/memfd:{name} (deleted)");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.as_os_str() == link.as_str())
+        .count()
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot create or map a memfd")]
+fn each_side_closes_its_memfd_once_the_first_item_passed() {
+    let spec = CreditSpec::items(8);
+    let name = "first-item-closes";
+    let fd = create_ring_memfd(name, 4096, 8).unwrap();
+    let mut p = RingProducer::open(fd.try_clone().unwrap(), 4096, spec).unwrap();
+    let mut c = RingConsumer::open(fd.try_clone().unwrap(), 4096, spec).unwrap();
+    drop(fd);
+    assert_eq!(
+        memfds_named(name),
+        2,
+        "both sides keep theirs open at first"
+    );
+    send(&mut p, b"x", 1).unwrap();
+    assert_eq!(
+        memfds_named(name),
+        1,
+        "the producer closes at its first publish"
+    );
+    let r = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&r), b"x");
+    c.release(&r).unwrap();
+    assert_eq!(
+        memfds_named(name),
+        0,
+        "the consumer closes at its first release"
+    );
+    // The mappings outlive the descriptors.
+    send(&mut p, b"yz", 1).unwrap();
+    let r = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&r), b"yz");
+}
