@@ -13,7 +13,7 @@ use shmbus::frame::{
     StreamMode, StreamOpen, Transport, TransportPreference,
 };
 
-use crate::conn::{Bound, CallEvent, Connection, IncomingRaw};
+use crate::conn::{Bound, CallEvent, Connection, HeldReader, IncomingRaw};
 use crate::error::{Error, Result};
 use crate::port::{self, wait::WaitPolicy, PeerResult, Role};
 use crate::stream::{Receiver, Sender};
@@ -103,16 +103,23 @@ impl CallBuilder {
         self
     }
 
-    fn send(mut self) -> Result<Call> {
+    fn send(self) -> Result<Call> {
+        Ok(self.send_leading()?.0)
+    }
+
+    /// Sends the call holding the reader (when no other thread reads), for
+    /// the first wait on the call: see [`HeldReader`].
+    fn send_leading(mut self) -> Result<(Call, HeldReader)> {
         let inner = self.conn.inner().clone();
         let id = inner.next_id();
         self.request.call = id;
         let events = inner.expect_call(id)?;
+        let held = inner.lead();
         if let Err(e) = inner.send(&Frame::Call(self.request)) {
             inner.forget_call(id);
             return Err(e);
         }
-        Ok(Call {
+        let call = Call {
             shared: Bound::new(self.conn.shared.clone(), inner.clone()),
             id,
             events,
@@ -123,22 +130,25 @@ impl CallBuilder {
             peer_result: None,
             cancelled: Arc::new(AtomicBool::new(false)),
             policy: self.policy,
-        })
+        };
+        Ok((call, held))
     }
 
     /// Makes a unary call and waits for its result.
     pub fn unary(self) -> Result<Vec<u8>> {
-        self.mode(StreamMode::Unary).send()?.finish()
+        let (call, held) = self.mode(StreamMode::Unary).send_leading()?;
+        call.finish_holding(Some(held))
     }
 
     /// Makes the call and waits until its stream is open (or the call
     /// failed). For a unary mode, returns once the call is sent.
     pub fn start(self) -> Result<Call> {
         let streams = self.request.mode != Some(StreamMode::Unary);
-        let mut call = self.send()?;
-        if streams {
-            call.wait_open()?;
+        if !streams {
+            return self.send();
         }
+        let (mut call, held) = self.send_leading()?;
+        call.wait_open(Some(held))?;
         Ok(call)
     }
 
@@ -146,8 +156,8 @@ impl CallBuilder {
     /// method's result, as one list of items. The method's own mode decides.
     pub fn collect(mut self) -> Result<Vec<Vec<u8>>> {
         self.request.mode = None;
-        let mut call = self.send()?;
-        if !call.wait_open()? {
+        let (mut call, held) = self.send_leading()?;
+        if !call.wait_open(Some(held))? {
             return Ok(vec![call.finish()?]);
         }
         let mut items = Vec::new();
@@ -181,8 +191,8 @@ pub struct Call {
 
 impl Call {
     /// Waits for stream-open; false when the call answered without a stream.
-    fn wait_open(&mut self) -> Result<bool> {
-        match self.shared.inner.wait_for(&self.events) {
+    fn wait_open(&mut self, held: Option<HeldReader>) -> Result<bool> {
+        match self.shared.inner.wait_holding(held, &self.events) {
             Ok(CallEvent::Open(open, fds)) => {
                 self.attach(open, fds)?;
                 Ok(true)
@@ -280,11 +290,15 @@ impl Call {
     /// in the stream's ring, so if the broker dies the result still arrives,
     /// peer to peer (results up to
     /// [`MAX_RING_RESULT`](shmbus::ring::MAX_RING_RESULT) bytes).
-    pub fn finish(mut self) -> Result<Vec<u8>> {
+    pub fn finish(self) -> Result<Vec<u8>> {
+        self.finish_holding(None)
+    }
+
+    fn finish_holding(mut self, held: Option<HeldReader>) -> Result<Vec<u8>> {
         if let Some(outcome) = self.outcome.take() {
             return outcome.map_err(Error::Remote);
         }
-        match self.shared.inner.wait_for(&self.events) {
+        match self.shared.inner.wait_holding(held, &self.events) {
             Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::Remote),
             Ok(CallEvent::Open(open, fds)) => {
                 drop(fds);

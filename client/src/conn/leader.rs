@@ -2,7 +2,9 @@
 //! reader and routes every frame it reads. A thread waiting for its own
 //! reply takes the reader when it is free, so its reply needs no hand-over;
 //! the connection's reader thread reads only while no thread waits, woken
-//! by a one-shot watch that is armed whenever the reader is free.
+//! by a one-shot watch that is armed whenever the reader is free. A thread
+//! making a call takes the reader before it sends, so the reply does not
+//! wake the reader thread as well.
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -18,6 +20,25 @@ pub(super) struct ReadToken {
     pub(super) reader: Option<FrameReader>,
     /// The connection failed or ended: nobody reads it again.
     pub(super) dead: bool,
+}
+
+/// The reader, taken by a thread before it sends a request whose reply it
+/// will wait for ([`Inner::lead`]). The reader thread's watch is then
+/// disarmed before the request goes out, so the reply wakes only the
+/// waiting thread, not the reader thread as well (on another CPU, that
+/// wake-up costs an interrupt, and CPU time the peers need). Dropped
+/// unused, it hands the reader back.
+pub(crate) struct HeldReader {
+    inner: Arc<Inner>,
+    reader: Option<FrameReader>,
+}
+
+impl Drop for HeldReader {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.inner.put_token(reader, true);
+        }
+    }
 }
 
 /// What a thread asking for the reader got.
@@ -36,15 +57,42 @@ impl Inner {
         self: &Arc<Self>,
         rx: &mpsc::Receiver<T>,
     ) -> std::result::Result<T, mpsc::RecvError> {
+        self.wait_holding(None, rx)
+    }
+
+    /// Takes the reader ahead of a request, when no other thread reads;
+    /// pass it to [`wait_holding`](Self::wait_holding) once the request is sent.
+    pub(crate) fn lead(self: &Arc<Self>) -> HeldReader {
+        let reader = match self.take_token() {
+            Lead::Reader(r) => Some(r),
+            Lead::Busy | Lead::Dead => None,
+        };
+        HeldReader {
+            inner: self.clone(),
+            reader,
+        }
+    }
+
+    /// [`wait_for`](Self::wait_for) with the reader this thread took
+    /// beforehand, if any.
+    pub(crate) fn wait_holding<T>(
+        self: &Arc<Self>,
+        held: Option<HeldReader>,
+        rx: &mpsc::Receiver<T>,
+    ) -> std::result::Result<T, mpsc::RecvError> {
+        let held = held.and_then(|mut h| h.reader.take());
         let take = |rx: &mpsc::Receiver<T>| match rx.try_recv() {
             Ok(v) => Some(Ok(v)),
             Err(mpsc::TryRecvError::Disconnected) => Some(Err(mpsc::RecvError)),
             Err(mpsc::TryRecvError::Empty) => None,
         };
         if let Some(r) = take(rx) {
+            if let Some(reader) = held {
+                self.put_token(reader, true);
+            }
             return r;
         }
-        let mut reader = match self.take_token() {
+        let mut reader = match held.map_or_else(|| self.take_token(), Lead::Reader) {
             Lead::Reader(r) => r,
             Lead::Busy | Lead::Dead => return rx.recv(),
         };

@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 mod leader;
 mod reader;
 
+pub(crate) use leader::HeldReader;
+
 use leader::{read_loop, ReadToken};
 use reader::FrameReader;
 
