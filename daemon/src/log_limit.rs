@@ -31,10 +31,16 @@ pub struct LogLimit {
 }
 
 impl LogLimit {
+    /// Whether a warning about `uid` may be logged now: `Some` with the
+    /// end of its line ([`held_back`]), or `None` to hold it back.
+    pub fn admit(&mut self, uid: u32) -> Option<String> {
+        self.admit_at(uid, Instant::now()).map(held_back)
+    }
+
     /// Whether a warning about `uid` may be logged at `now`: `Some(held)`
     /// with the number of warnings about it held back since the last one
     /// logged, or `None` to hold this one back.
-    pub fn admit(&mut self, uid: u32, now: Instant) -> Option<u64> {
+    pub fn admit_at(&mut self, uid: u32, now: Instant) -> Option<u64> {
         if self.by_uid.len() >= MAX_UIDS && !self.by_uid.contains_key(&uid) {
             self.forget_quiet(now);
         }
@@ -84,16 +90,16 @@ mod tests {
         let mut l = LogLimit::default();
         let t0 = Instant::now();
         for _ in 0..BURST {
-            assert_eq!(l.admit(7, t0), Some(0));
+            assert_eq!(l.admit_at(7, t0), Some(0));
         }
         for _ in 0..40 {
-            assert_eq!(l.admit(7, t0 + Duration::from_secs(1)), None);
+            assert_eq!(l.admit_at(7, t0 + Duration::from_secs(1)), None);
         }
         // Another uid has its own budget.
-        assert_eq!(l.admit(8, t0), Some(0));
+        assert_eq!(l.admit_at(8, t0), Some(0));
         // The next window's first warning carries the count held back.
-        assert_eq!(l.admit(7, t0 + WINDOW), Some(40));
-        assert_eq!(l.admit(7, t0 + WINDOW), Some(0));
+        assert_eq!(l.admit_at(7, t0 + WINDOW), Some(40));
+        assert_eq!(l.admit_at(7, t0 + WINDOW), Some(0));
     }
 
     #[test]
@@ -101,16 +107,16 @@ mod tests {
         let mut l = LogLimit::default();
         let t0 = Instant::now();
         for _ in 0..=BURST {
-            l.admit(1, t0);
+            l.admit_at(1, t0);
         }
         for uid in 2..MAX_UIDS as u32 + 1 {
-            l.admit(uid, t0);
+            l.admit_at(uid, t0);
         }
         assert_eq!(l.by_uid.len(), MAX_UIDS);
         // A new uid after the window: the quiet ones go, uid 1 (one held) stays.
         let later = t0 + WINDOW;
-        assert_eq!(l.admit(5000, later), Some(0));
+        assert_eq!(l.admit_at(5000, later), Some(0));
         assert_eq!(l.by_uid.len(), 2);
-        assert_eq!(l.admit(1, later), Some(1));
+        assert_eq!(l.admit_at(1, later), Some(1));
     }
 }

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Limits, Settings};
 use crate::conn::{Conn, ReadError};
-use crate::log_limit::{held_back, LogLimit};
+use crate::log_limit::LogLimit;
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
 use crate::router::{ConnId, Output, Router};
@@ -450,8 +450,8 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if let Some(held) = self.log_limit.admit(conn.creds.uid, Instant::now()) {
-            warn!(conn = id, pid = conn.creds.pid, uid = conn.creds.uid, error = %error.message, "closing connection{}", held_back(held));
+        if let Some(more) = self.log_limit.admit(conn.creds.uid) {
+            warn!(conn = id, pid = conn.creds.pid, uid = conn.creds.uid, error = %error.message, "closing connection{more}");
         }
         let _ = conn.queue(&Frame::Error(error), Vec::new(), usize::MAX);
         conn.closing = true;

@@ -269,11 +269,9 @@ impl SharedRing {
     }
 
     /// Closes the memfd (the mapping stays). Called once the first item
-    /// has passed; later calls cost a test of a field.
+    /// has passed; later calls find it closed already.
     pub(super) fn close_memfd(&mut self) {
-        if self.memfd.is_some() {
-            self.memfd = None;
-        }
+        self.memfd = None;
     }
 
     pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {

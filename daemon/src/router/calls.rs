@@ -1,7 +1,5 @@
 //! Calls: checking a call, opening its stream port, routing it to the service.
 
-use std::time::Instant;
-
 use shmbus::frame::{
     CallRequest, ErrorCode, FallbackReason, Frame, MonitorKind, RemoteError, StreamInfo,
     StreamMode, StreamOpen, Transport, TransportPreference,
@@ -9,7 +7,6 @@ use shmbus::frame::{
 use tracing::{debug, info, warn};
 
 use super::{remote, send, violation, ConnId, LiveCall, Output, Router};
-use crate::log_limit::held_back;
 use crate::ports;
 use crate::quota::Resource;
 
@@ -59,8 +56,8 @@ impl Router {
         let owner = self.peers[&service.owner].creds.uid;
         let creds = self.peers[&conn].creds;
         if let Err(msg) = self.limits.policy.may_call(&req.service, creds.uid, owner) {
-            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
-                warn!(pid = creds.pid, uid = creds.uid, service = %req.service, "call denied: {msg}{}", held_back(held));
+            if let Some(more) = self.log_limit.admit(creds.uid) {
+                warn!(pid = creds.pid, uid = creds.uid, service = %req.service, "call denied: {msg}{more}");
             }
             return fail(ErrorCode::Denied, msg);
         }
@@ -206,12 +203,11 @@ impl Router {
             Resource::Streams,
             ring_bytes,
         ) {
-            if let Some(held) = self.log_limit.admit(caller_creds.uid, Instant::now()) {
+            if let Some(more) = self.log_limit.admit(caller_creds.uid) {
                 warn!(
                     pid = caller_creds.pid,
                     uid = caller_creds.uid,
-                    "stream refused: {msg}{}",
-                    held_back(held)
+                    "stream refused: {msg}{more}"
                 );
             }
             return Err(remote(ErrorCode::LimitsExceeded, msg));

@@ -16,7 +16,7 @@ use shmbus::sys::PeerCredentials;
 use tracing::{info, warn};
 
 use crate::config::Limits;
-use crate::log_limit::{held_back, LogLimit};
+use crate::log_limit::LogLimit;
 use crate::quota::{Ledger, Resource};
 
 mod calls;
@@ -240,12 +240,11 @@ impl Router {
             self.ledger
                 .charge(&self.limits.quotas, creds.uid, Resource::Connections, 1)
         {
-            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
+            if let Some(more) = self.log_limit.admit(creds.uid) {
                 warn!(
                     pid = creds.pid,
                     uid = creds.uid,
-                    "connection refused: {msg}{}",
-                    held_back(held)
+                    "connection refused: {msg}{more}"
                 );
             }
             return Err(remote(ErrorCode::LimitsExceeded, msg));
@@ -410,8 +409,8 @@ impl Router {
         }
         let creds = self.peers[&conn].creds;
         if let Err(msg) = self.limits.policy.may_register(&name, creds.uid) {
-            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
-                warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration denied: {msg}{}", held_back(held));
+            if let Some(more) = self.log_limit.admit(creds.uid) {
+                warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration denied: {msg}{more}");
             }
             return refuse(ErrorCode::Denied, msg);
         }
@@ -426,8 +425,8 @@ impl Router {
             .ledger
             .charge(&self.limits.quotas, creds.uid, Resource::Services, 1)
         {
-            if let Some(held) = self.log_limit.admit(creds.uid, Instant::now()) {
-                warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration refused: {msg}{}", held_back(held));
+            if let Some(more) = self.log_limit.admit(creds.uid) {
+                warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration refused: {msg}{more}");
             }
             return refuse(ErrorCode::LimitsExceeded, msg);
         }
