@@ -1,4 +1,5 @@
-//! Credit accounting: the seed's backpressure loop, without I/O.
+//! Credit accounting: the backpressure loop of "Credit" in `PROTOCOL.md`
+//! (at the repository root), without I/O.
 //!
 //! Credit is kept as absolute totals, so a lost or repeated announcement can
 //! never inflate it: the receiver announces a *limit* (`consumed + hwm`), the
@@ -286,7 +287,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_sequence_replenishes_below_half_the_high_water_mark() {
+    fn credit_is_granted_again_below_half_the_high_water_mark() {
         let spec = CreditSpec::items(16);
         let mut tx = SendCredit::new(spec);
         let mut rx = RecvCredit::new(spec);

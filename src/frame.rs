@@ -10,6 +10,9 @@
 //! Stream payload never travels in these frames: stream-data, stream-credit,
 //! stream-end, stream-error and stream-cancel travel on the stream's own port
 //! (see [`crate::ring`] and [`crate::link`]).
+//!
+//! Every frame kind, its fields, what each side does with it and a call's
+//! whole life are described in `PROTOCOL.md` at the repository root.
 
 use serde::{Deserialize, Serialize};
 
@@ -203,7 +206,35 @@ pub enum ErrorCode {
     ShuttingDown,
 }
 
+impl ErrorCode {
+    /// A short description for people, e.g. "call failed" or "call aborted".
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorCode::NoSuchService => "no such service",
+            ErrorCode::NoSuchMethod => "no such method",
+            ErrorCode::NameTaken => "name taken",
+            ErrorCode::Aborted => "call aborted",
+            ErrorCode::Failed => "call failed",
+            ErrorCode::PeerGone => "peer gone",
+            ErrorCode::ProtocolViolation => "protocol violation",
+            ErrorCode::LimitsExceeded => "limits exceeded",
+            ErrorCode::Denied => "denied",
+            ErrorCode::SharedMemoryUnavailable => "shared memory unavailable",
+            ErrorCode::ShuttingDown => "broker shutting down",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// An error with a code and a human-readable message.
+///
+/// Displays as the code's description, then the message when it adds
+/// anything: `call failed: disk full`, `call aborted: cancelled by the caller`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RemoteError {
     /// What kind of error.
@@ -211,6 +242,23 @@ pub struct RemoteError {
     /// Details for people.
     pub message: String,
 }
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = self.code.describe();
+        // A message that only repeats the code (older peers send "aborted").
+        let repeats = self.message.is_empty()
+            || self.message == what
+            || what.strip_prefix("call ") == Some(self.message.as_str());
+        if repeats {
+            f.write_str(what)
+        } else {
+            write!(f, "{what}: {}", self.message)
+        }
+    }
+}
+
+impl std::error::Error for RemoteError {}
 
 /// A live stream as the broker sees it, for `shmbusctl list`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -223,7 +271,8 @@ pub struct StreamInfo {
     pub method: String,
     /// Shared memory or socket.
     pub transport: Transport,
-    /// The seed state as last reported (`ACTIVE`, ...).
+    /// The stream state as last reported (`ACTIVE`, ...; see
+    /// [`StreamState::name`](crate::state::StreamState::name)).
     pub state: String,
     /// Payload bytes received so far, as last reported by the receiving peer.
     pub bytes: u64,
@@ -391,7 +440,7 @@ pub enum Frame {
     StreamProgress {
         /// Broker-wide stream id.
         stream: StreamId,
-        /// Seed state name.
+        /// Stream state name ([`StreamState::name`](crate::state::StreamState::name)).
         state: String,
         /// Payload bytes received so far.
         bytes: u64,

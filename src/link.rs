@@ -14,6 +14,8 @@
 //! | cancel | empty | consumer → producer |
 //!
 //! Several items share one stream-data message: that is the batching.
+//! "The socket port" in `PROTOCOL.md` (at the repository root) gives the
+//! geometry and the rules both peers follow.
 
 /// Bytes of a message header.
 pub const MESSAGE_HEADER: usize = 5;

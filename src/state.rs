@@ -1,4 +1,5 @@
-//! The seed's stream state machine: IDLE → OPENING → ACTIVE → CLOSING → CLOSED.
+//! The stream state machine: IDLE → OPENING → ACTIVE → CLOSING → CLOSED
+//! (see "Stream states" in `PROTOCOL.md` at the repository root).
 //!
 //! Pure bookkeeping: each peer drives one [`StreamLifecycle`] per stream with
 //! the events it observes, and the lifecycle records every transition in order
@@ -6,7 +7,7 @@
 
 use std::fmt;
 
-/// The states of the seed's diagram.
+/// The states a stream half passes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamState {
     /// Nothing sent yet.
@@ -22,7 +23,7 @@ pub enum StreamState {
 }
 
 impl StreamState {
-    /// Upper-case name as in the seed.
+    /// Upper-case name, as `PROTOCOL.md` and `stream-progress` reports spell it.
     pub fn name(self) -> &'static str {
         match self {
             StreamState::Idle => "IDLE",

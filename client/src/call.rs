@@ -14,20 +14,46 @@ use shmbus::frame::{
 };
 
 use crate::conn::{Bound, CallEvent, Connection, HeldReader, IncomingRaw};
-use crate::error::{Error, Result};
+use crate::error::{decode, Error, Result};
 use crate::port::{self, wait::WaitPolicy, PeerResult, Role};
 use crate::stream::{Receiver, Sender};
 
-/// Describes a call before it is made. Get one from [`Connection::call`].
+/// Describes a call before it is made. Get one from [`Connection::call`],
+/// then make it with [`start`](Self::start) (a streaming call),
+/// [`unary`](Self::unary) (one answer) or [`collect`](Self::collect) (the
+/// whole stream as one batch).
 #[must_use]
 pub struct CallBuilder {
     conn: Connection,
     request: CallRequest,
     policy: WaitPolicy,
+    collect_limit: Option<u64>,
 }
 
 impl Connection {
-    /// Starts describing a call of `method` on `service`.
+    /// Starts describing a call of `method` on `service`. Nothing is sent
+    /// until [`CallBuilder::start`], [`unary`](CallBuilder::unary) or
+    /// [`collect`](CallBuilder::collect).
+    ///
+    /// ```no_run
+    /// use shmbus_client::{Connection, CreditSpec};
+    ///
+    /// # fn main() -> shmbus_client::Result<()> {
+    /// let conn = Connection::connect_default()?;
+    /// // The method's own mode (download here) decides which halves the call has.
+    /// let mut call = conn
+    ///     .call("frames", "get")
+    ///     .args_typed(&42u32)?
+    ///     .credit(CreditSpec::items(16))
+    ///     .start()?;
+    /// let mut rx = call.take_receiver().expect("frames.get streams to the caller");
+    /// while let Some(frame) = rx.recv_bytes()? {
+    ///     println!("{} bytes", frame.len());
+    /// }
+    /// call.finish()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn call(&self, service: &str, method: &str) -> CallBuilder {
         CallBuilder {
             conn: self.clone(),
@@ -36,18 +62,40 @@ impl Connection {
                 service: service.to_string(),
                 method: method.to_string(),
                 args: Vec::new(),
-                mode: Some(StreamMode::Unary),
+                // The method's registered mode decides.
+                mode: None,
                 // A high-water mark of 0 takes the broker's default.
                 credit: CreditSpec::bytes(0),
                 transport: TransportPreference::Auto,
                 ring_size: None,
             },
             policy: WaitPolicy::default(),
+            collect_limit: None,
         }
     }
 
     /// Registers a service with its methods. Calls arrive through
-    /// [`Service::next`].
+    /// [`Service::next`]; the service lives as long as the returned handle.
+    ///
+    /// ```no_run
+    /// use shmbus_client::{Connection, MethodSpec, StreamMode};
+    ///
+    /// # fn main() -> shmbus_client::Result<()> {
+    /// let conn = Connection::connect_default()?;
+    /// let service = conn.register(
+    ///     "clock",
+    ///     &[
+    ///         MethodSpec::new("now", StreamMode::Unary),
+    ///         MethodSpec::new("ticks", StreamMode::Download),
+    ///     ],
+    /// )?;
+    /// while let Some(call) = service.next()? {
+    ///     // answer it: see `Service::next`
+    /// #   drop(call);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn register(&self, service: &str, methods: &[MethodSpec]) -> Result<Service> {
         let rx = self.register_raw(service, methods.to_vec())?;
         Ok(Service {
@@ -71,7 +119,10 @@ impl CallBuilder {
         Ok(self)
     }
 
-    /// How items flow; must match the method's registration.
+    /// How items flow. Optional: without it the method's registered mode
+    /// decides, and [`start`](Self::start) returns a call with the halves
+    /// that mode has. When given, it must match the registration, or the
+    /// call fails with [`ErrorCode::NoSuchMethod`] naming both modes.
     pub fn mode(mut self, mode: StreamMode) -> Self {
         self.request.mode = Some(mode);
         self
@@ -129,22 +180,64 @@ impl CallBuilder {
             outcome: None,
             peer_result: None,
             cancelled: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
             policy: self.policy,
         };
         Ok((call, held))
     }
 
+    /// Caps what [`collect`](Self::collect) and
+    /// [`collect_bytes`](Self::collect_bytes) gather: once the items add
+    /// up to more than `max_bytes`, the call is cancelled and collecting
+    /// fails with [`Error::TooLarge`]. Without it, a batch holds the whole
+    /// stream in memory, however large.
+    pub fn collect_limit(mut self, max_bytes: u64) -> Self {
+        self.collect_limit = Some(max_bytes);
+        self
+    }
+
     /// Makes a unary call and waits for its result.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &shmbus_client::Connection) -> shmbus_client::Result<()> {
+    /// let reply = conn.call("clock", "now").args_typed(&"UTC")?.unary()?;
+    /// let secs: u64 = postcard::from_bytes(&reply).expect("a u64");
+    /// # let _ = secs;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn unary(self) -> Result<Vec<u8>> {
         let (call, held) = self.mode(StreamMode::Unary).send_leading()?;
         call.finish_holding(Some(held))
     }
 
-    /// Makes the call and waits until its stream is open (or the call
-    /// failed). For a unary mode, returns once the call is sent.
+    /// Makes the call and waits until its stream is open, or the call
+    /// failed (an unknown service or method, a mode that does not match,
+    /// a refusal: each an [`Error::Remote`]).
+    ///
+    /// The call comes back with the halves of the method's mode:
+    /// [`receiver`](Call::receiver) for a download, [`sender`](Call::sender)
+    /// for an upload, both for a bidirectional method. Without
+    /// [`mode`](Self::mode), a unary method's call returns once it has
+    /// its result (read it with [`Call::finish`]); with `.mode(StreamMode::Unary)`
+    /// it returns as soon as the call is sent.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &shmbus_client::Connection) -> shmbus_client::Result<()> {
+    /// use std::io::Write;
+    ///
+    /// // An upload: write, end the stream, then read the service's answer.
+    /// let mut call = conn.call("store", "put").args("report.csv").start()?;
+    /// let mut tx = call.take_sender().expect("store.put is an upload");
+    /// tx.write_all(b"date,value\n2026-12-03,42\n")?;
+    /// tx.finish()?; // stream-end (Call::finish would also do it for a half left in the call)
+    /// let answer = call.finish()?;
+    /// # let _ = answer;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start(self) -> Result<Call> {
-        let streams = self.request.mode != Some(StreamMode::Unary);
-        if !streams {
+        if self.request.mode == Some(StreamMode::Unary) {
             return self.send();
         }
         let (mut call, held) = self.send_leading()?;
@@ -152,29 +245,136 @@ impl CallBuilder {
         Ok(call)
     }
 
-    /// Batch RPC: collects a streaming method's whole stream, or a unary
-    /// method's result, as one list of items. The method's own mode decides.
-    pub fn collect(mut self) -> Result<Vec<Vec<u8>>> {
+    /// Batch RPC: collects a streaming method's whole stream as one list of
+    /// typed items, or a unary method's result as a list of one. The
+    /// method's own mode decides; an upload half, if the method has one,
+    /// is ended at once. The items are held in memory: see
+    /// [`collect_limit`](Self::collect_limit).
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &shmbus_client::Connection) -> shmbus_client::Result<()> {
+    /// let numbers: Vec<u64> = conn
+    ///     .call("numbers", "count")
+    ///     .args_typed(&1000u64)?
+    ///     .collect_limit(1 << 20)
+    ///     .collect()?;
+    /// assert_eq!(numbers.len(), 1000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn collect<T: DeserializeOwned>(self) -> Result<Vec<T>> {
+        self.collect_with(|bytes| decode(bytes))
+    }
+
+    /// Like [`collect`](Self::collect), with each item's raw bytes.
+    pub fn collect_bytes(self) -> Result<Vec<Vec<u8>>> {
+        self.collect_with(|bytes| Ok(bytes.to_vec()))
+    }
+
+    fn collect_with<T>(mut self, mut item: impl FnMut(&[u8]) -> Result<T>) -> Result<Vec<T>> {
         self.request.mode = None;
+        let limit = self.collect_limit.unwrap_or(u64::MAX);
         let (mut call, held) = self.send_leading()?;
         if !call.wait_open(Some(held))? {
-            return Ok(vec![call.finish()?]);
-        }
-        let mut items = Vec::new();
-        if let Some(rx) = call.receiver.as_mut() {
-            while let Some(item) = rx.recv_bytes()? {
-                items.push(item);
-            }
+            let result = call.finish()?;
+            check_limit(result.len() as u64, limit)?;
+            return Ok(vec![item(&result)?]);
         }
         if let Some(mut tx) = call.sender.take() {
             tx.finish()?;
+        }
+        let mut items = Vec::new();
+        let mut total = 0u64;
+        if let Some(mut rx) = call.receiver.take() {
+            loop {
+                let Some(bytes) = rx.recv_in_place()? else {
+                    break;
+                };
+                total = total.saturating_add(bytes.len() as u64);
+                if let Err(e) = check_limit(total, limit) {
+                    drop(bytes);
+                    rx.cancel();
+                    let _ = call.cancel();
+                    return Err(e);
+                }
+                items.push(item(&bytes)?);
+            }
         }
         call.finish()?;
         Ok(items)
     }
 }
 
-/// A call in progress, on the caller's side.
+fn check_limit(total: u64, limit: u64) -> Result<()> {
+    if total > limit {
+        return Err(Error::TooLarge(format!(
+            "the collected stream exceeds its limit of {limit} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Cancels a call from anywhere: cloneable, `Send` and `Sync`, independent
+/// of the [`Call`] and of its halves. Get one from [`Call::cancel_handle`].
+///
+/// ```no_run
+/// # fn demo(mut call: shmbus_client::Call) -> shmbus_client::Result<()> {
+/// let cancel = call.cancel_handle();
+/// let mut rx = call.take_receiver().expect("a download");
+/// while let Some(line) = rx.recv::<String>()? {
+///     if line == "enough" {
+///         cancel.cancel()?; // the next recv fails with Error::Cancelled
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CancelHandle {
+    shared: Bound,
+    id: CallId,
+    /// Tells this side's senders (and the service's result) the call is
+    /// cancelled.
+    cancelled: Arc<AtomicBool>,
+    /// Tells this side's receivers to stop at their next receive.
+    stop: Arc<AtomicBool>,
+}
+
+impl CancelHandle {
+    /// Cancels the call: this side's halves stop at their next operation
+    /// with [`Error::Cancelled`] (items in flight are dropped), the
+    /// service's next send fails as cancelled, and the call's result
+    /// becomes the error "call aborted". Cancelling again does nothing.
+    pub fn cancel(&self) -> Result<()> {
+        self.cancelled.store(true, Ordering::Release);
+        if self.stop.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.shared.inner.send(&Frame::Cancel { call: self.id })
+    }
+
+    /// True once the call was cancelled through any handle or
+    /// [`Call::cancel`].
+    pub fn is_cancelled(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// A call in progress, on the caller's side. Made by
+/// [`CallBuilder::start`]; ended by [`finish`](Self::finish), which waits
+/// for the service's answer, or by [`cancel`](Self::cancel).
+///
+/// The stream halves can be borrowed ([`receiver`](Self::receiver),
+/// [`sender`](Self::sender)) or taken ([`take_receiver`](Self::take_receiver),
+/// [`take_sender`](Self::take_sender)) to own them apart from the call,
+/// e.g. on other threads; [`cancel_handle`](Self::cancel_handle) gives a
+/// cancel that needs neither.
+///
+/// Two outcomes: each stream direction ends on its own (stream-end, or an
+/// error a receiver reports as [`Error::Stream`], [`Error::Cancelled`],
+/// [`Error::PeerGone`]), and the call has a result, which
+/// [`finish`](Self::finish) returns. A service can fail its stream and
+/// still answer the call with success; check both where both matter.
 pub struct Call {
     shared: Bound,
     id: CallId,
@@ -186,6 +386,8 @@ pub struct Call {
     /// Over shared memory, where the service also leaves its result.
     peer_result: Option<PeerResult>,
     cancelled: Arc<AtomicBool>,
+    /// Set by a cancel: this side's receivers stop at their next receive.
+    stop: Arc<AtomicBool>,
     policy: WaitPolicy,
 }
 
@@ -223,6 +425,7 @@ impl Call {
         self.receiver = ports.rx.map(|p| {
             let mut r = Receiver::new(p, open.stream, self.shared.clone());
             r.set_wait_policy(self.policy);
+            r.stop_on(self.stop.clone());
             r
         });
         self.open = Some(open);
@@ -249,30 +452,67 @@ impl Call {
         self.open.as_ref().and_then(|o| o.fallback.as_ref())
     }
 
-    /// The half that sends to the service (upload, bidirectional).
+    /// The half that sends to the service (upload, bidirectional),
+    /// borrowed from the call; see [`take_sender`](Self::take_sender).
     pub fn sender(&mut self) -> Option<&mut Sender> {
         self.sender.as_mut()
     }
 
-    /// The half that receives from the service (download, bidirectional).
+    /// The half that receives from the service (download, bidirectional),
+    /// borrowed from the call; see [`take_receiver`](Self::take_receiver).
     pub fn receiver(&mut self) -> Option<&mut Receiver> {
         self.receiver.as_mut()
     }
 
-    /// Takes the sending half, e.g. to move it to another thread.
+    /// Takes the sending half, to own it apart from the call (e.g. on
+    /// another thread). A taken half is yours to end: finish or drop it,
+    /// or a service that reads the upload to its end never answers and
+    /// [`finish`](Self::finish) waits for it.
     pub fn take_sender(&mut self) -> Option<Sender> {
         self.sender.take()
     }
 
-    /// Takes the receiving half.
+    /// Takes the receiving half, to own it apart from the call: a loop over
+    /// it can still cancel the call through [`cancel`](Self::cancel) or a
+    /// [`CancelHandle`].
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &shmbus_client::Connection) -> shmbus_client::Result<()> {
+    /// let mut call = conn.call("numbers", "count").args_typed(&u64::MAX)?.start()?;
+    /// let mut rx = call.take_receiver().expect("a download");
+    /// let mut sum = 0u64;
+    /// while let Some(n) = rx.recv::<u64>()? {
+    ///     sum += n;
+    ///     if sum > 1_000_000 {
+    ///         call.cancel()?;
+    ///         break;
+    ///     }
+    /// }
+    /// assert!(call.finish().is_err()); // the result is "call aborted"
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn take_receiver(&mut self) -> Option<Receiver> {
         self.receiver.take()
     }
 
-    /// Cancels the call: the service's next send fails as cancelled, and the
-    /// result becomes the error "aborted".
+    /// A handle that cancels this call from anywhere, even once the halves
+    /// were taken and moved to other threads.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            shared: self.shared.clone(),
+            id: self.id,
+            cancelled: self.cancelled.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Cancels the call: the service's next send fails as cancelled, this
+    /// side's halves (borrowed or taken) fail their next operation with
+    /// [`Error::Cancelled`], and the result becomes the error "call
+    /// aborted" (an [`Error::Remote`] with [`ErrorCode::Aborted`]).
     pub fn cancel(&mut self) -> Result<()> {
-        self.cancelled.store(true, Ordering::Release);
+        let handle = self.cancel_handle();
         if let Some(rx) = self.receiver.as_mut() {
             rx.cancel();
         }
@@ -281,15 +521,41 @@ impl Call {
                 tx.abort("cancelled by the caller");
             }
         }
-        self.shared.inner.send(&Frame::Cancel { call: self.id })
+        handle.cancel()
     }
 
-    /// Waits for the call's result.
+    /// Ends the call and returns the service's result.
     ///
-    /// The broker delivers it. Over shared memory the service also leaves it
-    /// in the stream's ring, so if the broker dies the result still arrives,
-    /// peer to peer (results up to
-    /// [`MAX_RING_RESULT`](shmbus::ring::MAX_RING_RESULT) bytes).
+    /// Halves still in the call are ended first, so finishing never waits
+    /// on this thread's own stream: an open sender is finished
+    /// (stream-end, as [`Sender::finish`]), and a receiver not yet at its
+    /// end is drained (its remaining items are read and dropped). To stop
+    /// a stream early instead, [`cancel`](Self::cancel) first. Halves taken
+    /// out of the call are not touched: end them before, or from another
+    /// thread.
+    ///
+    /// The result is the service's answer, separate from how the stream
+    /// ended: a stream the service failed (`Error::Stream` at the receiver)
+    /// may still come with a successful result.
+    ///
+    /// The broker delivers the result. Over either transport the service
+    /// also sends it straight to the caller on the stream's port, so if the
+    /// broker dies meanwhile the result still arrives (results up to
+    /// [`MAX_PEER_RESULT`](crate::MAX_PEER_RESULT) bytes).
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &shmbus_client::Connection) -> shmbus_client::Result<()> {
+    /// use shmbus_client::{Error, ErrorCode};
+    ///
+    /// let call = conn.call("jobs", "run").args("nightly").start()?;
+    /// match call.finish() {
+    ///     Ok(answer) => println!("done: {} bytes", answer.len()),
+    ///     Err(Error::Remote(e)) if e.code == ErrorCode::Failed => eprintln!("{e}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn finish(self) -> Result<Vec<u8>> {
         self.finish_holding(None)
     }
@@ -297,6 +563,18 @@ impl Call {
     fn finish_holding(mut self, held: Option<HeldReader>) -> Result<Vec<u8>> {
         if let Some(outcome) = self.outcome.take() {
             return outcome.map_err(Error::Remote);
+        }
+        if let Some(mut tx) = self.sender.take() {
+            if tx.is_open() {
+                // An error here (the service cancelled or died) shows in
+                // the result below.
+                let _ = tx.finish();
+            }
+        }
+        if let Some(mut rx) = self.receiver.take() {
+            // Drained, so a service blocked on credit can finish and
+            // answer; a failed stream shows in the result, or not at all.
+            while let Ok(Some(_)) = rx.recv_in_place() {}
         }
         match self.shared.inner.wait_holding(held, &self.events) {
             Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::Remote),
@@ -335,6 +613,31 @@ impl Service {
     }
 
     /// Waits for the next call; `None` once the broker connection closed.
+    ///
+    /// Each call must be answered ([`IncomingCall::reply`] or
+    /// [`fail`](IncomingCall::fail)); dropping it unanswered fails it.
+    /// Calls are independent: answer them on other threads to serve
+    /// several at once.
+    ///
+    /// ```no_run
+    /// use shmbus_client::{Connection, MethodSpec, StreamMode};
+    ///
+    /// # fn main() -> shmbus_client::Result<()> {
+    /// let conn = Connection::connect_default()?;
+    /// let service = conn.register("numbers", &[MethodSpec::new("count", StreamMode::Download)])?;
+    /// while let Some(mut call) = service.next()? {
+    ///     std::thread::spawn(move || -> shmbus_client::Result<()> {
+    ///         let n: u64 = call.args_typed()?;
+    ///         let tx = call.sender().expect("a download streams to the caller");
+    ///         for i in 0..n {
+    ///             tx.send(&i)?;
+    ///         }
+    ///         call.reply(Vec::new()) // ends the stream, then answers
+    ///     });
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn next(&self) -> Result<Option<IncomingCall>> {
         loop {
             let Ok(raw) = self.conn.inner().wait_for(&self.incoming) else {
@@ -424,7 +727,7 @@ impl IncomingCall {
 
     /// The arguments decoded with postcard.
     pub fn args_typed<T: DeserializeOwned>(&self) -> Result<T> {
-        Ok(postcard::from_bytes(&self.args)?)
+        decode(&self.args)
     }
 
     /// The caller's process id, as the kernel reported it to the broker.
@@ -470,7 +773,11 @@ impl IncomingCall {
 
     /// Answers the call. A sending half still open is ended first (stream-end
     /// on success, stream-error on failure). A cancelled call always answers
-    /// with the error "aborted".
+    /// with the error "call aborted".
+    ///
+    /// The answer is the call's result, apart from the stream: a stream
+    /// already failed with [`Sender::fail`] stays failed for its receiver
+    /// even when the call then answers with success.
     pub fn respond(mut self, outcome: std::result::Result<Vec<u8>, RemoteError>) -> Result<()> {
         self.answer(outcome)
     }
@@ -510,7 +817,7 @@ impl IncomingCall {
         if self.is_cancelled() {
             outcome = Err(RemoteError {
                 code: ErrorCode::Aborted,
-                message: "aborted".into(),
+                message: "cancelled by the caller".into(),
             });
         }
         // Peer to peer first, so the caller has it even if the broker dies.

@@ -5,7 +5,28 @@ use std::io;
 use shmbus::frame::{ErrorCode, RemoteError};
 
 /// Everything that can go wrong for a caller or a service.
+///
+/// Errors that pass through [`std::io::Read`] or [`std::io::Write`] on a
+/// [`Receiver`](crate::Receiver) or [`Sender`](crate::Sender) come back as
+/// themselves when converted with `?` or `Error::from`: a stream whose
+/// service died, read through `read_to_end`, is still [`Error::PeerGone`],
+/// not [`Error::Io`].
+///
+/// ```no_run
+/// # use std::io::Read;
+/// # fn demo(call: &mut shmbus_client::Call) -> shmbus_client::Result<()> {
+/// let mut rx = call.take_receiver().expect("a download");
+/// let mut all = Vec::new();
+/// match rx.read_to_end(&mut all).map_err(shmbus_client::Error::from) {
+///     Ok(n) => println!("{n} bytes"),
+///     Err(shmbus_client::Error::PeerGone(why)) => eprintln!("service died: {why}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No broker listens on the socket.
     #[error("broker unreachable at {path}: {source}")]
@@ -20,9 +41,10 @@ pub enum Error {
     BrokerGone,
     /// A system call failed.
     #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The broker or the other peer answered with an error.
-    #[error("{}", describe_remote(.0))]
+    Io(io::Error),
+    /// The broker or the service answered with an error: match on its
+    /// [`code`](RemoteError::code) (or use [`Error::code`]).
+    #[error("{0}")]
     Remote(RemoteError),
     /// The sending peer ended the stream with stream-error.
     #[error("stream error: {0}")]
@@ -36,8 +58,9 @@ pub enum Error {
     /// The other peer broke the protocol on this stream.
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// An item is larger than the stream can ever carry.
-    #[error("item too large: {0}")]
+    /// An item is larger than the stream can ever carry, or a collected
+    /// stream is larger than its limit.
+    #[error("too large: {0}")]
     TooLarge(String),
     /// The stream already ended.
     #[error("stream closed")]
@@ -45,29 +68,31 @@ pub enum Error {
     /// The peer made no progress within the stall timeout.
     #[error("stream stalled: the peer made no progress within the stall timeout")]
     Stalled,
-    /// A typed item did not encode or decode.
+    /// A typed item or argument did not encode or decode: usually the two
+    /// peers disagree on the item's type.
     #[error("codec: {0}")]
-    Codec(#[from] postcard::Error),
+    Codec(String),
 }
 
-fn describe_remote(e: &RemoteError) -> String {
-    let what = match e.code {
-        ErrorCode::NoSuchService => "no such service",
-        ErrorCode::NoSuchMethod => "no such method",
-        ErrorCode::NameTaken => "name taken",
-        ErrorCode::Aborted => "aborted",
-        ErrorCode::Failed => "call failed",
-        ErrorCode::PeerGone => "peer gone",
-        ErrorCode::ProtocolViolation => "protocol violation",
-        ErrorCode::LimitsExceeded => "limits exceeded",
-        ErrorCode::Denied => "denied",
-        ErrorCode::SharedMemoryUnavailable => "shared memory unavailable",
-        ErrorCode::ShuttingDown => "broker shutting down",
-    };
-    if e.message.is_empty() || e.message == what {
-        what.to_string()
-    } else {
-        format!("{what}: {}", e.message)
+impl From<io::Error> for Error {
+    /// Unwraps an error of this crate carried inside an `io::Error` (by
+    /// `Read`/`Write` on a stream half); wraps any other as [`Error::Io`].
+    fn from(e: io::Error) -> Self {
+        if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Error::Io(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(ours)) => *ours,
+            Some(Err(other)) => Error::Io(io::Error::new(kind, other)),
+            None => Error::Io(kind.into()),
+        }
+    }
+}
+
+impl From<postcard::Error> for Error {
+    fn from(e: postcard::Error) -> Self {
+        Error::Codec(e.to_string())
     }
 }
 
@@ -80,20 +105,46 @@ impl Error {
         }
     }
 
+    /// Carries this error through `io::Read`/`io::Write`. The kind is never
+    /// `Interrupted`, which `io::copy` and `read_to_end` retry forever;
+    /// `Error::from` gives the original back.
     pub(crate) fn into_io(self) -> io::Error {
         match self {
             Error::Io(e) => e,
             other => {
                 let kind = match other {
-                    Error::Cancelled => io::ErrorKind::Interrupted,
+                    Error::Cancelled => io::ErrorKind::ConnectionAborted,
                     Error::PeerGone(_) | Error::BrokerGone => io::ErrorKind::BrokenPipe,
-                    Error::Protocol(_) => io::ErrorKind::InvalidData,
+                    Error::Protocol(_) | Error::Codec(_) => io::ErrorKind::InvalidData,
+                    Error::Stalled => io::ErrorKind::TimedOut,
                     _ => io::ErrorKind::Other,
                 };
                 io::Error::new(kind, other)
             }
         }
     }
+}
+
+/// Decodes one typed item or argument. Every byte must be used, so an item
+/// of another type is an error rather than a silently wrong value.
+pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    let name = std::any::type_name::<T>;
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| {
+        Error::Codec(format!(
+            "{e} (decoding {} bytes as {})",
+            bytes.len(),
+            name()
+        ))
+    })?;
+    if !rest.is_empty() {
+        return Err(Error::Codec(format!(
+            "{} of {} bytes left over after decoding as {}: the peer sent another type",
+            rest.len(),
+            bytes.len(),
+            name()
+        )));
+    }
+    Ok(value)
 }
 
 impl From<shmbus::ring::RingError> for Error {

@@ -48,15 +48,23 @@ mod error;
 mod port;
 mod stream;
 
-pub use call::{Call, CallBuilder, IncomingCall, Service};
+pub use call::{Call, CallBuilder, CancelHandle, IncomingCall, Service};
 pub use conn::{default_socket_path, ConnectOptions, Connection, SOCKET_ENV};
 pub use error::{Error, Result};
 pub use port::wait::WaitPolicy;
-pub use stream::{InPlace, Receiver, SendSlot, Sender, SizeFn};
+pub use stream::{InPlace, Receiver, SendSlot, Sender, SizeFn, TryRecv};
 
-pub use shmbus::credit::{CreditSpec, SizeStrategy};
+pub use shmbus::credit::{CreditError, CreditSpec, SizeStrategy};
 pub use shmbus::frame::{
-    BrokerSnapshot, BrokerStatus, ErrorCode, FallbackReason, MethodSpec, MonitorEvent, MonitorKind,
-    RemoteError, ServiceInfo, StreamInfo, StreamMode, Transport, TransportPreference,
+    BrokerSnapshot, BrokerStatus, CallId, Direction, ErrorCode, FallbackReason, MethodSpec,
+    MonitorEvent, MonitorKind, RemoteError, ServiceInfo, StreamId, StreamInfo, StreamMode,
+    Transport, TransportPreference,
 };
+pub use shmbus::ring::RingError;
 pub use shmbus::state::StreamState;
+
+/// Largest call result, in encoded bytes, that the service also sends
+/// straight to the caller on the stream's port, so that it arrives even if
+/// the broker dies (see [`Call::finish`]). Larger results travel through
+/// the broker only.
+pub const MAX_PEER_RESULT: usize = shmbus::ring::MAX_RING_RESULT;

@@ -2,7 +2,9 @@
 //! per direction, in a sealed memfd shared by two processes that do not
 //! trust each other.
 //!
-//! This is the only module that reads or writes shared memory.
+//! This is the only module that reads or writes shared memory. "The
+//! shared-memory port" in `PROTOCOL.md` (at the repository root) describes
+//! the layout, the records and the wake-up protocol in full.
 //!
 //! # Layout
 //!

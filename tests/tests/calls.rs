@@ -31,7 +31,7 @@ fn unary_call_and_batch_on_a_unary_method() {
         .call("math", "add")
         .args_typed(&(1u64, 1u64))
         .unwrap()
-        .collect()
+        .collect_bytes()
         .unwrap();
     assert_eq!(batch, vec![2u64.to_le_bytes().to_vec()]);
     // Many concurrent calls on one connection.

@@ -249,7 +249,7 @@ fn cat(
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if batch {
-        for item in builder.collect()? {
+        for item in builder.collect_bytes()? {
             out.write_all(&item)?;
             if let Some(m) = meter.as_mut() {
                 m.add(item.len());

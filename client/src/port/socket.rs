@@ -304,6 +304,14 @@ impl SockTx {
         );
         self.rbuf.extend_from_slice(&control);
         self.peer_closed |= closed;
+        if let Err(Error::PeerGone(_)) = &written {
+            // A receiver that cancelled and then closed: its cancel may be
+            // unread still, and says why it is gone.
+            let _ = self.parse_control().and_then(|()| self.read_control(false));
+            if self.cancelled_by_peer {
+                return Err(Error::Cancelled);
+            }
+        }
         let written = written?;
         self.enc.consume(written);
         self.parse_control()

@@ -11,6 +11,38 @@ use shmbus::state::{StreamEvent, StreamLifecycle};
 pub use receiver::{InPlace, Receiver};
 pub use sender::{SendSlot, Sender, SizeFn};
 
+/// What a receive that never waits found: see
+/// [`Receiver::try_recv_in_place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum TryRecv<T> {
+    /// The next item.
+    Item(T),
+    /// Nothing has arrived yet; the stream goes on.
+    Empty,
+    /// The stream ended normally (stream-end); nothing more will come.
+    End,
+}
+
+impl<T> TryRecv<T> {
+    /// Maps the item, keeping `Empty` and `End`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> TryRecv<U> {
+        match self {
+            TryRecv::Item(t) => TryRecv::Item(f(t)),
+            TryRecv::Empty => TryRecv::Empty,
+            TryRecv::End => TryRecv::End,
+        }
+    }
+
+    /// The item, if there was one.
+    pub fn item(self) -> Option<T> {
+        match self {
+            TryRecv::Item(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// A lifecycle that has been through IDLE → OPENING → ACTIVE: a half exists
 /// only once its port is established.
 fn lifecycle_opened() -> StreamLifecycle {

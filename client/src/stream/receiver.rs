@@ -2,6 +2,8 @@
 
 use std::io::{self, BufRead, Read};
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -10,8 +12,9 @@ use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
 
 use super::lifecycle_opened;
 use super::progress::Progress;
+use super::TryRecv;
 use crate::conn::Bound;
-use crate::error::{Error, Result};
+use crate::error::{decode, Error, Result};
 use crate::port::wait::WaitPolicy;
 use crate::port::{RxEvent, RxPort};
 
@@ -43,6 +46,19 @@ impl FailKind {
 }
 
 /// The receiving half of a stream direction.
+///
+/// Items come out in order with [`recv`](Self::recv) (typed),
+/// [`recv_bytes`](Self::recv_bytes), [`recv_in_place`](Self::recv_in_place)
+/// (zero copy) or through [`Read`]/[`BufRead`]; each returns `None` (or
+/// 0 bytes) at stream-end and an error when the sender failed, cancelled
+/// or died. Get one from [`Call::take_receiver`](crate::Call::take_receiver)
+/// (or borrow it with [`Call::receiver`](crate::Call::receiver)), or on the
+/// service side from [`IncomingCall::take_receiver`](crate::IncomingCall::take_receiver).
+///
+/// The stream's outcome is separate from the call's result: a sender that
+/// fails the stream makes `recv` return [`Error::Stream`], and the call's
+/// [`finish`](crate::Call::finish) still returns whatever the service
+/// answered.
 pub struct Receiver {
     port: Option<RxPort>,
     life: StreamLifecycle,
@@ -54,6 +70,9 @@ pub struct Receiver {
     scratch: Vec<u8>,
     /// Whether the broker has heard of this half since it opened.
     announced: bool,
+    /// Set by the call's [`CancelHandle`](crate::CancelHandle): the next
+    /// receive cancels.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Receiver {
@@ -72,7 +91,13 @@ impl Receiver {
             // out and nothing more is in; a stream whose end is in by then
             // is reported by its sender alone.
             announced: false,
+            stop: None,
         }
+    }
+
+    /// Makes the next receive cancel the stream once `stop` is set.
+    pub(crate) fn stop_on(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = Some(stop);
     }
 
     /// Broker-wide stream id.
@@ -85,7 +110,7 @@ impl Receiver {
         self.port.as_ref().map(|p| p.transport())
     }
 
-    /// Current state in the seed's state machine.
+    /// Current state in the stream state machine (see `PROTOCOL.md`).
     pub fn state(&self) -> StreamState {
         self.life.state()
     }
@@ -182,6 +207,14 @@ impl Receiver {
                 Finished::Failed(k) => Err(k.error()),
             };
         }
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Acquire))
+        {
+            self.cancel();
+            return Err(Error::Cancelled);
+        }
         let port = self.port.as_mut().ok_or(Error::Closed)?;
         // Announced once an item was handed out and the next is not there
         // yet; a stream whose end is already in needs no announcement.
@@ -219,8 +252,23 @@ impl Receiver {
         }
     }
 
-    /// The next item, in place; released when the returned guard drops.
-    /// `None` at stream-end.
+    /// The next item, in place: a view of the port's memory, with no copy.
+    /// The item's room and credit are released when the returned guard
+    /// drops. `None` at stream-end. Waits while nothing has arrived.
+    ///
+    /// Over shared memory the view is the ring itself. A hostile sender can
+    /// change those bytes while the guard is held; use [`recv_bytes`](Self::recv_bytes)
+    /// or [`recv`](Self::recv), which copy first, when that matters.
+    ///
+    /// ```no_run
+    /// # fn demo(rx: &mut shmbus_client::Receiver) -> shmbus_client::Result<()> {
+    /// let mut total = 0u64;
+    /// while let Some(item) = rx.recv_in_place()? {
+    ///     total += item.iter().map(|&b| b as u64).sum::<u64>();
+    /// } // each item is released when `item` goes out of scope
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv_in_place(&mut self) -> Result<Option<InPlace<'_>>> {
         match self.advance(true)? {
             Some(true) => Ok(Some(InPlace { rx: self })),
@@ -228,12 +276,48 @@ impl Receiver {
         }
     }
 
-    /// Like [`recv_in_place`](Self::recv_in_place) without waiting:
-    /// `Ok(None)` also when nothing has arrived yet (see [`is_finished`](Self::is_finished)).
-    pub fn try_recv_in_place(&mut self) -> Result<Option<InPlace<'_>>> {
+    /// Like [`recv_in_place`](Self::recv_in_place) but never waits. For
+    /// event loops: on [`TryRecv::Empty`], wait for
+    /// [`pollable_fd`](Self::pollable_fd) to turn readable and try again.
+    ///
+    /// ```no_run
+    /// # fn demo(rx: &mut shmbus_client::Receiver) -> shmbus_client::Result<()> {
+    /// use shmbus_client::TryRecv;
+    /// loop {
+    ///     match rx.try_recv_in_place()? {
+    ///         TryRecv::Item(item) => println!("{} bytes", item.len()),
+    ///         TryRecv::Empty => {
+    ///             // Register rx.pollable_fd() with the event loop; come back when readable.
+    ///             break;
+    ///         }
+    ///         TryRecv::End => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_recv_in_place(&mut self) -> Result<TryRecv<InPlace<'_>>> {
+        Ok(match self.advance(false)? {
+            Some(true) => TryRecv::Item(InPlace { rx: self }),
+            Some(false) => TryRecv::End,
+            None => TryRecv::Empty,
+        })
+    }
+
+    /// Like [`recv_bytes`](Self::recv_bytes) but never waits.
+    pub fn try_recv_bytes(&mut self) -> Result<TryRecv<Vec<u8>>> {
+        Ok(self.try_recv_in_place()?.map(|item| item.to_vec()))
+    }
+
+    /// Like [`recv`](Self::recv) but never waits.
+    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<TryRecv<T>> {
         match self.advance(false)? {
-            Some(true) => Ok(Some(InPlace { rx: self })),
-            _ => Ok(None),
+            Some(true) => {
+                self.copy_held();
+                Ok(TryRecv::Item(decode(&self.scratch)?))
+            }
+            Some(false) => Ok(TryRecv::End),
+            None => Ok(TryRecv::Empty),
         }
     }
 
@@ -247,22 +331,38 @@ impl Receiver {
         Ok(self.recv_in_place()?.map(|item| item.to_vec()))
     }
 
-    /// The next typed item, decoded from a copy. `None` at stream-end.
+    /// The next typed item (postcard), decoded from a copy. `None` at
+    /// stream-end.
     ///
-    /// The item is copied out of the port first: decoding validates (UTF-8,
-    /// lengths) and then reads again, which must not see bytes a hostile
-    /// peer changed in between.
+    /// The item must be exactly one `T`: an item with bytes left over after
+    /// decoding is an [`Error::Codec`], so a peer sending another type is
+    /// caught rather than decoded into a wrong value. The item is copied
+    /// out of the port first: decoding validates (UTF-8, lengths) and then
+    /// reads again, which must not see bytes a hostile peer changed in
+    /// between.
+    ///
+    /// ```no_run
+    /// # fn demo(call: &mut shmbus_client::Call) -> shmbus_client::Result<()> {
+    /// let mut rx = call.take_receiver().expect("a download");
+    /// let mut sum = 0u64;
+    /// while let Some(n) = rx.recv::<u64>()? {
+    ///     sum += n;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
         if !self.copy_next()? {
             return Ok(None);
         }
-        Ok(Some(postcard::from_bytes(&self.scratch)?))
+        Ok(Some(decode(&self.scratch)?))
     }
 
     /// The next typed item, decoded from the receiver's own copy of it and
     /// borrowing from that copy: `&str`, `&[u8]` or `&serde_bytes::Bytes`
     /// fields cost no allocation. The borrow ends at the next call.
-    /// `None` at stream-end.
+    /// `None` at stream-end. Like [`recv`](Self::recv), bytes left over
+    /// after decoding are an error.
     ///
     /// ```no_run
     /// # fn demo(rx: &mut shmbus_client::Receiver) -> shmbus_client::Result<()> {
@@ -281,31 +381,48 @@ impl Receiver {
         if !self.copy_next()? {
             return Ok(None);
         }
-        Ok(Some(postcard::from_bytes(&self.scratch)?))
+        Ok(Some(decode(&self.scratch)?))
     }
 
     /// Copies the next item into `scratch`; false at stream-end.
     fn copy_next(&mut self) -> Result<bool> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let got = match self.recv_in_place() {
-            Ok(Some(item)) => {
-                scratch.clear();
-                scratch.extend_from_slice(&item);
+        match self.advance(true)? {
+            Some(true) => {
+                self.copy_held();
                 Ok(true)
             }
-            Ok(None) => Ok(false),
-            Err(e) => Err(e),
-        };
-        self.scratch = scratch;
-        got
+            _ => Ok(false),
+        }
     }
 
-    /// Asks the sender to stop (stream-cancel). Items already sent are dropped.
+    /// Copies the held item into `scratch` and releases it.
+    fn copy_held(&mut self) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(self.held());
+        self.scratch = scratch;
+        // A failed release closes the stream; the next call reports it.
+        let _ = self.release_held();
+    }
+
+    /// Cancels the stream (stream-cancel): the sender's next send fails as
+    /// cancelled, and this receiver is done at once. Items already sent and
+    /// not yet received are dropped: every later receive returns
+    /// [`Error::Cancelled`], and none more arrives. Does not wait for the
+    /// sender. Cancelling a stream that already ended does nothing.
+    ///
+    /// To cancel the whole call (and make its result "call aborted"), use
+    /// [`Call::cancel`](crate::Call::cancel) or a
+    /// [`CancelHandle`](crate::CancelHandle).
     pub fn cancel(&mut self) {
+        if self.finished.is_some() {
+            return;
+        }
         let _ = self.release_held();
         if let Some(p) = self.port.as_mut() {
             p.cancel();
         }
+        self.finish_with(Finished::Failed(FailKind::Cancelled), CloseCause::Cancel);
     }
 
     fn held(&self) -> &[u8] {
@@ -318,10 +435,7 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        if self.finished.is_none() {
-            self.cancel();
-            self.finish_with(Finished::Failed(FailKind::Cancelled), CloseCause::Cancel);
-        }
+        self.cancel();
     }
 }
 

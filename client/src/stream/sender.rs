@@ -63,7 +63,7 @@ impl Sender {
         self.port.as_ref().map(|p| p.transport())
     }
 
-    /// Current state in the seed's state machine.
+    /// Current state in the stream state machine (see `PROTOCOL.md`).
     pub fn state(&self) -> StreamState {
         self.life.state()
     }

@@ -1,6 +1,9 @@
 //! The bus semantics: who is connected, which services exist, which calls and
 //! streams are live, and where each frame goes. No sockets here: the event
 //! loop feeds frames in and carries the resulting [`Output`]s out.
+//!
+//! What the broker does with each frame, and a call's life from `call` to
+//! `result`, are described in `PROTOCOL.md` at the repository root.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;

@@ -7,7 +7,8 @@
 //!   0..count (count = args), printing `sent i` after each send;
 //! - `echo NAME`: method `echo` (bidirectional) answers each item with `Echo: item`;
 //! - `sink NAME`: method `sink` (upload) replies with `count,fnv` of all bytes;
-//! - `failing NAME`: method `fail` (download) sends `args` items then stream-error;
+//! - `failing NAME [--answer-ok 1]`: method `fail` (download) sends `args`
+//!   items then stream-error, then fails the call (or answers `fine`);
 //! - `endless NAME`: method `endless` (download) sends until cancelled;
 //! - `unary NAME`: method `add` (unary) returns the sum of two u64;
 //! - `consume NAME METHOD TRANSPORT`: calls NAME.METHOD and reads the stream.
@@ -43,7 +44,12 @@ fn main() {
         }
         "echo" => serve(&conn, &name, "echo", StreamMode::Bidirectional, echo),
         "sink" => serve(&conn, &name, "sink", StreamMode::Upload, sink),
-        "failing" => serve(&conn, &name, "fail", StreamMode::Download, failing),
+        "failing" => {
+            let answer_ok = flag(&args, "--answer-ok").is_some_and(|v| v != 0);
+            serve(&conn, &name, "fail", StreamMode::Download, move |c| {
+                failing(c, answer_ok)
+            })
+        }
         "endless" => {
             let stall = flag(&args, "--stall-ms").map(Duration::from_millis);
             serve(&conn, &name, "endless", StreamMode::Download, move |c| {
@@ -209,13 +215,16 @@ fn sink(mut call: IncomingCall) -> shmbus_client::Result<()> {
     call.reply(format!("{count},{hash}").into_bytes())
 }
 
-fn failing(mut call: IncomingCall) -> shmbus_client::Result<()> {
+fn failing(mut call: IncomingCall, answer_ok: bool) -> shmbus_client::Result<()> {
     let count: u64 = call.args_typed().unwrap_or(0);
     let tx = call.sender().expect("download");
     for i in 0..count {
         tx.send(&i)?;
     }
     tx.fail("Processing failed")?;
+    if answer_ok {
+        return call.reply(b"fine".to_vec());
+    }
     call.fail("Stream processing failed")
 }
 
