@@ -12,6 +12,7 @@
 //! | stream-cancel (ack) | empty | producer → consumer |
 //! | stream-credit | `u64` new limit | consumer → producer |
 //! | cancel | empty | consumer → producer |
+//! | result | the call's outcome, postcard, at most [`MAX_RESULT`] bytes | service → caller, first direction only, after the service's last use of the port |
 //!
 //! Several items share one stream-data message: that is the batching.
 //! "The socket port" in `PROTOCOL.md` (at the repository root) gives the
@@ -23,6 +24,11 @@ pub const MESSAGE_HEADER: usize = 5;
 pub const ITEM_HEADER: usize = 12;
 /// Longest stream-error message kept.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
+/// Longest result body: the same bound as a ring's result slot.
+pub const MAX_RESULT: usize = crate::ring::MAX_RING_RESULT;
+/// Longest message body a producer accepts from its consumer (credit,
+/// cancel, and on the caller's side the call's result).
+pub const MAX_CONTROL_BODY: usize = MAX_RESULT;
 
 const KIND_DATA: u8 = 1;
 const KIND_END: u8 = 2;
@@ -30,6 +36,7 @@ const KIND_ERROR: u8 = 3;
 const KIND_CANCELLED: u8 = 4;
 const KIND_CREDIT: u8 = 5;
 const KIND_CANCEL: u8 = 6;
+const KIND_RESULT: u8 = 7;
 
 /// A decoded link message; data borrows from the receive buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,6 +53,9 @@ pub enum LinkMessage<'a> {
     Credit(u64),
     /// The consumer asks the producer to stop.
     Cancel,
+    /// The service's answer to the call, sent to the caller peer to peer
+    /// (postcard bytes, decoded by the client).
+    Result(&'a [u8]),
 }
 
 /// The items of one stream-data message, validated as they are iterated.
@@ -106,6 +116,8 @@ pub fn decode(buf: &[u8], max_body: usize) -> Result<Option<(LinkMessage<'_>, us
         KIND_ERROR => LinkMessage::Error(
             String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_MESSAGE)]).into_owned(),
         ),
+        KIND_RESULT if body.len() <= MAX_RESULT => LinkMessage::Result(body),
+        KIND_RESULT => return Err(LinkError::Malformed("result body too long")),
         KIND_CREDIT => {
             let limit: [u8; 8] = body
                 .try_into()
@@ -282,6 +294,16 @@ impl LinkEncoder {
         self.control(KIND_CANCEL, &[]);
     }
 
+    /// Appends the call's result; false (and nothing appended) when it is
+    /// longer than [`MAX_RESULT`].
+    pub fn result(&mut self, outcome: &[u8]) -> bool {
+        if outcome.len() > MAX_RESULT {
+            return false;
+        }
+        self.control(KIND_RESULT, outcome);
+        true
+    }
+
     /// Bytes buffered, including an open batch.
     pub fn len(&self) -> usize {
         self.buf.len()
@@ -325,6 +347,11 @@ mod tests {
         enc.push_item(b"four", 4);
         enc.error("boom");
         enc.end();
+        assert!(enc.result(b"ok"));
+        assert!(
+            !enc.result(&vec![0; MAX_RESULT + 1]),
+            "too long for the slot"
+        );
         let wire = enc.bytes().to_vec();
         let mut rest = &wire[..];
         let mut seen = Vec::new();
@@ -346,7 +373,8 @@ mod tests {
                 "Credit(77)",
                 "data[([102, 111, 117, 114], 4)]",
                 "Error(\"boom\")",
-                "End"
+                "End",
+                "Result([111, 107])"
             ]
         );
     }
@@ -377,5 +405,10 @@ mod tests {
             decode(&[1, 0, 0, 0, KIND_END, 0], 1024),
             Err(LinkError::Malformed(_))
         ));
+        // A result longer than any result slot, even where the port allows it.
+        let mut m = ((MAX_RESULT + 1) as u32).to_le_bytes().to_vec();
+        m.push(KIND_RESULT);
+        m.resize(MESSAGE_HEADER + MAX_RESULT + 1, 0);
+        assert!(matches!(decode(&m, 1 << 20), Err(LinkError::Malformed(_))));
     }
 }

@@ -820,11 +820,13 @@ impl IncomingCall {
                 message: "cancelled by the caller".into(),
             });
         }
+        // The receiving half goes first: over a socket, the result follows
+        // on a socket no half uses any more.
+        self.receiver = None;
         // Peer to peer first, so the caller has it even if the broker dies.
         if let Some(peer) = self.peer_result.take() {
             let _ = peer.post(&outcome);
         }
-        self.receiver = None;
         self.shared.inner.forget_served(self.call);
         self.shared.inner.send(&Frame::Result {
             call: self.call,

@@ -525,6 +525,15 @@ fn a_stopped_consumer_stalls_only_its_producer_and_the_stall_timeout_ends_it() {
 
 #[test]
 fn streams_on_shared_memory_outlive_a_killed_broker() {
+    streams_outlive_a_killed_broker(TransportPreference::SharedMemory);
+}
+
+#[test]
+fn streams_on_sockets_outlive_a_killed_broker() {
+    streams_outlive_a_killed_broker(TransportPreference::Socket);
+}
+
+fn streams_outlive_a_killed_broker(transport: TransportPreference) {
     let mut broker = Broker::start();
     let mut service = Peer::serve(&broker, &["numbers", "nums", "--delay-us", "50"]);
     let conn = broker.connect();
@@ -535,7 +544,7 @@ fn streams_on_shared_memory_outlive_a_killed_broker() {
         .args_typed(&count)
         .unwrap()
         .credit(CreditSpec::items(64))
-        .transport(TransportPreference::SharedMemory)
+        .transport(transport)
         .start()
         .unwrap();
     let rx = call.receiver().unwrap();
@@ -566,13 +575,22 @@ fn streams_on_shared_memory_outlive_a_killed_broker() {
 
 #[test]
 fn an_upload_over_shared_memory_ends_with_its_result_after_the_broker_dies() {
+    upload_ends_with_its_result_after_the_broker_dies(TransportPreference::SharedMemory);
+}
+
+#[test]
+fn an_upload_over_sockets_ends_with_its_result_after_the_broker_dies() {
+    upload_ends_with_its_result_after_the_broker_dies(TransportPreference::Socket);
+}
+
+fn upload_ends_with_its_result_after_the_broker_dies(transport: TransportPreference) {
     let mut broker = Broker::start();
     let _service = Peer::serve(&broker, &["sink", "sink"]);
     let conn = broker.connect();
     let mut call = conn
         .call("sink", "sink")
         .mode(StreamMode::Upload)
-        .transport(TransportPreference::SharedMemory)
+        .transport(transport)
         .start()
         .unwrap();
     let tx = call.sender().unwrap();

@@ -11,11 +11,12 @@ pub mod wait;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use shmbus::frame::{Direction, StreamOpen, Transport};
 
 use crate::error::{Error, Result};
+use result::LinkTail;
 pub(crate) use result::PeerResult;
 pub(crate) use shm::{ShmRx, ShmTx};
 pub(crate) use socket::{SockRx, SockTx, SocketGeometry};
@@ -70,7 +71,7 @@ pub(crate) struct Ports {
     pub(crate) tx: Option<TxPort>,
     /// The receiving half, if this side receives.
     pub(crate) rx: Option<RxPort>,
-    /// Over shared memory: the first direction's ring carries the result too.
+    /// The first direction's port carries the call's result too.
     pub(crate) result: Option<PeerResult>,
 }
 
@@ -109,36 +110,62 @@ pub(crate) fn open(
             (Direction::ToCaller, Role::Service) | (Direction::ToService, Role::Caller)
         );
         let geometry = SocketGeometry::for_ring_size(open.ring_size);
-        // Both peers take the first direction's ring for the result, and
-        // hold their end of its doorbell until the call is answered.
-        let watch = memfd.is_some() && result.is_none();
+        // Both peers take the first direction's port for the result, and
+        // hold their end of its socket until the call is answered.
+        let first = result.is_none();
+        let mut socket_result = |link: OwnedFd| -> Result<_> {
+            let sock = socket::link_socket(link)?;
+            if !first {
+                return Ok((sock, None));
+            }
+            let tail = (role == Role::Caller).then(|| Arc::new(Mutex::new(LinkTail::default())));
+            result = Some(PeerResult::Socket {
+                sock: sock.clone(),
+                tail: tail.clone(),
+                max_body: geometry.max_body,
+            });
+            Ok((sock, tail))
+        };
         if sending {
             tx = Some(match memfd {
                 Some(m) => {
                     let port =
                         ShmTx::open(link, m, open.ring_size, open.credit, cancelled.clone())?;
-                    if watch {
-                        result = Some(PeerResult::new(port.result_slot(), port.share_link()));
+                    if first {
+                        result = Some(PeerResult::Ring {
+                            slot: port.result_slot(),
+                            link: port.share_link(),
+                        });
                     }
                     TxPort::Shm(port)
                 }
-                None => TxPort::Socket(SockTx::open(
-                    link,
-                    geometry,
-                    open.credit,
-                    cancelled.clone(),
-                )?),
+                None => {
+                    let (sock, tail) = socket_result(link)?;
+                    TxPort::Socket(SockTx::open(
+                        sock,
+                        tail,
+                        geometry,
+                        open.credit,
+                        cancelled.clone(),
+                    )?)
+                }
             });
         } else {
             rx = Some(match memfd {
                 Some(m) => {
                     let port = ShmRx::open(link, m, open.ring_size, open.credit)?;
-                    if watch {
-                        result = Some(PeerResult::new(port.result_slot(), port.share_link()));
+                    if first {
+                        result = Some(PeerResult::Ring {
+                            slot: port.result_slot(),
+                            link: port.share_link(),
+                        });
                     }
                     RxPort::Shm(port)
                 }
-                None => RxPort::Socket(SockRx::open(link, geometry, open.credit)?),
+                None => {
+                    let (sock, tail) = socket_result(link)?;
+                    RxPort::Socket(SockRx::open(sock, tail, geometry, open.credit)?)
+                }
             });
         }
     }

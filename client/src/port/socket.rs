@@ -6,13 +6,14 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use shmbus::credit::{CreditSpec, RecvCredit, SendCredit};
 use shmbus::link::{self, LinkEncoder, LinkMessage, ITEM_HEADER, MESSAGE_HEADER};
 use shmbus::sys;
 
+use super::result::LinkTail;
 use super::wait::{stall_left, WaitPolicy};
 use super::{Ending, RxEvent};
 use crate::error::{Error, Result};
@@ -50,7 +51,7 @@ fn gone(e: &io::Error) -> bool {
 
 /// Writes all of `bytes` to a non-blocking socket, handing anything that
 /// arrives meanwhile to `on_readable`.
-fn write_all(
+pub(crate) fn write_all(
     sock: &UnixStream,
     mut bytes: &[u8],
     mut on_readable: Option<&mut dyn FnMut() -> Result<()>>,
@@ -96,9 +97,28 @@ fn write_all(
     Ok(total)
 }
 
+/// Opens one direction's socket for a port: non-blocking, shared with the
+/// call's peer result on the first direction.
+pub(crate) fn link_socket(link: OwnedFd) -> Result<Arc<UnixStream>> {
+    let sock = UnixStream::from(link);
+    sock.set_nonblocking(true)?;
+    Ok(Arc::new(sock))
+}
+
+/// Hands what a caller's port read past its last message to the call's
+/// peer result: a result message, else the unread bytes.
+fn leave_tail(tail: &Option<Arc<Mutex<LinkTail>>>, unread: &[u8]) {
+    if let Some(tail) = tail {
+        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.leftover.extend_from_slice(unread);
+    }
+}
+
 /// Producing side over a socket.
 pub(crate) struct SockTx {
-    sock: UnixStream,
+    sock: Arc<UnixStream>,
+    /// Caller side, first direction: where a result message goes.
+    tail: Option<Arc<Mutex<LinkTail>>>,
     enc: LinkEncoder,
     credit: SendCredit,
     geometry: SocketGeometry,
@@ -112,15 +132,15 @@ pub(crate) struct SockTx {
 
 impl SockTx {
     pub(crate) fn open(
-        link: OwnedFd,
+        sock: Arc<UnixStream>,
+        tail: Option<Arc<Mutex<LinkTail>>>,
         geometry: SocketGeometry,
         credit: CreditSpec,
         cancelled: Arc<AtomicBool>,
     ) -> Result<Self> {
-        let sock = UnixStream::from(link);
-        sock.set_nonblocking(true)?;
         Ok(SockTx {
             sock,
+            tail,
             enc: LinkEncoder::new(),
             credit: SendCredit::new(credit),
             geometry,
@@ -150,7 +170,7 @@ impl SockTx {
     fn read_control(&mut self, block: bool) -> Result<()> {
         let mut buf = [0u8; 512];
         loop {
-            match (&self.sock).read(&mut buf) {
+            match (&*self.sock).read(&mut buf) {
                 Ok(0) => {
                     self.peer_closed = true;
                     return Ok(());
@@ -181,13 +201,19 @@ impl SockTx {
 
     fn parse_control(&mut self) -> Result<()> {
         let mut used = 0;
-        while let Some((msg, n)) =
-            link::decode(&self.rbuf[used..], 64).map_err(|e| Error::Protocol(e.to_string()))?
+        while let Some((msg, n)) = link::decode(&self.rbuf[used..], link::MAX_CONTROL_BODY)
+            .map_err(|e| Error::Protocol(e.to_string()))?
         {
             used += n;
             match msg {
                 LinkMessage::Credit(limit) => self.credit.update_limit(limit)?,
                 LinkMessage::Cancel => self.cancelled_by_peer = true,
+                LinkMessage::Result(bytes) if self.tail.is_some() => {
+                    if let Some(tail) = &self.tail {
+                        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                        tail.outcome = Some(bytes.to_vec());
+                    }
+                }
                 other => {
                     return Err(Error::Protocol(format!(
                         "receiver sent {other:?} on a stream it receives"
@@ -283,7 +309,7 @@ impl SockTx {
         let bytes = self.enc.bytes();
         let mut control = Vec::new();
         let mut closed = false;
-        let sock = &self.sock;
+        let sock = &*self.sock;
         let mut on_readable = || {
             let mut buf = [0u8; 512];
             match (&*sock).read(&mut buf) {
@@ -338,9 +364,17 @@ impl SockTx {
     }
 }
 
+impl Drop for SockTx {
+    fn drop(&mut self) {
+        leave_tail(&self.tail, &self.rbuf);
+    }
+}
+
 /// Consuming side over a socket.
 pub(crate) struct SockRx {
-    sock: UnixStream,
+    sock: Arc<UnixStream>,
+    /// Caller side, first direction: where a result message goes.
+    tail: Option<Arc<Mutex<LinkTail>>>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -363,14 +397,14 @@ impl SockRx {
     }
 
     pub(crate) fn open(
-        link: OwnedFd,
+        sock: Arc<UnixStream>,
+        tail: Option<Arc<Mutex<LinkTail>>>,
         geometry: SocketGeometry,
         credit: CreditSpec,
     ) -> Result<Self> {
-        let sock = UnixStream::from(link);
-        sock.set_nonblocking(true)?;
         Ok(SockRx {
             sock,
+            tail,
             buf: vec![0; 64 * 1024],
             start: 0,
             end: 0,
@@ -444,6 +478,13 @@ impl SockRx {
                     LinkMessage::End => RxEvent::End,
                     LinkMessage::Error(m) => RxEvent::Error(m),
                     LinkMessage::Cancelled => RxEvent::Cancelled,
+                    LinkMessage::Result(bytes) if self.tail.is_some() => {
+                        if let Some(tail) = &self.tail {
+                            let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                            tail.outcome = Some(bytes.to_vec());
+                        }
+                        continue;
+                    }
                     other => {
                         return Err(Error::Protocol(format!(
                             "sender sent {other:?} on a stream it sends"
@@ -482,7 +523,7 @@ impl SockRx {
             }
         }
         loop {
-            match (&self.sock).read(&mut self.buf[self.end..]) {
+            match (&*self.sock).read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     self.peer_closed = true;
                     return Ok(true);
@@ -546,5 +587,11 @@ impl SockRx {
 
     pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+impl Drop for SockRx {
+    fn drop(&mut self) {
+        leave_tail(&self.tail, &self.buf[self.start..self.end]);
     }
 }
