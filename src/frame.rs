@@ -631,6 +631,29 @@ pub fn split_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_errors_display_their_code_then_their_message() {
+        let e = |code, message: &str| RemoteError {
+            code,
+            message: message.into(),
+        };
+        assert_eq!(
+            e(ErrorCode::Failed, "disk full").to_string(),
+            "call failed: disk full"
+        );
+        assert_eq!(
+            e(ErrorCode::Aborted, "cancelled by the caller").to_string(),
+            "call aborted: cancelled by the caller"
+        );
+        // A message that only repeats the code is not said twice.
+        assert_eq!(e(ErrorCode::Aborted, "aborted").to_string(), "call aborted");
+        assert_eq!(e(ErrorCode::Failed, "").to_string(), "call failed");
+        assert_eq!(
+            e(ErrorCode::NoSuchService, "no such service").to_string(),
+            "no such service"
+        );
+    }
     use crate::credit::SizeStrategy;
 
     fn sample_open() -> StreamOpen {

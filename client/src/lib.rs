@@ -68,3 +68,8 @@ pub use shmbus::state::StreamState;
 /// the broker dies (see [`Call::finish`]). Larger results travel through
 /// the broker only.
 pub const MAX_PEER_RESULT: usize = shmbus::ring::MAX_RING_RESULT;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;

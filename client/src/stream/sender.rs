@@ -20,6 +20,15 @@ use crate::port::{Ending, TxPort};
 /// A function giving an item's credit charge, for [`SizeStrategy::Custom`].
 pub type SizeFn = Box<dyn Fn(&[u8]) -> u64 + Send>;
 /// The sending half of a stream direction.
+///
+/// Items go out in order with [`send`](Self::send) (typed, postcard),
+/// [`send_bytes`](Self::send_bytes), [`reserve`](Self::reserve) (zero
+/// copy) or through [`Write`]; each waits for credit when the receiver is
+/// behind. End the direction with [`finish`](Self::finish) (stream-end) or
+/// [`fail`](Self::fail) (stream-error); a sender dropped without either
+/// ends it with an error. On the caller's side, [`Call::finish`](crate::Call::finish)
+/// finishes a sender still in the call; on the service's side,
+/// [`IncomingCall::reply`](crate::IncomingCall::reply) does.
 pub struct Sender {
     port: Option<TxPort>,
     life: StreamLifecycle,
@@ -282,14 +291,50 @@ impl Sender {
         }
     }
 
-    /// Sends a typed item and makes it visible now.
+    /// Sends a typed item (postcard, encoded straight into the port) and
+    /// makes it visible now. Waits while the receiver has not granted
+    /// enough credit. [`feed`](Self::feed) queues without flushing, for
+    /// many small items.
+    ///
+    /// ```no_run
+    /// # fn demo(call: &mut shmbus_client::IncomingCall) -> shmbus_client::Result<()> {
+    /// #[derive(serde::Serialize)]
+    /// struct Reading {
+    ///     sensor: u16,
+    ///     celsius: f32,
+    /// }
+    /// let tx = call.sender().expect("a download");
+    /// for sensor in 0..4 {
+    ///     tx.send(&Reading { sensor, celsius: 21.5 })?;
+    /// }
+    /// tx.finish()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
         self.feed(value)?;
         self.flush()
     }
 
     /// Reserves `len` bytes in the port to fill in place (zero copy).
-    /// Waits for credit as for `len` bytes; commit with [`SendSlot::commit`].
+    /// Waits for credit as for `len` bytes; commit with [`SendSlot::commit`]
+    /// (any prefix of the room), or drop the slot to send nothing.
+    ///
+    /// ```no_run
+    /// # fn demo(tx: &mut shmbus_client::Sender, file: &mut std::fs::File) -> shmbus_client::Result<()> {
+    /// use std::io::Read;
+    /// loop {
+    ///     let mut slot = tx.reserve(64 * 1024)?;
+    ///     let n = file.read(slot.buf())?; // read straight into the port
+    ///     if n == 0 {
+    ///         break; // the empty slot is dropped: nothing sent
+    ///     }
+    ///     slot.commit(n)?;
+    /// }
+    /// tx.finish()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn reserve(&mut self, len: usize) -> Result<SendSlot<'_>> {
         let charge = match self.credit.strategy {
             SizeStrategy::Items => 1,
