@@ -242,6 +242,9 @@ fn cancellation_aborts_the_call(t: Transport) {
     for i in 0..100u64 {
         assert_eq!(rx.recv::<u64>().unwrap(), Some(i));
     }
+    // Give the service time to fill its credit window, so that items are in
+    // flight when the call is cancelled (the check below holds either way).
+    std::thread::sleep(Duration::from_millis(50));
     call.cancel().unwrap();
     // The service's next send fails as cancelled; it acknowledges with stream-cancel.
     let after: u64 = peer
