@@ -1,5 +1,6 @@
 //! Looking inside the broker: `status`, `list` and `monitor`.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -8,52 +9,66 @@ use shmbus_client::{Connection, Error, MonitorKind, Transport};
 use crate::size::human;
 use crate::Failure;
 
+/// Writes `text` to standard output. A closed standard output (`| head`)
+/// ends the command quietly, as SIGPIPE would.
+fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe => Failure::StdoutClosed,
+            _ => Failure::Other(format!("writing standard output failed: {e}")),
+        })
+}
+
 fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Failure::Other(e.to_string()))?;
-    println!("{text}");
-    Ok(())
+    emit(&format!("{text}\n"))
 }
 
 /// `shmbusctl status`.
 pub fn status(socket: &Path, json: bool) -> Result<(), Failure> {
     let conn = Connection::connect(socket)?;
-    let s = conn.status()?;
+    let st = conn.status()?;
     if json {
         return print_json(&serde_json::json!({
-            "version": s.version, "uptime_ms": s.uptime_ms, "connections": s.connections,
-            "services": s.services, "streams": s.streams, "calls_total": s.calls_total,
-            "shm_streams_total": s.shm_streams_total, "socket_streams_total": s.socket_streams_total,
-            "bytes_moved": s.bytes_moved,
+            "version": st.version, "uptime_ms": st.uptime_ms, "connections": st.connections,
+            "services": st.services, "streams": st.streams, "calls_total": st.calls_total,
+            "shm_streams_total": st.shm_streams_total, "socket_streams_total": st.socket_streams_total,
+            "bytes_moved": st.bytes_moved,
         }));
     }
-    let up = s.uptime_ms / 1000;
-    println!("shmbusd {}", s.version);
-    println!(
+    let up = st.uptime_ms / 1000;
+    let mut s = String::new();
+    let _ = writeln!(s, "shmbusd {}", st.version);
+    let _ = writeln!(
+        s,
         "uptime       {}h {:02}m {:02}s",
         up / 3600,
         up / 60 % 60,
         up % 60
     );
-    println!("connections  {}", s.connections);
-    println!("services     {}", s.services);
-    println!(
+    let _ = writeln!(s, "connections  {}", st.connections);
+    let _ = writeln!(s, "services     {}", st.services);
+    let _ = writeln!(
+        s,
         "streams      {} live; {} opened over shm, {} over socket",
-        s.streams, s.shm_streams_total, s.socket_streams_total
+        st.streams, st.shm_streams_total, st.socket_streams_total
     );
-    println!("calls        {}", s.calls_total);
-    println!(
+    let _ = writeln!(s, "calls        {}", st.calls_total);
+    let _ = writeln!(
+        s,
         "bytes moved  {} ({})",
-        s.bytes_moved,
-        human(s.bytes_moved as f64)
+        st.bytes_moved,
+        human(st.bytes_moved as f64)
     );
-    Ok(())
+    emit(&s)
 }
 
 /// `shmbusctl monitor`: runs until the broker goes away (or a signal).
 pub fn monitor(socket: &Path) -> Result<(), Failure> {
     let conn = Connection::connect(socket)?;
     let events = conn.monitor()?;
-    let mut out = io::stdout();
     for ev in events {
         let what = match &ev.kind {
             MonitorKind::Open {
@@ -70,12 +85,10 @@ pub fn monitor(socket: &Path) -> Result<(), Failure> {
             MonitorKind::Error(e) => format!("error code={:?} message={:?}", e.code, e.message),
             MonitorKind::Cancel => "cancel".to_string(),
         };
-        writeln!(
-            out,
-            "stream={} service={} method={} caller_pid={} bytes={} {what}",
+        emit(&format!(
+            "stream={} service={} method={} caller_pid={} bytes={} {what}\n",
             ev.stream, ev.service, ev.method, ev.caller_pid, ev.bytes
-        )?;
-        out.flush()?;
+        ))?;
     }
     Err(Error::BrokerGone.into())
 }
@@ -98,40 +111,44 @@ pub fn list(socket: &Path, json: bool) -> Result<(), Failure> {
             })).collect::<Vec<_>>(),
         }));
     }
-    println!("SERVICES ({})", snap.services.len());
-    println!("{:<24} {:>8} {:>6}  METHODS", "NAME", "PID", "UID");
-    for s in &snap.services {
-        let methods: Vec<String> = s
+    let mut s = String::new();
+    let _ = writeln!(s, "SERVICES ({})", snap.services.len());
+    let _ = writeln!(s, "{:<24} {:>8} {:>6}  METHODS", "NAME", "PID", "UID");
+    for svc in &snap.services {
+        let methods: Vec<String> = svc
             .methods
             .iter()
             .map(|m| format!("{}:{:?}", m.name, m.mode))
             .collect();
-        println!(
+        let _ = writeln!(
+            s,
             "{:<24} {:>8} {:>6}  {}",
-            s.name,
-            s.pid,
-            s.uid,
+            svc.name,
+            svc.pid,
+            svc.uid,
             methods.join(" ")
         );
     }
-    println!();
-    println!("STREAMS ({})", snap.streams.len());
-    println!(
+    let _ = writeln!(s);
+    let _ = writeln!(s, "STREAMS ({})", snap.streams.len());
+    let _ = writeln!(
+        s,
         "{:>6} {:<24} {:<9} {:<8} {:>14} {:>10}",
         "ID", "SERVICE.METHOD", "TRANSPORT", "STATE", "BYTES", "CREDIT"
     );
-    for s in &snap.streams {
-        println!(
+    for st in &snap.streams {
+        let _ = writeln!(
+            s,
             "{:>6} {:<24} {:<9} {:<8} {:>14} {:>10}",
-            s.stream,
-            format!("{}.{}", s.service, s.method),
-            transport_name(s.transport),
-            s.state,
-            s.bytes,
-            s.credit_outstanding
+            st.stream,
+            format!("{}.{}", st.service, st.method),
+            transport_name(st.transport),
+            st.state,
+            st.bytes,
+            st.credit_outstanding
         );
     }
-    Ok(())
+    emit(&s)
 }
 
 fn transport_name(t: Transport) -> &'static str {

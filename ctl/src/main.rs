@@ -1,5 +1,6 @@
 //! `shmbusctl`: serve files, stream them, and look inside the broker.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,8 +26,8 @@ const SIZE_METHOD: &str = "size";
     after_help = "Exit status: 0 success, 1 error, 2 usage (a bad argument, or a FILE that \
                   cannot be served), 3 broker unreachable, 4 no such service, 5 stream error, \
                   6 cancelled, 7 peer gone, 130 interrupted by SIGINT (143 by SIGTERM; `cat` \
-                  cancels its call first), 141 standard output closed (`cat` cancels its \
-                  call and exits quietly, as a command stopped by SIGPIPE would)."
+                  cancels its call first), 141 standard output closed (no message, as a \
+                  command stopped by SIGPIPE; `cat` cancels its call first)."
 )]
 struct Cli {
     /// Broker socket [default: $SHMBUS_SOCKET, else $XDG_RUNTIME_DIR/shmbus/bus.sock, else /run/shmbus/bus.sock].
@@ -119,7 +120,8 @@ pub enum Failure {
     Other(String),
     /// Stopped by this signal, after cancelling the call (exit 128 + signal).
     Interrupted(i32),
-    /// Standard output closed under `cat`: the call was cancelled; no message.
+    /// Standard output closed (a reader such as `head` is gone); `cat` has
+    /// cancelled its call. No message.
     StdoutClosed,
 }
 
@@ -206,7 +208,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if let Some(m) = message(&f) {
-                eprintln!("shmbusctl: {m}");
+                // Nothing more to do when stderr is closed too.
+                let _ = writeln!(std::io::stderr(), "shmbusctl: {m}");
             }
             ExitCode::from(exit_code(&f))
         }

@@ -119,7 +119,7 @@ fn serve_one(mut call: IncomingCall, file: Option<&Path>) {
         }
     };
     if let Err(e) = result {
-        eprintln!("shmbusctl: call ended: {e}");
+        let _ = writeln!(io::stderr(), "shmbusctl: call ended: {e}");
     }
 }
 

@@ -146,6 +146,34 @@ fn a_closed_stdout_cancels_the_call_and_exits_141_without_a_word() {
 }
 
 #[test]
+fn the_listing_commands_end_quietly_on_a_closed_stdout() {
+    let broker = Broker::start();
+    let mut server = serve_zero(&broker, "zero");
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["status"],
+        &["status", "--json"],
+    ] {
+        // A pipe whose reader is gone before anything is written.
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = Command::new(bin("shmbusctl"))
+            .arg("--socket")
+            .arg(&broker.socket)
+            .args(args)
+            .stdout(Stdio::from(write))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+    server.kill().unwrap();
+    let _ = server.wait();
+}
+
+#[test]
 fn a_killed_caller_or_service_still_gets_its_streams_end_logged() {
     let broker = Broker::start_logged_at("info", &[]);
     let mut server = serve_zero(&broker, "zero");
