@@ -221,7 +221,7 @@ fn stream(
     mut meter: Option<&mut Progress>,
 ) -> Result<(), Stop> {
     loop {
-        let buf = rx.fill_buf().map_err(|e| Stop::Stream(unwrap_io(e)))?;
+        let buf = rx.fill_buf().map_err(|e| Stop::Stream(Error::from(e)))?;
         if buf.is_empty() {
             break;
         }
@@ -266,15 +266,4 @@ fn too_large(max: u64) -> Failure {
          raise --max-batch, or drop --batch to stream it",
         human(max as f64)
     ))
-}
-
-/// Recovers the stream error carried inside an `io::Error`.
-fn unwrap_io(e: io::Error) -> Error {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
-        Some(_) => match e.into_inner().map(|b| b.downcast::<Error>()) {
-            Some(Ok(err)) => *err,
-            _ => Error::Protocol("stream failed".into()),
-        },
-        None => Error::Io(e),
-    }
 }
