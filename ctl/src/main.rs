@@ -162,10 +162,7 @@ fn message(f: &Failure) -> Option<String> {
     match f {
         Failure::Bus(e) => Some(e.to_string()),
         Failure::Usage(m) | Failure::Other(m) => Some(m.clone()),
-        Failure::Interrupted(sig) => Some(format!(
-            "interrupted by {}; the call was cancelled",
-            signal_name(*sig)
-        )),
+        Failure::Interrupted(sig) => Some(format!("interrupted by {}", signal_name(*sig))),
         Failure::StdoutClosed => None,
     }
 }
