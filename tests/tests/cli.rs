@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shmbus_tests::{bin, exit_within, wait_for_service, wait_until, write_random_file, Broker};
+use shmbus_tests::{
+    bin, exit_within, wait_for_service, wait_until, write_random_file, Broker, KillOnDrop,
+};
 
 fn sha256(cmd: &str) -> String {
     let out = Command::new("bash")
@@ -362,7 +364,7 @@ fn serve_streams_a_fifo_and_a_character_device() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let mut servers = Vec::new();
     for (name, path) in [("fifo", fifo.as_path()), ("zero", Path::new("/dev/zero"))] {
-        servers.push(
+        servers.push(KillOnDrop(
             Command::new(bin("shmbusctl"))
                 .arg("--socket")
                 .arg(&broker.socket)
@@ -370,7 +372,7 @@ fn serve_streams_a_fifo_and_a_character_device() {
                 .arg(path)
                 .spawn()
                 .unwrap(),
-        );
+        ));
         // Registered without waiting for a writer to open the FIFO.
         wait_for_service(&broker.connect(), name);
     }
@@ -393,10 +395,7 @@ fn serve_streams_a_fifo_and_a_character_device() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "0");
-    for mut s in servers {
-        s.kill().unwrap();
-        let _ = s.wait();
-    }
+    drop(servers);
 }
 
 #[test]
@@ -408,7 +407,7 @@ fn batch_cancels_a_stream_beyond_max_batch_and_fails_clearly() {
     let ctl = bin("shmbusctl");
     let mut servers = Vec::new();
     for (name, path) in [("zero", Path::new("/dev/zero")), ("file", file.as_path())] {
-        servers.push(
+        servers.push(KillOnDrop(
             Command::new(&ctl)
                 .arg("--socket")
                 .arg(&broker.socket)
@@ -417,7 +416,7 @@ fn batch_cancels_a_stream_beyond_max_batch_and_fails_clearly() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
-        );
+        ));
     }
     let conn = broker.connect();
     wait_for_service(&conn, "zero");
@@ -456,8 +455,5 @@ fn batch_cancels_a_stream_beyond_max_batch_and_fails_clearly() {
         let out = ctl_within(&broker, args, Duration::from_secs(10));
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
-    for mut s in servers {
-        s.kill().unwrap();
-        let _ = s.wait();
-    }
+    drop(servers);
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use shmbus_tests::{
     bin, exit_within, logged_stream_close, logged_stream_opens, send_signal, wait_for_service,
-    wait_until, Broker,
+    wait_until, Broker, KillOnDrop,
 };
 
 const SEC: Duration = Duration::from_secs(1);
 
 /// `shmbusctl serve NAME /dev/zero`: every call streams without end.
-fn serve_zero(broker: &Broker, name: &str) -> Child {
+fn serve_zero(broker: &Broker, name: &str) -> KillOnDrop {
     let server = Command::new(bin("shmbusctl"))
         .arg("--socket")
         .arg(&broker.socket)
@@ -22,19 +22,22 @@ fn serve_zero(broker: &Broker, name: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let server = KillOnDrop(server);
     wait_for_service(&broker.connect(), name);
     server
 }
 
-fn cat(socket: &Path, name: &str, stdout: Stdio) -> Child {
-    Command::new(bin("shmbusctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(["cat", name])
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn cat(socket: &Path, name: &str, stdout: Stdio) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(bin("shmbusctl"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["cat", name])
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Waits until the broker has logged stream number `n` (counting from 1)
@@ -74,7 +77,7 @@ fn stderr_of(child: &mut Child) -> String {
 #[test]
 fn sigint_and_sigterm_cancel_the_call_and_exit_128_plus_the_signal() {
     let broker = Broker::start_logged_at("info", &[]);
-    let mut server = serve_zero(&broker, "zero");
+    let _server = serve_zero(&broker, "zero");
     // The last: cat blocked writing to a reader that never reads.
     let cases = [
         (libc::SIGINT, 130, "SIGINT", false),
@@ -112,14 +115,12 @@ fn sigint_and_sigterm_cancel_the_call_and_exit_128_plus_the_signal() {
             "{name}: cat did not cancel stream {id}:\n{log}"
         );
     }
-    server.kill().unwrap();
-    let _ = server.wait();
 }
 
 #[test]
 fn a_closed_stdout_cancels_the_call_and_exits_141_without_a_word() {
     let broker = Broker::start_logged_at("info", &[]);
-    let mut server = serve_zero(&broker, "zero");
+    let _server = serve_zero(&broker, "zero");
     let dir = tempfile::tempdir().unwrap();
     let err_file = dir.path().join("cat.err");
     let out = Command::new("bash")
@@ -141,14 +142,12 @@ fn a_closed_stdout_cancels_the_call_and_exits_141_without_a_word() {
     // The service saw the call cancelled, and said so.
     let line = close_line(&broker, id);
     assert!(line.contains("why=\"cancelled\""), "{line}");
-    server.kill().unwrap();
-    let _ = server.wait();
 }
 
 #[test]
 fn the_listing_commands_end_quietly_on_a_closed_stdout() {
     let broker = Broker::start();
-    let mut server = serve_zero(&broker, "zero");
+    let _server = serve_zero(&broker, "zero");
     for args in [
         &["list"][..],
         &["list", "--json"],
@@ -169,8 +168,6 @@ fn the_listing_commands_end_quietly_on_a_closed_stdout() {
         assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
         assert!(err.is_empty(), "{args:?}: {err}");
     }
-    server.kill().unwrap();
-    let _ = server.wait();
 }
 
 #[test]
