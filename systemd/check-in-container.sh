@@ -23,7 +23,7 @@ if [ ! -x "$root/lib/systemd/systemd" ]; then
     debootstrap --variant=minbase --include=systemd,dbus bookworm "$root"
 fi
 
-(cd "$repo" && cargo build --release --bins -p shmbusd -p shmbus-client)
+(cd "$repo" && cargo build --release --bins -p shmbusd -p shmbusctl)
 install -m 0755 "$repo/target/release/shmbusd" "$repo/target/release/shmbusctl" "$root/usr/local/bin/"
 install -m 0644 "$here/shmbusd.socket" "$here/shmbusd.service" "$root/etc/systemd/system/"
 head -c $((64 << 20)) /dev/urandom > "$root/root/payload.bin"

@@ -27,7 +27,14 @@ point (scenario, transport, size ...): {\"scenario\", \"transport\", \"size\",
 \"bytes_per_sec\", \"items_per_sec\", \"p50_ns\", \"p99_ns\", \"p999_ns\",
 \"ratio_vs\": {\"uds\", \"pipe\", \"bare_ring\"}, ...}; fields that do not apply
 are absent. Extra fields: kind (bytes|typed), wait (blocking|spin), streams,
-runs, min/max of the headline figure, CPU and memory figures.
+runs, min/max of the headline figure, CPU and memory figures. The first
+record describes the machine at the start: {\"machine\", \"cpus\",
+\"load_1m\", \"runnable_others\", \"busy\", \"warning\"}.
+
+At the start the harness warns on stderr when the machine is busy (a
+1-minute load average of half the CPUs or more, or other tasks runnable
+beside it): the figures would be unreliable. Every run ends with one line,
+`summary: ...`, of the headline figures of the scenarios that ran.
 
 --sizes (1 B to 16 MiB) replaces the write sizes of throughput (bytes
 streams); typed items and latency messages then use the listed sizes up to

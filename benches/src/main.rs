@@ -9,6 +9,7 @@
 //! `--role` (broker, service, client, baseline). See `--help`.
 
 mod baselines;
+mod busy;
 mod checksum;
 mod cli;
 mod faults;
@@ -20,6 +21,7 @@ mod report;
 mod runner;
 mod scenarios;
 mod stats;
+mod summary;
 mod svg;
 
 use std::process::ExitCode;
@@ -49,11 +51,13 @@ fn main() -> ExitCode {
 
 /// The fault scenarios asked for, then the performance ones; one JSON file.
 fn orchestrate(opts: &Options, cli: &Cli) -> Result<(), String> {
-    let (mut records, mut failures) = (Vec::new(), 0);
+    // Before anything starts: is other work sharing the CPUs?
+    let mut records = vec![busy::check(&os::machine())];
+    let mut failures = 0;
     if !opts.faults.is_empty() {
         println!("shmbus-bench: {}", os::machine());
         let (r, f) = faults::run(&opts.faults, &opts.fault)?;
-        records = r;
+        records.extend(r);
         failures += f;
     }
     // Empty when only fault scenarios were named.
@@ -66,10 +70,16 @@ fn orchestrate(opts: &Options, cli: &Cli) -> Result<(), String> {
             records,
         )?;
         failures += r.failures;
+        records = r.records;
     } else if let Some(path) = cli.json.as_deref() {
         report::write_json(path, &records).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("JSON: {}", path.display());
     }
+    println!(
+        "{}",
+        summary::line(&records)
+            .unwrap_or_else(|| "summary: no figures (every measurement failed)".into())
+    );
     match failures {
         0 => Ok(()),
         n => Err(format!("{n} measurement(s) or check(s) failed")),

@@ -21,6 +21,8 @@ use crate::svg;
 pub struct RunResult {
     /// Measurements that failed or whose checksums did not match.
     pub failures: usize,
+    /// The JSON records: those passed in, then this run's.
+    pub records: Vec<serde_json::Value>,
 }
 
 /// The broker (when private) and the bench service.
@@ -375,7 +377,7 @@ pub fn run(
         svg::write(path, &series).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("plot: {}", path.display());
     }
-    Ok(RunResult { failures })
+    Ok(RunResult { failures, records })
 }
 
 fn add_points(series: &mut Vec<svg::Series>, m: &Measured<'_>) {

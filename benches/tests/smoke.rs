@@ -52,6 +52,23 @@ fn quick_throughput_run_prints_every_transport() {
         "{records}"
     );
     assert!(records.contains(r#""ratio_vs":{"#), "{records}");
+    // What the machine looked like at the start, busy or not.
+    let first = records.lines().nth(1).unwrap_or_default();
+    for field in [r#""machine":"#, r#""load_1m":"#, r#""busy":"#] {
+        assert!(first.contains(field), "{field} missing: {first}");
+    }
+    if first.contains(r#""busy":true"#) {
+        assert!(stderr.contains("warning: the machine is busy"), "{stderr}");
+    }
+    // The run ends with its headline figures, only those that ran.
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("summary: 64 KiB shm ")
+            && last.contains(" GB/s (")
+            && last.contains("× uds)"),
+        "{stdout}"
+    );
+    assert!(!last.contains("rt ") && !last.contains("setup"), "{last}");
 }
 
 /// A short run of the fault scenarios: they pass their own checks (the
@@ -89,6 +106,11 @@ fn fault_scenarios_run_their_checks() {
     assert!(stdout.contains("crash: 16 trials"), "{stdout}");
     assert!(stdout.contains("unexpected errors: 0"), "{stdout}");
     assert!(stdout.contains("p99 against quiet"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("summary: crash kill→error p99 ") && last.contains("flood setup p99"),
+        "{stdout}"
+    );
     let records = std::fs::read_to_string(&json).expect("JSON written");
     for scenario in ["crash", "soak", "flood"] {
         assert!(
@@ -122,6 +144,8 @@ fn setup_with_a_gap_between_calls() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("a pause of 200 µs"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("summary: setup "), "{stdout}");
     for transport in ["shm", "socket", "uds"] {
         let measured = stdout.lines().any(|l| {
             let mut cells = l.split_whitespace().skip_while(|c| *c == "1" || *c == "B");

@@ -49,6 +49,8 @@ pub struct Server {
     poll: Poll,
     listener: Option<UnixListener>,
     socket_path: Option<PathBuf>,
+    /// Where the broker listens, for the log: the path, and how it got the socket.
+    listening: String,
     stop: SignalPipe,
     reload: SignalPipe,
     conns: HashMap<ConnId, Conn>,
@@ -71,6 +73,26 @@ pub struct Server {
     stop_deadline: Option<Instant>,
     /// Receive space shared by every connection.
     read_chunk: Vec<u8>,
+}
+
+/// Where a listener listens, in plain words: the path of a socket the broker
+/// bound itself, else the path (when it has one) and descriptor of the socket
+/// the service manager passed.
+fn describe_listener(listener: &UnixListener, owned: Option<&Path>) -> String {
+    use std::os::fd::AsRawFd;
+    if let Some(path) = owned {
+        return path.display().to_string();
+    }
+    let fd = listener.as_raw_fd();
+    let path = listener.local_addr().ok().and_then(|a| {
+        a.as_pathname()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.display().to_string())
+    });
+    match path {
+        Some(path) => format!("{path} (socket activation, fd {fd})"),
+        None => format!("socket activation, fd {fd}"),
+    }
 }
 
 /// Binds `path`, creating its directory; refuses when a broker already answers there.
@@ -101,6 +123,7 @@ impl Server {
         limits: Limits,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
+        let listening = describe_listener(&listener, socket_path.as_deref());
         let mut listener = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -114,6 +137,7 @@ impl Server {
             poll,
             listener: Some(listener),
             socket_path,
+            listening,
             stop,
             reload,
             conns: HashMap::new(),
@@ -165,7 +189,7 @@ impl Server {
     /// [`STOP_GRACE`] to finish.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
-        info!(socket = ?self.socket_path, "broker ready");
+        info!(socket = %self.listening, "broker ready");
         let status = self.status_line();
         self.notifier.ready(&status);
         loop {

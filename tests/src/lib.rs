@@ -54,13 +54,19 @@ impl Broker {
 
     /// Starts `shmbusd` with its file-size limit (RLIMIT_FSIZE) set to `fsize` bytes.
     pub fn start_limited(args: &[&str], fsize: Option<u64>) -> Broker {
-        Self::spawn(args, fsize, false)
+        Self::spawn(args, fsize, None)
     }
 
     /// Starts `shmbusd` with its log (stderr) kept in a file, read with
     /// [`log`](Self::log).
     pub fn start_logged(args: &[&str]) -> Broker {
-        Self::spawn(args, None, true)
+        Self::spawn(args, None, Some("warn"))
+    }
+
+    /// Like [`start_logged`](Self::start_logged), logging at `level`
+    /// (`info` logs the start, and every stream's open and close).
+    pub fn start_logged_at(level: &str, args: &[&str]) -> Broker {
+        Self::spawn(args, None, Some(level))
     }
 
     /// What the broker logged so far (only for [`start_logged`](Self::start_logged)).
@@ -69,7 +75,8 @@ impl Broker {
         std::fs::read_to_string(path).expect("read broker log")
     }
 
-    fn spawn(args: &[&str], fsize: Option<u64>, logged: bool) -> Broker {
+    /// `log_level` set: stderr goes to a file, read with [`log`](Self::log).
+    fn spawn(args: &[&str], fsize: Option<u64>, log_level: Option<&str>) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         // Other users (tests drop to `nobody`) must reach the socket.
         std::fs::set_permissions(
@@ -86,9 +93,9 @@ impl Broker {
         cmd.arg("--socket")
             .arg(&socket)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level.unwrap_or("warn"))
             .stdin(Stdio::null());
-        let log = logged.then(|| dir.path().join("shmbusd.log"));
+        let log = log_level.map(|_| dir.path().join("shmbusd.log"));
         if let Some(path) = &log {
             cmd.stderr(std::fs::File::create(path).expect("create broker log"));
         }
@@ -199,6 +206,80 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that
+/// a failing test leaves none behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `child` to exit; kills it and panics after `limit`.
+pub fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} still running after {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `sig` to process `pid`.
+pub fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The value of `key=` in a broker log line (up to the next space).
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[at..];
+    Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+/// Ids of the streams the broker logged as opened for `service`, in order.
+pub fn logged_stream_opens(log: &str, service: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("stream open") && log_field(l, "service") == Some(service))
+        .filter_map(|l| log_field(l, "stream")?.parse().ok())
+        .collect()
+}
+
+/// The broker's log line closing stream `id`, if there is one.
+pub fn logged_stream_close(log: &str, id: u64) -> Option<&str> {
+    let id = id.to_string();
+    log.lines()
+        .find(|l| l.contains("stream closed") && log_field(l, "stream") == Some(id.as_str()))
 }
 
 /// A peer process whose stdout lines are collected as they arrive.

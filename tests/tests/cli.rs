@@ -1,10 +1,13 @@
 //! The command-line contract: `shmbusd`, `shmbusctl serve`, `cat`, `list`.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shmbus_tests::{bin, wait_for_service, wait_until, write_random_file, Broker};
+use shmbus_tests::{
+    bin, exit_within, wait_for_service, wait_until, write_random_file, Broker, KillOnDrop,
+};
 
 fn sha256(cmd: &str) -> String {
     let out = Command::new("bash")
@@ -36,7 +39,11 @@ fn serve_and_cat_move_a_gigabyte_byte_exact_over_every_transport() {
         .spawn()
         .unwrap();
     wait_for_service(&broker.connect(), "big");
-    for mode in ["--transport shm", "--transport socket", "--batch"] {
+    for mode in [
+        "--transport shm",
+        "--transport socket",
+        "--batch --max-batch 1G",
+    ] {
         let got = sha256(&format!(
             "{} --socket {} cat big {mode}",
             ctl.display(),
@@ -293,4 +300,160 @@ fn status_monitor_and_progress() {
         2,
         "{events}"
     );
+}
+
+/// Runs `shmbusctl` with `args` against `broker`, failing after `limit`.
+fn ctl_within(broker: &Broker, args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = Command::new(bin("shmbusctl"))
+        .arg("--socket")
+        .arg(&broker.socket)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    let mut pipe = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::io::Read::read_to_end(&mut pipe, &mut out).unwrap();
+        out
+    });
+    let status = exit_within(&mut child, limit);
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::process::Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr,
+    }
+}
+
+#[test]
+fn serve_refuses_a_directory_or_a_socket_and_registers_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = broker.socket.to_str().unwrap().to_string();
+    for (path, why) in [
+        (dir.path().to_str().unwrap(), "is a directory"),
+        (socket.as_str(), "is a socket"),
+    ] {
+        let out = ctl_within(&broker, &["serve", "d", path], Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(2), "{path}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(why) && err.contains(path), "{err}");
+    }
+    // Standard input that is a directory is refused the same way.
+    let out = Command::new(bin("shmbusctl"))
+        .arg("--socket")
+        .arg(&broker.socket)
+        .args(["serve", "d", "-"])
+        .stdin(std::fs::File::open(dir.path()).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+    assert!(broker.connect().list().unwrap().services.is_empty());
+}
+
+#[test]
+fn serve_streams_a_fifo_and_a_character_device() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut servers = Vec::new();
+    for (name, path) in [("fifo", fifo.as_path()), ("zero", Path::new("/dev/zero"))] {
+        servers.push(KillOnDrop(
+            Command::new(bin("shmbusctl"))
+                .arg("--socket")
+                .arg(&broker.socket)
+                .args(["serve", name])
+                .arg(path)
+                .spawn()
+                .unwrap(),
+        ));
+        // Registered without waiting for a writer to open the FIFO.
+        wait_for_service(&broker.connect(), name);
+    }
+    let writer = std::thread::spawn(move || std::fs::write(&fifo, b"through a fifo\n").unwrap());
+    let out = ctl_within(&broker, &["cat", "fifo"], Duration::from_secs(10));
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"through a fifo\n");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} --socket {} cat zero | head -c 4096 | tr -d '\\0' | wc -c",
+            bin("shmbusctl").display(),
+            broker.socket.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "0");
+    drop(servers);
+}
+
+#[test]
+fn batch_cancels_a_stream_beyond_max_batch_and_fails_clearly() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("4m.bin");
+    write_random_file(&file, 4 << 20);
+    let ctl = bin("shmbusctl");
+    let mut servers = Vec::new();
+    for (name, path) in [("zero", Path::new("/dev/zero")), ("file", file.as_path())] {
+        servers.push(KillOnDrop(
+            Command::new(&ctl)
+                .arg("--socket")
+                .arg(&broker.socket)
+                .args(["serve", name])
+                .arg(path)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let conn = broker.connect();
+    wait_for_service(&conn, "zero");
+    wait_for_service(&conn, "file");
+    // An endless stream: only the cap ends it.
+    let out = ctl_within(
+        &broker,
+        &["cat", "zero", "--batch", "--max-batch", "4M"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing is written past the cap");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--max-batch 4.0 MiB"), "{err}");
+    wait_until(Duration::from_secs(10), || {
+        conn.list().unwrap().streams.is_empty()
+    });
+    // A stream of exactly the cap fits.
+    let out = ctl_within(
+        &broker,
+        &["cat", "file", "--batch", "--max-batch", "4M"],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, std::fs::read(&file).unwrap());
+    // A size that is not one, and a cap without --batch, are usage errors.
+    for args in [
+        &["cat", "file", "--batch", "--max-batch", "4Q"][..],
+        &["cat", "file", "--max-batch", "4M"][..],
+    ] {
+        let out = ctl_within(&broker, args, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    drop(servers);
 }

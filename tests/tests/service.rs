@@ -126,6 +126,16 @@ fn socket_activation_through_systemd_socket_activate() {
         log.contains("using the socket passed by the service manager"),
         "{log}"
     );
+    // The start line names the socket plainly, and how the broker got it.
+    let ready = log
+        .lines()
+        .find(|l| l.contains("broker ready"))
+        .unwrap_or("");
+    let expected = format!("socket={} (socket activation, fd 3)", socket.display());
+    assert!(
+        ready.ends_with(&expected),
+        "expected {expected:?} in: {log}"
+    );
 }
 
 fn datagrams(sock: &UnixDatagram, until: &str, limit: Duration) -> Vec<String> {

@@ -475,12 +475,12 @@ impl Router {
         self.forget(&live);
         let mut out = Vec::new();
         if let Some(s) = &live.stream {
-            info!(
-                stream = s.stream,
-                ok = outcome.is_ok(),
-                bytes = s.bytes,
-                "stream call finished"
-            );
+            let why = match &outcome {
+                Ok(_) => "finished".to_string(),
+                Err(e) if e.code == ErrorCode::Aborted => "cancelled".to_string(),
+                Err(e) => format!("failed ({:?}: {})", e.code, e.message),
+            };
+            info!(stream = s.stream, bytes = s.bytes, why = ?why, "stream closed");
             self.stats.finished_bytes += s.bytes;
             let kind = match &outcome {
                 Ok(_) => MonitorKind::End,
@@ -575,6 +575,13 @@ impl Router {
             self.forget(&live);
             let gone = remote(ErrorCode::PeerGone, "the service disconnected");
             if let Some(s) = &live.stream {
+                // The service's result will never come: the end is logged here.
+                let why = match (live.caller == conn, live.service_conn == conn) {
+                    (true, true) => "caller and service gone",
+                    (true, false) => "caller gone",
+                    _ => "service gone",
+                };
+                info!(stream = s.stream, bytes = s.bytes, why, "stream closed");
                 self.stats.finished_bytes += s.bytes;
                 let kind = if live.caller == conn {
                     MonitorKind::Cancel
