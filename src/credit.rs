@@ -10,6 +10,8 @@
 //! Both transports use these two types: the shared-memory port stores the
 //! limit in the ring header, the socket port sends it in credit frames.
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 
 /// How an item is charged against credit.

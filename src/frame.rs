@@ -14,12 +14,15 @@
 //! Every frame kind, its fields, what each side does with it and a call's
 //! whole life are described in `PROTOCOL.md` at the repository root.
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 
 use crate::credit::CreditSpec;
+use crate::state::StreamState;
 
 /// Version of the control protocol spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Size of the frame header on the wire.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Default upper bound for one frame's body, in bytes.
@@ -271,9 +274,8 @@ pub struct StreamInfo {
     pub method: String,
     /// Shared memory or socket.
     pub transport: Transport,
-    /// The stream state as last reported (`ACTIVE`, ...; see
-    /// [`StreamState::name`](crate::state::StreamState::name)).
-    pub state: String,
+    /// The stream state as last reported.
+    pub state: StreamState,
     /// Payload bytes received so far, as last reported by the receiving peer.
     pub bytes: u64,
     /// Credit granted but not yet used, as last reported.
@@ -440,8 +442,8 @@ pub enum Frame {
     StreamProgress {
         /// Broker-wide stream id.
         stream: StreamId,
-        /// Stream state name ([`StreamState::name`](crate::state::StreamState::name)).
-        state: String,
+        /// The reporting half's state.
+        state: StreamState,
         /// Payload bytes received so far.
         bytes: u64,
         /// Credit granted and not yet used.

@@ -10,7 +10,9 @@
 //! - [`ring`]: the shared-memory stream port, the only module touching shared memory;
 //! - [`sys`]: the syscall boundary (memfds, seals, descriptor passing, credentials).
 //!
-//! `frame`, `state`, `credit` and `link` do no I/O.
+//! `frame`, `state`, `credit` and `link` do no I/O, and forbid `unsafe`:
+//! the unsafe code of the whole workspace lives in `ring` (shared memory)
+//! and `sys` (system calls), and the other crates forbid it too.
 
 pub mod credit;
 pub mod frame;

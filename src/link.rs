@@ -18,6 +18,8 @@
 //! "The socket port" in `PROTOCOL.md` (at the repository root) gives the
 //! geometry and the rules both peers follow.
 
+#![forbid(unsafe_code)]
+
 /// Bytes of a message header.
 pub const MESSAGE_HEADER: usize = 5;
 /// Bytes of an item header inside stream-data.

@@ -5,10 +5,16 @@
 //! the events it observes, and the lifecycle records every transition in order
 //! so applications and tests can see the path a stream took.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
-/// The states a stream half passes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+use serde::{Deserialize, Serialize};
+
+/// The states a stream half passes through. Crosses the wire in
+/// `stream-progress` reports; as text (JSON) it is spelled as [`name`](Self::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum StreamState {
     /// Nothing sent yet.
     Idle,
@@ -116,6 +122,14 @@ impl StreamLifecycle {
         self.cause.as_ref()
     }
 
+    /// Ends the stream: CLOSING for `cause`, then CLOSED once cleanup is
+    /// done. Closing a stream already closing or closed keeps the first
+    /// cause. An error means the stream never opened: a bug of the caller.
+    pub fn close(&mut self, cause: CloseCause) -> Result<StreamState, InvalidTransition> {
+        self.apply(StreamEvent::Close(cause))?;
+        self.apply(StreamEvent::Cleanup)
+    }
+
     /// Applies an event. A second close while CLOSING or CLOSED keeps the first cause.
     pub fn apply(&mut self, event: StreamEvent) -> Result<StreamState, InvalidTransition> {
         use StreamState::*;
@@ -158,6 +172,27 @@ mod tests {
         s.apply(StreamEvent::Cleanup).unwrap();
         assert_eq!(s.history(), &[Idle, Opening, Active, Closing, Closed]);
         assert_eq!(s.cause(), Some(&CloseCause::End));
+    }
+
+    #[test]
+    fn close_runs_to_closed_once_and_keeps_the_first_cause() {
+        let mut s = StreamLifecycle::new();
+        assert!(s.close(CloseCause::End).is_err(), "a stream never opened");
+        s.apply(StreamEvent::Open).unwrap();
+        s.apply(StreamEvent::PortEstablished).unwrap();
+        assert_eq!(s.close(CloseCause::Cancel), Ok(Closed));
+        assert_eq!(s.close(CloseCause::End), Ok(Closed));
+        assert_eq!(s.history(), &[Idle, Opening, Active, Closing, Closed]);
+        assert_eq!(s.cause(), Some(&CloseCause::Cancel));
+    }
+
+    #[test]
+    fn states_cross_the_wire_as_themselves() {
+        for state in [Idle, Opening, Active, Closing, Closed] {
+            let bytes = postcard::to_allocvec(&state).unwrap();
+            assert_eq!(postcard::from_bytes::<StreamState>(&bytes).unwrap(), state);
+        }
+        assert!(postcard::from_bytes::<StreamState>(&[9]).is_err());
     }
 
     #[test]

@@ -15,31 +15,19 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::socket::{self, sockopt, ControlMessage, MsgFlags};
 
 use crate::frame::MAX_FDS_PER_FRAME;
-use crate::ring;
 
 /// The seals every stream port carries.
 pub fn ring_seals() -> SealFlag {
     SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
 }
 
-/// Creates a sealed memfd holding a fresh ring of `capacity` data bytes.
-/// The header is written with `pwrite`; the caller never maps it.
-pub fn create_ring_memfd(name: &str, capacity: u32, hwm: u64) -> io::Result<OwnedFd> {
-    if !ring::valid_capacity(capacity) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("ring capacity {capacity} is not a power of two in range"),
-        ));
-    }
+/// Creates a memfd of `size` bytes that starts with `head` (written with
+/// `pwrite`, so the caller never maps it), sealed with [`ring_seals`].
+pub fn create_sealed_memfd(name: &str, size: u64, head: &[u8]) -> io::Result<OwnedFd> {
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     let file = File::from(fd);
-    file.set_len(ring::file_size(capacity))?;
-    // The first data page is written (zeros) too: each peer's first fault
-    // on the header then maps it as well (fault-around), and the producer's
-    // first item needs no page allocation.
-    let mut head = ring::initial_header(capacity, hwm);
-    head.resize(ring::HEADER_SIZE + ring::MIN_CAPACITY as usize, 0);
-    file.write_all_at(&head, 0)?;
+    file.set_len(size)?;
+    file.write_all_at(head, 0)?;
     let fd = OwnedFd::from(file);
     fcntl(&fd, FcntlArg::F_ADD_SEALS(ring_seals()))?;
     Ok(fd)
@@ -372,10 +360,13 @@ mod tests {
 
     #[test]
     fn memfd_is_sealed_and_sized() {
-        let fd = create_ring_memfd("t", 4096, 8).unwrap();
+        let fd = create_sealed_memfd("t", 8192, b"head").unwrap();
         check_ring_seals(&fd).unwrap();
         let file = File::from(fd);
-        assert_eq!(file.metadata().unwrap().len(), ring::file_size(4096));
+        assert_eq!(file.metadata().unwrap().len(), 8192);
+        let mut head = [0u8; 4];
+        file.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"head");
         assert!(file.set_len(10).is_err(), "shrink must be sealed");
         assert!(file.set_len(1 << 20).is_err(), "grow must be sealed");
     }
@@ -391,7 +382,7 @@ mod tests {
     #[test]
     fn descriptors_pass_and_arrive_owned() {
         let (a, b) = UnixStream::pair().unwrap();
-        let memfd = create_ring_memfd("p", 4096, 8).unwrap();
+        let memfd = create_sealed_memfd("p", 4096, &[]).unwrap();
         let n = send_with_fds(a.as_fd(), b"hi", &[memfd.as_fd(), memfd.as_fd()], true).unwrap();
         assert_eq!(n, 2);
         let mut buf = [0u8; 16];

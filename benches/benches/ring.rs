@@ -18,7 +18,7 @@ fn ring_round_trip(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2));
     for size in [64usize, 4096, 65536] {
         let credit = CreditSpec::bytes(CAPACITY as u64 / 2);
-        let fd = shmbus::sys::create_ring_memfd("ring-bench", CAPACITY, credit.high_water_mark)
+        let fd = shmbus::ring::create_memfd("ring-bench", CAPACITY, credit.high_water_mark)
             .expect("memfd");
         let mut tx =
             RingProducer::open(fd.try_clone().expect("dup"), CAPACITY, credit).expect("producer");

@@ -1,5 +1,7 @@
 //! `shmbusctl`: serve files, stream them, and look inside the broker.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -17,6 +17,8 @@
 //! - [`quota`]: per-uid resource quotas;
 //! - [`config`]: the configuration file and flags.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod conn;
 pub mod log_limit;

@@ -1,5 +1,7 @@
 //! `shmbusd`: the shmbus broker daemon.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;

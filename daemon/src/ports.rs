@@ -150,7 +150,7 @@ fn fill(weak: Weak<PoolShared>) {
         };
         let made = (|| -> io::Result<Unit> {
             let (a, b) = UnixStream::pair()?;
-            let memfd = sys::create_ring_memfd("shmbus-stream", key.0, key.1)?;
+            let memfd = shmbus::ring::create_memfd("shmbus-stream", key.0, key.1)?;
             Ok(Unit {
                 caller: a.into(),
                 service: b.into(),
@@ -205,7 +205,7 @@ pub fn create(
         fds.service.push(b.into());
         if transport == Transport::SharedMemory {
             let name = format!("shmbus-stream-{stream}-{i}");
-            let memfd = sys::create_ring_memfd(&name, ring_size, credit.high_water_mark)?;
+            let memfd = shmbus::ring::create_memfd(&name, ring_size, credit.high_water_mark)?;
             fds.caller.push(memfd.try_clone()?);
             fds.service.push(memfd);
         }

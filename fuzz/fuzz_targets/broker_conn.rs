@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let mut conn = Conn::new(mio::net::UnixStream::from_std(server), creds);
-    let bait = sys::create_ring_memfd("bait", 4096, 1).unwrap();
+    let bait = shmbus::ring::create_memfd("bait", 4096, 1).unwrap();
     let mut scratch = Vec::new();
     let mut rest = data;
     while let Some((&ctl, tail)) = rest.split_first() {

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         1 => CreditSpec::bytes(4096),
         _ => CreditSpec::custom(1000),
     };
-    let fd = sys::create_ring_memfd("fuzz", CAPACITY, credit.high_water_mark).unwrap();
+    let fd = shmbus::ring::create_memfd("fuzz", CAPACITY, credit.high_water_mark).unwrap();
     let file = std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap());
     // Keep the static header (magic, version, capacity, hwm) so the ring
     // opens; everything the peer writes at run time comes from the input.

@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
         _ => CreditSpec::custom(3000),
     };
     let capacity: u32 = if head & 4 == 0 { 4096 } else { 8192 };
-    let fd = sys::create_ring_memfd("fuzz", capacity, credit.high_water_mark).unwrap();
+    let fd = shmbus::ring::create_memfd("fuzz", capacity, credit.high_water_mark).unwrap();
     let mut peer = Peer {
         file: std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap()),
         capacity: capacity as u64,

@@ -147,6 +147,23 @@ pub fn initial_header(capacity: u32, hwm: u64) -> Vec<u8> {
     h
 }
 
+/// Creates a sealed memfd holding a fresh ring of `capacity` data bytes with
+/// a full grant of `hwm` credit: the broker's half of setting up a port.
+pub fn create_memfd(name: &str, capacity: u32, hwm: u64) -> std::io::Result<OwnedFd> {
+    if !valid_capacity(capacity) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("ring capacity {capacity} is not a power of two in range"),
+        ));
+    }
+    // The first data page is written (zeros) too: each peer's first fault
+    // on the header then maps it as well (fault-around), and the producer's
+    // first item needs no page allocation.
+    let mut head = initial_header(capacity, hwm);
+    head.resize(HEADER_SIZE + MIN_CAPACITY as usize, 0);
+    sys::create_sealed_memfd(name, file_size(capacity), &head)
+}
+
 /// Largest payload one record can carry in a ring of `capacity` bytes: half
 /// the ring, so that a record always fits once the ring has drained, whatever
 /// the current offset (padding to the end plus the record stay within it).

@@ -1,6 +1,6 @@
+use super::create_memfd as create_ring_memfd;
 use super::*;
 use crate::credit::CreditSpec;
-use crate::sys::create_ring_memfd;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;

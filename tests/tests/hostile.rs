@@ -142,7 +142,7 @@ fn a_flood_of_malformed_connections_leaves_streams_and_the_broker_intact() {
     };
     let rss_before = rss(broker.pid());
     let good: Vec<_> = (0..16).map(|_| good_stream(&broker, 20_000)).collect();
-    let memfd = shmbus::sys::create_ring_memfd("bait", 4096, 1).unwrap();
+    let memfd = shmbus::ring::create_memfd("bait", 4096, 1).unwrap();
     let mut rng = Rng::new(42);
     let offenders = 2000;
     let mut errors = 0;
@@ -151,7 +151,7 @@ fn a_flood_of_malformed_connections_leaves_streams_and_the_broker_intact() {
         let mut hello = Vec::new();
         shmbus::frame::encode(
             &shmbus::Frame::Hello {
-                version: 1,
+                version: shmbus::frame::PROTOCOL_VERSION,
                 caps: Default::default(),
             },
             &mut hello,

@@ -175,13 +175,13 @@ fn malformed_frames_close_only_the_offender() {
             let mut b = Vec::new();
             shmbus::frame::encode(
                 &Frame::Hello {
-                    version: 1,
+                    version: shmbus::frame::PROTOCOL_VERSION,
                     caps: Default::default(),
                 },
                 &mut b,
             );
             b[4] = 1;
-            let memfd = shmbus::sys::create_ring_memfd("x", 4096, 1).unwrap();
+            let memfd = shmbus::ring::create_memfd("x", 4096, 1).unwrap();
             c.send_raw(&b, &[memfd.as_fd()]).unwrap();
         }),
         // More descriptors than declared.
@@ -189,12 +189,12 @@ fn malformed_frames_close_only_the_offender() {
             let mut b = Vec::new();
             shmbus::frame::encode(
                 &Frame::Hello {
-                    version: 1,
+                    version: shmbus::frame::PROTOCOL_VERSION,
                     caps: Default::default(),
                 },
                 &mut b,
             );
-            let memfd = shmbus::sys::create_ring_memfd("x", 4096, 1).unwrap();
+            let memfd = shmbus::ring::create_memfd("x", 4096, 1).unwrap();
             c.send_raw(&b, &[memfd.as_fd(), memfd.as_fd()]).unwrap();
         }),
     ];
@@ -213,12 +213,12 @@ fn malformed_frames_close_only_the_offender() {
     let mut c = RawClient::hello(&broker, true);
     c.send(&Frame::StreamProgress {
         stream: 1,
-        state: "X".into(),
+        state: shmbus::state::StreamState::Active,
         bytes: 0,
         credit_outstanding: 0,
     });
     c.send(&Frame::Welcome {
-        version: 1,
+        version: shmbus::frame::PROTOCOL_VERSION,
         caps: Default::default(),
         max_frame: 1,
     });
@@ -246,7 +246,7 @@ fn a_truncated_frame_then_hangup_is_harmless() {
         let mut b = Vec::new();
         shmbus::frame::encode(
             &Frame::Hello {
-                version: 1,
+                version: shmbus::frame::PROTOCOL_VERSION,
                 caps: Default::default(),
             },
             &mut b,

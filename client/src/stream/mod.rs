@@ -6,7 +6,7 @@ mod progress;
 mod receiver;
 mod sender;
 
-use shmbus::state::{StreamEvent, StreamLifecycle};
+use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle};
 
 pub use receiver::{InPlace, Receiver};
 pub use sender::{SendSlot, Sender, SizeFn};
@@ -51,4 +51,13 @@ fn lifecycle_opened() -> StreamLifecycle {
     life.apply(StreamEvent::PortEstablished)
         .expect("OPENING → ACTIVE");
     life
+}
+
+/// Ends a half's lifecycle. Every half is opened first (see
+/// `lifecycle_opened`) and a second close keeps the first cause, so this
+/// cannot fail unless this crate has a bug, which debug builds (and so the
+/// tests) catch.
+fn close(life: &mut StreamLifecycle, cause: CloseCause) {
+    let r = life.close(cause);
+    debug_assert!(r.is_ok(), "stream half closed from an invalid state: {r:?}");
 }

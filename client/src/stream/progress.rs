@@ -48,7 +48,7 @@ impl Progress {
         self.last = Instant::now();
         let _ = self.conn.inner.send(&Frame::StreamProgress {
             stream: self.stream,
-            state: state.name().to_string(),
+            state,
             bytes: self.bytes,
             credit_outstanding,
         });

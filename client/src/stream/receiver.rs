@@ -8,11 +8,11 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use shmbus::frame::{StreamId, Transport};
-use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
+use shmbus::state::{CloseCause, StreamLifecycle, StreamState};
 
-use super::lifecycle_opened;
 use super::progress::Progress;
 use super::TryRecv;
+use super::{close, lifecycle_opened};
 use crate::conn::Bound;
 use crate::error::{decode, Error, Result};
 use crate::port::wait::WaitPolicy;
@@ -161,8 +161,7 @@ impl Receiver {
         // the sender's own close report carries the state and byte count.
         let quiet = matches!(how, Finished::End) && !self.announced;
         self.finished = Some(how);
-        let _ = self.life.apply(StreamEvent::Close(cause));
-        let _ = self.life.apply(StreamEvent::Cleanup);
+        close(&mut self.life, cause);
         if !quiet {
             self.report();
         }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use shmbus::credit::{max_charge, CreditSpec, SizeStrategy};
 use shmbus::frame::{StreamId, Transport};
-use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle, StreamState};
+use shmbus::state::{CloseCause, StreamLifecycle, StreamState};
 
-use super::lifecycle_opened;
 use super::progress::Progress;
+use super::{close, lifecycle_opened};
 use crate::conn::Bound;
 use crate::error::{Error, Result};
 use crate::port::wait::WaitPolicy;
@@ -168,8 +168,7 @@ impl Sender {
                     p.abandon();
                 }
                 self.port = None;
-                let _ = self.life.apply(StreamEvent::Close(CloseCause::Failed(msg)));
-                let _ = self.life.apply(StreamEvent::Cleanup);
+                close(&mut self.life, CloseCause::Failed(msg));
                 other
             }
         }
@@ -369,8 +368,7 @@ impl Sender {
             port.abandon();
             let _ = port.close(&how, blocking);
         }
-        let _ = self.life.apply(StreamEvent::Close(cause));
-        let _ = self.life.apply(StreamEvent::Cleanup);
+        close(&mut self.life, cause);
         self.progress.report(self.life.state(), 0);
     }
 
@@ -389,8 +387,7 @@ impl Sender {
         }
         let r = port.close(&Ending::End, true);
         self.port = None;
-        let _ = self.life.apply(StreamEvent::Close(CloseCause::End));
-        let _ = self.life.apply(StreamEvent::Cleanup);
+        close(&mut self.life, CloseCause::End);
         self.progress.report(self.life.state(), 0);
         r
     }

@@ -4,6 +4,7 @@ use shmbus::frame::{
     CallRequest, ErrorCode, FallbackReason, Frame, MonitorKind, RemoteError, StreamInfo,
     StreamMode, StreamOpen, Transport, TransportPreference,
 };
+use shmbus::state::StreamState;
 use tracing::{debug, info, warn};
 
 use super::{remote, send, violation, ConnId, LiveCall, Output, Router};
@@ -98,7 +99,7 @@ impl Router {
                         service: req.service.clone(),
                         method: req.method.clone(),
                         transport: open.transport,
-                        state: "OPENING".into(),
+                        state: StreamState::Opening,
                         bytes: 0,
                         credit_outstanding: open.credit.high_water_mark,
                     });

@@ -15,6 +15,7 @@ use shmbus::frame::{
     BrokerSnapshot, BrokerStatus, CallId, Capabilities, ErrorCode, Frame, MethodSpec, MonitorEvent,
     MonitorKind, RemoteError, ServiceInfo, StreamId, StreamInfo, StreamMode, PROTOCOL_VERSION,
 };
+use shmbus::state::StreamState;
 use shmbus::sys::PeerCredentials;
 use tracing::{info, warn};
 
@@ -518,14 +519,21 @@ impl Router {
         }
     }
 
-    fn progress(&mut self, conn: ConnId, stream: StreamId, state: String, bytes: u64, credit: u64) {
+    fn progress(
+        &mut self,
+        conn: ConnId,
+        stream: StreamId,
+        state: StreamState,
+        bytes: u64,
+        credit: u64,
+    ) {
         for live in self.calls.values_mut() {
             if live.caller != conn && live.service_conn != conn {
                 continue;
             }
             if let Some(s) = live.stream.as_mut().filter(|s| s.stream == stream) {
                 // Both halves report; the sender's count is never behind the receiver's.
-                s.state = state.chars().take(16).collect();
+                s.state = state;
                 s.bytes = s.bytes.max(bytes);
                 s.credit_outstanding = credit;
                 return;
