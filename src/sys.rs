@@ -96,11 +96,15 @@ pub fn send_with_fds(
     let iov = [IoSlice::new(bytes)];
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
+    retry(|| socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None))
+}
+
+/// Runs a system call again for as long as a signal interrupts it (EINTR).
+fn retry<T>(mut call: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     loop {
-        match socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None) {
-            Ok(n) => return Ok(n),
+        match call() {
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+            r => return r.map_err(io::Error::from),
         }
     }
 }
@@ -129,17 +133,11 @@ pub fn recv_with_fds(
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg_buf.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
-    let n = loop {
+    let n = retry(|| {
         // SAFETY: msg points at live, correctly sized buffers for the duration of the call.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
+        nix::errno::Errno::result(n).map(|n| n as usize)
+    })?;
     let mut arrived = Vec::new();
     // SAFETY: msg was filled by a successful recvmsg; CMSG_* walk only the
     // control bytes the kernel reported in msg_controllen.
@@ -188,12 +186,7 @@ pub enum Readiness {
 /// Reads what is pending on a socket without waiting (`MSG_DONTWAIT`),
 /// whatever the descriptor's blocking mode: `WouldBlock` when nothing is.
 pub fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            r => return r.map_err(io::Error::from),
-        }
-    }
+    retry(|| socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT))
 }
 
 /// Waits until `fd` is readable or hung up, or `timeout` passes (`None`: forever).
@@ -207,24 +200,53 @@ pub fn wait_any(
     writable: bool,
     timeout: Option<Duration>,
 ) -> io::Result<Readiness> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let timeout = match timeout {
+    let ready = wait_ready(fd, true, writable, timeout)?;
+    Ok(if ready.readable || ready.writable {
+        Readiness::Readable
+    } else {
+        Readiness::TimedOut
+    })
+}
+
+/// What a descriptor turned ready for (both false: the timeout passed).
+/// A hang-up or an error counts as both, so the next read or write tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    /// Readable, or hung up.
+    pub readable: bool,
+    /// Writable, or hung up.
+    pub writable: bool,
+}
+
+/// Waits until `fd` is readable (when `readable`) or writable (when
+/// `writable`), or `timeout` passes (`None`: forever).
+pub fn wait_ready(
+    fd: BorrowedFd<'_>,
+    readable: bool,
+    writable: bool,
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let mut flags = PollFlags::empty();
+    flags.set(PollFlags::POLLIN, readable);
+    flags.set(PollFlags::POLLOUT, writable);
+    let mut pfd = [PollFd::new(fd, flags)];
+    let n = retry(|| poll(&mut pfd, poll_timeout(timeout)))?;
+    let revents = pfd[0].revents().unwrap_or(PollFlags::empty());
+    let gone = n > 0 && revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+    Ok(Ready {
+        readable: revents.contains(PollFlags::POLLIN) || gone,
+        writable: revents.contains(PollFlags::POLLOUT) || gone,
+    })
+}
+
+fn poll_timeout(timeout: Option<Duration>) -> nix::poll::PollTimeout {
+    use nix::poll::PollTimeout;
+    match timeout {
         None => PollTimeout::NONE,
-        Some(t) => PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
+        // Rounded up to whole milliseconds, so a short wait is no busy loop.
+        Some(t) => PollTimeout::try_from(t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32)
             .unwrap_or(PollTimeout::MAX),
-    };
-    let mut flags = PollFlags::POLLIN;
-    if writable {
-        flags |= PollFlags::POLLOUT;
-    }
-    loop {
-        let mut pfd = [PollFd::new(fd, flags)];
-        match poll(&mut pfd, timeout) {
-            Ok(0) => return Ok(Readiness::TimedOut),
-            Ok(_) => return Ok(Readiness::Readable),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
 }
 
@@ -268,13 +290,8 @@ impl Watch {
     pub fn wait(&self) -> io::Result<()> {
         use nix::sys::epoll::{EpollEvent, EpollTimeout};
         let mut events = [EpollEvent::empty()];
-        loop {
-            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        while retry(|| self.epoll.wait(&mut events, EpollTimeout::NONE))? == 0 {}
+        Ok(())
     }
 }
 
@@ -295,21 +312,10 @@ pub fn idle_priority_for_this_thread() -> io::Result<()> {
 /// Waits up to `timeout` for the other end of a stream socket to close;
 /// true once it has. Pending data does not end the wait.
 pub fn wait_hangup(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
-        .unwrap_or(PollTimeout::MAX);
     // No events asked for: POLLHUP (a closed Unix stream peer) and POLLERR
     // are always reported, and readable data does not end the wait.
-    let closed = PollFlags::POLLHUP | PollFlags::POLLERR;
-    loop {
-        let mut pfd = [PollFd::new(fd, PollFlags::empty())];
-        match poll(&mut pfd, ms) {
-            Ok(0) => return Ok(false),
-            Ok(_) => return Ok(pfd[0].revents().is_some_and(|r| r.intersects(closed))),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let ready = wait_ready(fd, false, false, Some(timeout))?;
+    Ok(ready.readable)
 }
 
 /// Takes ownership of a listening Unix stream socket passed by the service
@@ -327,8 +333,8 @@ pub fn adopt_listener(raw: RawFd) -> io::Result<std::os::unix::net::UnixListener
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let listening = socket::getsockopt(&fd, sockopt::AcceptConn)?;
     let kind = socket::getsockopt(&fd, sockopt::SockType)?;
-    let addr: socket::UnixAddr = socket::getsockname(fd.as_raw_fd())?;
-    let _ = addr;
+    // Fails unless the socket's address family is AF_UNIX.
+    socket::getsockname::<socket::UnixAddr>(fd.as_raw_fd())?;
     if !listening || kind != socket::SockType::Stream {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

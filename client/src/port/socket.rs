@@ -63,24 +63,9 @@ pub(crate) fn write_all(
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-                let events = if on_readable.is_some() {
-                    PollFlags::POLLOUT | PollFlags::POLLIN
-                } else {
-                    PollFlags::POLLOUT
-                };
-                let mut pfd = [PollFd::new(sock.as_fd(), events)];
-                let timeout = match deadline {
-                    Some(d) => PollTimeout::try_from(stall_left(d)?.as_millis().max(1) as i32)
-                        .unwrap_or(PollTimeout::MAX),
-                    None => PollTimeout::NONE,
-                };
-                match poll(&mut pfd, timeout) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(io::Error::from(e).into()),
-                }
-                let revents = pfd[0].revents().unwrap_or(PollFlags::empty());
-                if revents.contains(PollFlags::POLLIN) {
+                let left = deadline.map(stall_left).transpose()?;
+                let ready = sys::wait_ready(sock.as_fd(), on_readable.is_some(), true, left)?;
+                if ready.readable {
                     if let Some(f) = on_readable.as_mut() {
                         f()?;
                     }
