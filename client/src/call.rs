@@ -13,7 +13,7 @@ use shmbus::frame::{
     StreamMode, StreamOpen, Transport, TransportPreference,
 };
 
-use crate::conn::{Bound, CallEvent, Connection, HeldReader, IncomingRaw};
+use crate::conn::{CallEvent, CallLink, Connection, HeldReader, IncomingRaw};
 use crate::error::{decode, Error, Result};
 use crate::port::{self, wait::WaitPolicy, PeerResult, Role};
 use crate::stream::{Receiver, Sender};
@@ -161,17 +161,17 @@ impl CallBuilder {
     /// Sends the call holding the reader (when no other thread reads), for
     /// the first wait on the call: see [`HeldReader`].
     fn send_leading(mut self) -> Result<(Call, HeldReader)> {
-        let inner = self.conn.inner().clone();
-        let id = inner.next_id();
+        let broker = self.conn.link();
+        let id = broker.next_id();
         self.request.call = id;
-        let events = inner.expect_call(id)?;
-        let held = inner.lead();
-        if let Err(e) = inner.send(&Frame::Call(self.request)) {
-            inner.forget_call(id);
+        let events = broker.expect_call(id)?;
+        let held = broker.lead();
+        if let Err(e) = broker.send(&Frame::Call(self.request)) {
+            broker.forget_call(id);
             return Err(e);
         }
         let call = Call {
-            shared: Bound::new(self.conn.shared.clone(), inner.clone()),
+            link: CallLink::new(self.conn.state.clone(), broker),
             id,
             events,
             open: None,
@@ -331,7 +331,7 @@ fn check_limit(total: u64, limit: u64) -> Result<()> {
 /// ```
 #[derive(Clone)]
 pub struct CancelHandle {
-    shared: Bound,
+    link: CallLink,
     id: CallId,
     /// Tells this side's senders (and the service's result) the call is
     /// cancelled.
@@ -350,7 +350,7 @@ impl CancelHandle {
         if self.stop.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.shared.inner.send(&Frame::Cancel { call: self.id })
+        self.link.broker.send(&Frame::Cancel { call: self.id })
     }
 
     /// True once the call was cancelled through any handle or
@@ -376,7 +376,7 @@ impl CancelHandle {
 /// [`finish`](Self::finish) returns. A service can fail its stream and
 /// still answer the call with success; check both where both matter.
 pub struct Call {
-    shared: Bound,
+    link: CallLink,
     id: CallId,
     events: mpsc::Receiver<CallEvent>,
     open: Option<StreamOpen>,
@@ -394,7 +394,7 @@ pub struct Call {
 impl Call {
     /// Waits for stream-open; false when the call answered without a stream.
     fn wait_open(&mut self, held: Option<HeldReader>) -> Result<bool> {
-        match self.shared.inner.wait_holding(held, &self.events) {
+        match self.link.broker.wait_holding(held, &self.events) {
             Ok(CallEvent::Open(open, fds)) => {
                 self.attach(open, fds)?;
                 Ok(true)
@@ -417,13 +417,13 @@ impl Call {
                 open.stream,
                 open.credit,
                 self.cancelled.clone(),
-                self.shared.clone(),
+                self.link.clone(),
             );
             s.set_wait_policy(self.policy);
             s
         });
         self.receiver = ports.rx.map(|p| {
-            let mut r = Receiver::new(p, open.stream, self.shared.clone());
+            let mut r = Receiver::new(p, open.stream, self.link.clone());
             r.set_wait_policy(self.policy);
             r.stop_on(self.stop.clone());
             r
@@ -500,7 +500,7 @@ impl Call {
     /// were taken and moved to other threads.
     pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle {
-            shared: self.shared.clone(),
+            link: self.link.clone(),
             id: self.id,
             cancelled: self.cancelled.clone(),
             stop: self.stop.clone(),
@@ -576,7 +576,7 @@ impl Call {
             // answer; a failed stream shows in the result, or not at all.
             while let Ok(Some(_)) = rx.recv_in_place() {}
         }
-        match self.shared.inner.wait_holding(held, &self.events) {
+        match self.link.broker.wait_holding(held, &self.events) {
             Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::Remote),
             Ok(CallEvent::Open(open, fds)) => {
                 drop(fds);
@@ -595,7 +595,7 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        self.shared.inner.forget_call(self.id);
+        self.link.broker.forget_call(self.id);
     }
 }
 
@@ -640,7 +640,7 @@ impl Service {
     /// ```
     pub fn next(&self) -> Result<Option<IncomingCall>> {
         loop {
-            let Ok(raw) = self.conn.inner().wait_for(&self.incoming) else {
+            let Ok(raw) = self.conn.link().wait_for(&self.incoming) else {
                 return Ok(None);
             };
             let (call, origin) = (raw.call, raw.origin.clone());
@@ -664,7 +664,7 @@ impl Service {
 
 /// A call received by a service.
 pub struct IncomingCall {
-    shared: Bound,
+    link: CallLink,
     call: CallId,
     method: String,
     args: Vec<u8>,
@@ -680,7 +680,7 @@ pub struct IncomingCall {
 
 impl IncomingCall {
     fn new(conn: &Connection, raw: IncomingRaw) -> Result<Self> {
-        let shared = Bound::new(conn.shared.clone(), raw.origin.clone());
+        let link = CallLink::new(conn.state.clone(), raw.origin.clone());
         let (mut sender, mut receiver, mut transport, mut peer_result) = (None, None, None, None);
         if let Some(open) = &raw.open {
             let ports = port::open(open, raw.fds, Role::Service, &raw.cancelled)?;
@@ -692,15 +692,15 @@ impl IncomingCall {
                     open.stream,
                     open.credit,
                     raw.cancelled.clone(),
-                    shared.clone(),
+                    link.clone(),
                 )
             });
             receiver = ports
                 .rx
-                .map(|p| Receiver::new(p, open.stream, shared.clone()));
+                .map(|p| Receiver::new(p, open.stream, link.clone()));
         }
         Ok(IncomingCall {
-            shared,
+            link,
             call: raw.call,
             method: raw.method,
             args: raw.args,
@@ -796,8 +796,8 @@ impl IncomingCall {
     }
 
     fn answer(&mut self, outcome: std::result::Result<Vec<u8>, RemoteError>) -> Result<()> {
-        let inner = self.shared.inner.clone();
-        inner.corked(|| self.answer_now(outcome))
+        let broker = self.link.broker.clone();
+        broker.corked(|| self.answer_now(outcome))
     }
 
     fn answer_now(&mut self, outcome: std::result::Result<Vec<u8>, RemoteError>) -> Result<()> {
@@ -827,8 +827,8 @@ impl IncomingCall {
         if let Some(peer) = self.peer_result.take() {
             let _ = peer.post(&outcome);
         }
-        self.shared.inner.forget_served(self.call);
-        self.shared.inner.send(&Frame::Result {
+        self.link.broker.forget_served(self.call);
+        self.link.broker.send(&Frame::Result {
             call: self.call,
             outcome,
         })

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
 use super::reader::{FrameReader, Next};
-use super::Inner;
+use super::BrokerLink;
 
 /// The frame reader, lent to the one thread that reads. Taking it saves a
 /// waiting thread the hand-over from the reader thread: one wake-up fewer
@@ -23,13 +23,13 @@ pub(super) struct ReadToken {
 }
 
 /// The reader, taken by a thread before it sends a request whose reply it
-/// will wait for ([`Inner::lead`]). The reader thread's watch is then
+/// will wait for ([`BrokerLink::lead`]). The reader thread's watch is then
 /// disarmed before the request goes out, so the reply wakes only the
 /// waiting thread, not the reader thread as well (on another CPU, that
 /// wake-up costs an interrupt, and CPU time the peers need). Dropped
 /// unused, it hands the reader back.
 pub(crate) struct HeldReader {
-    inner: Arc<Inner>,
+    inner: Arc<BrokerLink>,
     reader: Option<FrameReader>,
 }
 
@@ -49,7 +49,7 @@ enum Lead {
     Dead,
 }
 
-impl Inner {
+impl BrokerLink {
     /// Waits for what the broker sends to `rx`. When no other thread reads
     /// the socket, this one does (routing whatever else arrives meanwhile)
     /// until its own reply is in; else the reader reads and hands it over.
@@ -198,7 +198,7 @@ impl Inner {
 }
 
 /// The reader thread: routes what arrives while no other thread reads.
-pub(super) fn read_loop(inner: Arc<Inner>) {
+pub(super) fn read_loop(inner: Arc<BrokerLink>) {
     while inner.watch.wait().is_ok() {
         let mut reader = match inner.take_token() {
             Lead::Reader(r) => r,

@@ -51,7 +51,7 @@ pub(crate) struct IncomingRaw {
     pub caller_uid: u32,
     pub cancelled: Arc<AtomicBool>,
     /// The broker connection the call arrived on.
-    pub origin: Arc<Inner>,
+    pub origin: Arc<BrokerLink>,
 }
 
 enum Reply {
@@ -61,12 +61,15 @@ enum Reply {
     Status(BrokerStatus),
 }
 
-/// State shared by the reader thread and every handle.
-pub(crate) struct Inner {
+/// One live connection to the broker: its socket, the frames waiting to be
+/// written, and where arriving frames go (calls, requests, services). Shared
+/// by the reader thread and every call and stream made on it. Replaced by a
+/// new one when the client reconnects.
+pub(crate) struct BrokerLink {
     writer: Mutex<UnixStream>,
     /// Frames held back by one thread until it flushes them in one write.
     corked: Mutex<Option<(thread::ThreadId, Vec<u8>)>>,
-    /// The right to read the socket; see [`Inner::wait_for`].
+    /// The right to read the socket; see [`BrokerLink::wait_for`].
     token: Mutex<ReadToken>,
     /// Wakes the reader thread when input waits and nobody else reads.
     watch: sys::Watch,
@@ -103,14 +106,16 @@ impl Default for ConnectOptions {
 /// clone, call, service and stream made from it are gone.
 #[derive(Clone)]
 pub struct Connection {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) state: Arc<ConnectionState>,
 }
 
-/// What every handle of a connection shares. Closes the socket when the last
-/// public handle goes, which ends the reader.
-pub(crate) struct Shared {
+/// What a [`Connection`] is across reconnects: the broker link in use now,
+/// and what it takes to make a new one (path, options, services to register
+/// again). Closes the link's socket when the last handle goes, which ends
+/// the reader thread.
+pub(crate) struct ConnectionState {
     /// The live broker connection; replaced when the client reconnects.
-    current: Mutex<Arc<Inner>>,
+    current: Mutex<Arc<BrokerLink>>,
     path: PathBuf,
     options: ConnectOptions,
     /// Services to register again after a reconnect, with their call queues.
@@ -120,33 +125,34 @@ pub(crate) struct Shared {
 /// A service registered on this connection: name, methods, and where its calls go.
 type Registration = (String, Vec<frame::MethodSpec>, mpsc::Sender<IncomingRaw>);
 
-/// A handle bound to one broker connection: calls and streams keep talking
-/// to the connection they were made on, and keep the whole client alive.
+/// The broker link a call, service call or stream was made on: they keep
+/// talking to that link (never to a later one after a reconnect), and keep
+/// the connection's state alive while they exist.
 #[derive(Clone)]
-pub(crate) struct Bound {
-    pub(crate) inner: Arc<Inner>,
-    _shared: Arc<Shared>,
+pub(crate) struct CallLink {
+    pub(crate) broker: Arc<BrokerLink>,
+    _state: Arc<ConnectionState>,
 }
 
-impl Bound {
-    pub(crate) fn new(shared: Arc<Shared>, inner: Arc<Inner>) -> Self {
-        Bound {
-            inner,
-            _shared: shared,
+impl CallLink {
+    pub(crate) fn new(state: Arc<ConnectionState>, broker: Arc<BrokerLink>) -> Self {
+        CallLink {
+            broker,
+            _state: state,
         }
     }
 }
 
-impl Shared {
-    /// The broker connection in use now.
-    pub(crate) fn inner(&self) -> Arc<Inner> {
+impl ConnectionState {
+    /// The broker link in use now.
+    pub(crate) fn link(&self) -> Arc<BrokerLink> {
         self.current.lock().unwrap().clone()
     }
 }
 
-impl Drop for Shared {
+impl Drop for ConnectionState {
     fn drop(&mut self) {
-        if let Ok(w) = self.inner().writer.lock() {
+        if let Ok(w) = self.link().writer.lock() {
             let _ = w.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -170,33 +176,33 @@ impl Connection {
     pub fn connect_with(path: impl AsRef<Path>, options: ConnectOptions) -> Result<Self> {
         let path = path.as_ref();
         let inner = establish(path, &options)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ConnectionState {
             current: Mutex::new(inner.clone()),
             path: path.to_path_buf(),
             options,
             registrations: Mutex::default(),
         });
         spawn_reader(inner, Arc::downgrade(&shared))?;
-        Ok(Connection { shared })
+        Ok(Connection { state: shared })
     }
 
-    pub(crate) fn inner(&self) -> Arc<Inner> {
-        self.shared.inner()
+    pub(crate) fn link(&self) -> Arc<BrokerLink> {
+        self.state.link()
     }
 
     /// Whether this connection may use shared-memory ports.
     pub fn shared_memory(&self) -> bool {
-        self.inner().caps.shared_memory
+        self.link().caps.shared_memory
     }
 
     /// Bytes this connection has read from its broker socket so far.
     pub fn socket_bytes_read(&self) -> u64 {
-        self.inner().bytes_read.load(Ordering::Relaxed)
+        self.link().bytes_read.load(Ordering::Relaxed)
     }
 
     /// The broker's version, uptime and counters.
     pub fn status(&self) -> Result<BrokerStatus> {
-        match self.inner().request(|request| Frame::Status { request })? {
+        match self.link().request(|request| Frame::Status { request })? {
             Reply::Status(s) => Ok(s),
             Reply::Refused(e) => Err(Error::Remote(e)),
             _ => Err(Error::Protocol("unexpected reply to status".into())),
@@ -207,8 +213,8 @@ impl Connection {
     /// The receiver ends when the connection closes.
     pub fn monitor(&self) -> Result<mpsc::Receiver<MonitorEvent>> {
         let (tx, rx) = mpsc::channel();
-        *self.inner().monitor.lock().unwrap() = Some(tx);
-        match self.inner().request(|request| Frame::Monitor { request })? {
+        *self.link().monitor.lock().unwrap() = Some(tx);
+        match self.link().request(|request| Frame::Monitor { request })? {
             Reply::Ack => Ok(rx),
             Reply::Refused(e) => Err(Error::Remote(e)),
             _ => Err(Error::Protocol("unexpected reply to monitor".into())),
@@ -217,12 +223,12 @@ impl Connection {
 
     /// True once the broker announced it is stopping: new calls fail.
     pub fn broker_stopping(&self) -> bool {
-        self.inner().draining.load(Ordering::Acquire)
+        self.link().draining.load(Ordering::Acquire)
     }
 
     /// A snapshot of the broker's services and live streams.
     pub fn list(&self) -> Result<BrokerSnapshot> {
-        match self.inner().request(|request| Frame::List { request })? {
+        match self.link().request(|request| Frame::List { request })? {
             Reply::List(s) => Ok(s),
             Reply::Refused(e) => Err(Error::Remote(e)),
             _ => Err(Error::Protocol("unexpected reply to list".into())),
@@ -235,20 +241,20 @@ impl Connection {
         methods: Vec<frame::MethodSpec>,
     ) -> Result<mpsc::Receiver<IncomingRaw>> {
         let (tx, rx) = mpsc::channel();
-        self.inner()
+        self.link()
             .services
             .lock()
             .unwrap()
             .insert(service.to_string(), tx.clone());
         let methods_kept = methods.clone();
-        let reply = self.inner().request(|request| Frame::Register {
+        let reply = self.link().request(|request| Frame::Register {
             request,
             service: service.to_string(),
             methods,
         });
         match reply {
             Ok(Reply::Ack) => {
-                self.shared.registrations.lock().unwrap().push((
+                self.state.registrations.lock().unwrap().push((
                     service.to_string(),
                     methods_kept,
                     tx,
@@ -256,7 +262,7 @@ impl Connection {
                 Ok(rx)
             }
             other => {
-                self.inner().services.lock().unwrap().remove(service);
+                self.link().services.lock().unwrap().remove(service);
                 match other? {
                     Reply::Refused(e) => Err(Error::Remote(e)),
                     _ => Err(Error::Protocol("unexpected reply to register".into())),
@@ -266,7 +272,7 @@ impl Connection {
     }
 }
 
-impl Inner {
+impl BrokerLink {
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -320,7 +326,7 @@ impl Inner {
         }
         // Uncorks even if `f` panics, sending what it held: the thread's
         // later frames must not stay held.
-        struct Uncork<'a>(&'a Inner);
+        struct Uncork<'a>(&'a BrokerLink);
         impl Drop for Uncork<'_> {
             fn drop(&mut self) {
                 let held = self
@@ -476,7 +482,7 @@ impl Inner {
     }
 }
 
-fn spawn_reader(inner: Arc<Inner>, shared: Weak<Shared>) -> Result<()> {
+fn spawn_reader(inner: Arc<BrokerLink>, shared: Weak<ConnectionState>) -> Result<()> {
     inner.watch.arm()?;
     thread::Builder::new()
         .name("shmbus-reader".into())
@@ -489,7 +495,7 @@ fn spawn_reader(inner: Arc<Inner>, shared: Weak<Shared>) -> Result<()> {
 
 /// After the broker went away: connect again with back-off while any handle
 /// of the connection lives, then register its services again.
-fn reconnect(shared: Weak<Shared>) {
+fn reconnect(shared: Weak<ConnectionState>) {
     let mut delay = Duration::from_millis(50);
     loop {
         thread::sleep(delay);
@@ -524,7 +530,7 @@ fn reconnect(shared: Weak<Shared>) {
 }
 
 /// Connects and completes the handshake; the reader thread is not started yet.
-fn establish(path: &Path, options: &ConnectOptions) -> Result<Arc<Inner>> {
+fn establish(path: &Path, options: &ConnectOptions) -> Result<Arc<BrokerLink>> {
     let sock = UnixStream::connect(path).map_err(|source| Error::BrokerUnreachable {
         path: path.display().to_string(),
         source,
@@ -564,7 +570,7 @@ fn establish(path: &Path, options: &ConnectOptions) -> Result<Arc<Inner>> {
     };
     reader.max_frame = max_frame;
     let watch = sys::Watch::new(sock.as_fd())?;
-    let inner = Arc::new(Inner {
+    let inner = Arc::new(BrokerLink {
         writer: Mutex::new(sock),
         corked: Mutex::new(None),
         token: Mutex::new(ReadToken {

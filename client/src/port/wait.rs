@@ -152,7 +152,7 @@ fn spin_for<T, E>(
 
 /// One peer's end of a direction's doorbell socket.
 pub(crate) struct Doorbell {
-    /// Shared with the call's result watch, which must outlive the port
+    /// ConnectionState with the call's result watch, which must outlive the port
     /// (see [`PeerResult`](super::result::PeerResult)); the socket closes
     /// when both are gone.
     sock: Arc<OwnedFd>,

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 use shmbus::frame::{Frame, StreamId};
 use shmbus::state::StreamState;
 
-use crate::conn::Bound;
+use crate::conn::CallLink;
 
 /// Counts a stream half's items and reports them to the broker now and then
 /// (for `shmbusctl list` and `status`), and when the half closes.
 pub(super) struct Progress {
-    conn: Bound,
+    conn: CallLink,
     stream: StreamId,
     pub(super) bytes: u64,
     pub(super) items: u64,
@@ -21,7 +21,7 @@ pub(super) struct Progress {
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 impl Progress {
-    pub(super) fn new(conn: Bound, stream: StreamId) -> Self {
+    pub(super) fn new(conn: CallLink, stream: StreamId) -> Self {
         Progress {
             conn,
             stream,
@@ -46,7 +46,7 @@ impl Progress {
 
     pub(super) fn report(&mut self, state: StreamState, credit_outstanding: u64) {
         self.last = Instant::now();
-        let _ = self.conn.inner.send(&Frame::StreamProgress {
+        let _ = self.conn.broker.send(&Frame::StreamProgress {
             stream: self.stream,
             state,
             bytes: self.bytes,

@@ -13,7 +13,7 @@ use shmbus::state::{CloseCause, StreamLifecycle, StreamState};
 use super::progress::Progress;
 use super::TryRecv;
 use super::{close, lifecycle_opened};
-use crate::conn::Bound;
+use crate::conn::CallLink;
 use crate::error::{decode, Error, Result};
 use crate::port::wait::WaitPolicy;
 use crate::port::{RxEvent, RxPort};
@@ -76,7 +76,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub(crate) fn new(port: RxPort, stream: StreamId, conn: Bound) -> Self {
+    pub(crate) fn new(port: RxPort, stream: StreamId, conn: CallLink) -> Self {
         Receiver {
             port: Some(port),
             life: lifecycle_opened(),

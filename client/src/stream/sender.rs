@@ -12,7 +12,7 @@ use shmbus::state::{CloseCause, StreamLifecycle, StreamState};
 
 use super::progress::Progress;
 use super::{close, lifecycle_opened};
-use crate::conn::Bound;
+use crate::conn::CallLink;
 use crate::error::{Error, Result};
 use crate::port::wait::WaitPolicy;
 use crate::port::{Ending, TxPort};
@@ -47,7 +47,7 @@ impl Sender {
         stream: StreamId,
         credit: CreditSpec,
         cancelled: Arc<AtomicBool>,
-        conn: Bound,
+        conn: CallLink,
     ) -> Self {
         Sender {
             port: Some(port),
