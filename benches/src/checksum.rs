@@ -1,5 +1,5 @@
 //! The byte pattern every producer writes and the checksum every consumer
-//! folds every received byte into.
+//! folds every received byte into (and how streams' checksums combine).
 //!
 //! Both are defined on stream *positions*, not on write or read boundaries:
 //! a producer may generate a write in several pieces and a consumer may see
@@ -99,6 +99,13 @@ impl Checksum {
         }
         h
     }
+}
+
+/// Folds per-stream checksums into one, keeping which stream had which.
+pub fn combine(sums: impl IntoIterator<Item = u64>) -> u64 {
+    sums.into_iter().enumerate().fold(0u64, |acc, (k, c)| {
+        acc.wrapping_add(c.rotate_left((k % 63) as u32 + 1))
+    })
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-use crate::baselines::Side;
-use crate::job::{Scenario, Transport};
+use crate::job::{Fault, Scenario, Side, Transport};
 
 const AFTER_HELP: &str = "\
 Every scenario runs between separate processes: a private broker (this binary
@@ -135,6 +134,23 @@ pub enum Role {
     Fault,
 }
 
+/// What the fault scenarios are told.
+#[derive(Debug, Clone)]
+pub struct FaultOptions {
+    /// Kill trials of `crash`.
+    pub trials: usize,
+    /// Seconds of `soak`.
+    pub soak_secs: f64,
+    /// Calls per phase of `flood`.
+    pub calls: usize,
+    /// Quiet/flood phase pairs of `flood`.
+    pub repeat: usize,
+}
+
+/// Ring data bytes per stream of fanout (shmbus and bare ring) unless
+/// `--ring` says otherwise; idle's streams use it too.
+pub const FANOUT_RING: u32 = 1 << 20;
+
 /// The user's options with defaults applied.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -156,8 +172,8 @@ pub struct Options {
     pub idle: f64,
     /// Repetitions.
     pub repeat: usize,
-    pub faults: Vec<crate::faults::Fault>,
-    pub fault: crate::faults::FaultOptions,
+    pub faults: Vec<Fault>,
+    pub fault: FaultOptions,
     pub fanout_ring: u32,
     /// setup: pause before each call, in nanoseconds.
     pub setup_gap_ns: u64,
@@ -219,9 +235,9 @@ impl Options {
                 .repeat
                 .map_or(if cli.quick { 2 } else { 5 }, |r| r as usize),
             faults: cli.scenario.iter().filter_map(|s| s.fault()).collect(),
-            fanout_ring: cli.ring.unwrap_or(crate::scenarios::fanout::RING),
+            fanout_ring: cli.ring.unwrap_or(FANOUT_RING),
             setup_gap_ns: cli.gap.map_or(0, |us| u64::from(us) * 1000),
-            fault: crate::faults::FaultOptions {
+            fault: FaultOptions {
                 trials: cli
                     .trials
                     .map_or(if cli.quick { 100 } else { 1000 }, |t| t as usize),

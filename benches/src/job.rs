@@ -39,8 +39,7 @@ impl Scenario {
     ];
 
     /// The fault scenario this is, if it is one.
-    pub fn fault(self) -> Option<crate::faults::Fault> {
-        use crate::faults::Fault;
+    pub fn fault(self) -> Option<Fault> {
         match self {
             Scenario::Crash => Some(Fault::Crash),
             Scenario::Soak => Some(Fault::Soak),
@@ -62,6 +61,17 @@ impl Scenario {
             Scenario::Flood => "flood",
         }
     }
+}
+
+/// Which fault scenario.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fault {
+    /// Random kills, distribution of the survivor's error delay.
+    Crash,
+    /// Everything at once, for a while.
+    Soak,
+    /// One user's flood against another's setup latency.
+    Flood,
 }
 
 /// How bytes move: through shmbus (shared memory or its socket fallback) or
@@ -101,6 +111,15 @@ impl Transport {
     pub fn is_bus(self) -> bool {
         matches!(self, Transport::Shm | Transport::Socket)
     }
+}
+
+/// Which side of a baseline job a process plays.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Side {
+    /// The measuring side.
+    A,
+    /// Its peer.
+    B,
 }
 
 /// How a shmbus stream half waits ([`shmbus_client::WaitPolicy`]).

@@ -7,8 +7,28 @@
 //! `--quick` runs all of it in under a minute. Every measurement runs
 //! between separate processes: this binary re-executes itself with a hidden
 //! `--role` (broker, service, client, baseline). See `--help`.
+//!
+//! # Layers
+//!
+//! The modules form four layers. Each uses only modules of its own layer
+//! or below, and no modules use one another in a cycle (`tests/layers.rs`
+//! checks both against the paths in the code); `main` sits above them all.
+//!
+//! 3. `runner` `report` `summary` `svg`: the orchestrator, which starts the
+//!    processes and runs the scenarios' jobs, and the output: table, JSON,
+//!    summary line and plot.
+//! 2. `scenarios` `faults` `baselines` `peers`: what each scenario measures
+//!    and how its figures read (performance and fault scenarios), and the
+//!    peer processes that do the measuring: shmbus service and caller, the
+//!    baselines' two sides.
+//! 1. `cli` `job` `broker`: the options (command line, defaults), the job a
+//!    peer process is given and the outcome it reports, the private broker.
+//! 0. `os` `checksum` `stats` `progress` `busy`: clocks and process
+//!    figures, the byte pattern and checksum, statistics and their cells,
+//!    the progress line, the busy-machine check.
 
 mod baselines;
+mod broker;
 mod busy;
 mod checksum;
 mod cli;
@@ -96,7 +116,7 @@ fn peer(role: Role, cli: &Cli) -> Result<(), String> {
         serde_json::from_str(cli.job.as_deref().ok_or("--job missing")?).map_err(|e| e.to_string())
     };
     match role {
-        Role::Broker => runner::broker(&socket()?),
+        Role::Broker => broker::run(&socket()?),
         Role::Service => {
             let name = cli.service.as_deref().ok_or("--service missing")?;
             peers::service::run(&socket()?, name).map_err(|e| e.to_string())
@@ -107,7 +127,7 @@ fn peer(role: Role, cli: &Cli) -> Result<(), String> {
             Ok(())
         }
         Role::Fault => {
-            let role: faults::Role =
+            let role: faults::peer::Role =
                 serde_json::from_str(cli.job.as_deref().ok_or("--job missing")?)
                     .map_err(|e| e.to_string())?;
             faults::peer::run(&socket()?, &role).map_err(|e| e.to_string())

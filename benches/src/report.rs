@@ -10,41 +10,6 @@ use crate::job::{Outcome, Scenario, Transport};
 use crate::scenarios::{Group, Spec};
 use crate::stats::{summarize, Summary};
 
-/// "median [min, max]" of the values times `scale`, or "—" without values.
-pub fn range(values: &[f64], scale: f64, decimals: usize) -> String {
-    match summarize(values) {
-        Some(s) => format!(
-            "{:.d$} [{:.d$}, {:.d$}]",
-            s.median * scale,
-            s.min * scale,
-            s.max * scale,
-            d = decimals
-        ),
-        None => "—".into(),
-    }
-}
-
-/// The median of the values times `scale`, or "—".
-pub fn median(values: &[f64], scale: f64, decimals: usize) -> String {
-    summarize(values).map_or("—".into(), |s| {
-        format!("{:.d$}", s.median * scale, d = decimals)
-    })
-}
-
-/// The median as a count with a k/M/G suffix, or "—".
-pub fn count(values: &[f64]) -> String {
-    let Some(s) = summarize(values) else {
-        return "—".into();
-    };
-    let v = s.median;
-    match v {
-        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
-        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
-        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
-        v => format!("{v:.0}"),
-    }
-}
-
 /// The measurements of one group: `runs[variant][round]`, `None` for a
 /// failed run.
 pub struct Measured<'a> {

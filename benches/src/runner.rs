@@ -2,15 +2,16 @@
 //! processes of their own, runs every measurement as peer processes, and
 //! reports.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::baselines::{self, pipe, uds, Side};
+use crate::baselines::{self, pipe, uds};
+use crate::broker;
 use crate::cli::Options;
-use crate::job::{Job, Outcome, Scenario, Transport};
+use crate::job::{Job, Outcome, Scenario, Side, Transport};
 use crate::os::{self, mono_ns};
 use crate::progress::Progress;
 use crate::report::{self, Measured, Table};
@@ -38,27 +39,6 @@ fn exe() -> std::io::Result<PathBuf> {
     std::env::current_exe()
 }
 
-/// Starts this binary as a private broker on `socket` (it stops when its
-/// standard input closes) and waits until it listens.
-pub fn start_broker(socket: &Path) -> Result<Child, String> {
-    let mut child = Command::new(exe().map_err(|e| e.to_string())?)
-        .args(["--role", "broker", "--socket"])
-        .arg(socket)
-        .stdin(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the broker: {e}"))?;
-    let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("the private broker did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(child)
-}
-
 fn wait_line(child: &mut Child, want: &str, timeout: Duration) -> Result<(), String> {
     let out = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
@@ -84,7 +64,7 @@ impl Bus {
             None => {
                 let d = tempfile::tempdir().map_err(|e| e.to_string())?;
                 let path = d.path().join("bus.sock");
-                let child = start_broker(&path)?;
+                let child = broker::start(&path)?;
                 let pid = child.id();
                 (Some(child), Some(d), Some(pid), path)
             }
@@ -291,7 +271,11 @@ pub fn run(
         uds::granted_buffer(4 << 20).map_or("?".into(), |b| b.to_string()),
         pipe::default_size().map_or("?".into(), |b| b.to_string()),
     );
-    let specs: Vec<_> = o.scenarios.iter().map(|&s| scenarios::spec(s)).collect();
+    let specs: Vec<_> = o
+        .scenarios
+        .iter()
+        .map(|&s| scenarios::definition(s))
+        .collect();
     let plans: Vec<_> = specs.iter().map(|s| s.groups(o, &ctx)).collect();
     let total: usize = plans
         .iter()
@@ -406,20 +390,6 @@ fn add_points(series: &mut Vec<svg::Series>, m: &Measured<'_>) {
             .points
             .push((variant.job.size, s.median, s.min, s.max));
     }
-}
-
-/// Runs the private broker in this process until standard input closes.
-pub fn broker(socket: &Path) -> Result<(), String> {
-    let listener = shmbusd::server::bind(socket).map_err(|e| e.to_string())?;
-    let mut server =
-        shmbusd::server::Server::new(listener, Some(socket.to_path_buf()), Default::default())
-            .map_err(|e| e.to_string())?;
-    let stop = server.stop_handle().map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        stop.stop();
-    });
-    server.run().map_err(|e| e.to_string())
 }
 
 /// Runs one side of a baseline job on inherited descriptors.

@@ -112,6 +112,24 @@ impl Broker {
         broker
     }
 
+    /// Waits until the broker has logged `n` lines (counting from 1)
+    /// containing `needle`, and returns the `n`th; fails after 10 s with the
+    /// log so far. For brokers started with [`start_logged`](Self::start_logged).
+    pub fn wait_log(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {n} containing {needle:?} within 10 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The broker's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -206,6 +224,52 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The system call that thread `tid` of process `pid` is blocked in, as
+/// its number and first argument; `None` while the thread runs (or is gone).
+pub fn blocked_syscall(pid: u32, tid: u32) -> Option<(i64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let mut fields = text.split_whitespace();
+    let nr = fields.next()?.parse().ok()?;
+    let arg0 = fields.next()?.strip_prefix("0x")?;
+    Some((nr, u64::from_str_radix(arg0, 16).ok()?))
+}
+
+/// True when thread `tid` of process `pid` is blocked in poll(2) or ppoll(2).
+pub fn blocked_in_poll(pid: u32, tid: u32) -> bool {
+    let polls = [
+        libc::SYS_ppoll,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_poll,
+    ];
+    blocked_syscall(pid, tid).is_some_and(|(nr, _)| polls.contains(&nr))
+}
+
+/// True when a thread of process `pid` is blocked writing to its descriptor `fd`.
+pub fn blocked_writing(pid: u32, fd: u64) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        blocked_syscall(pid, tid).is_some_and(|(nr, arg0)| {
+            (nr == libc::SYS_write || nr == libc::SYS_writev) && arg0 == fd
+        })
+    })
+}
+
+/// Bytes process `pid` has passed to write system calls so far (`wchar`
+/// in /proc/PID/io: files, pipes and sockets alike).
+pub fn bytes_written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped, so that

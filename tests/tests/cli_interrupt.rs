@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shmbus_tests::{
-    bin, exit_within, logged_stream_close, logged_stream_opens, send_signal, wait_for_service,
-    wait_until, Broker, KillOnDrop,
+    bin, blocked_writing, bytes_written, exit_within, logged_stream_close, logged_stream_opens,
+    send_signal, wait_for_service, wait_until, Broker, KillOnDrop,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -68,6 +68,18 @@ fn close_line(broker: &Broker, id: u64) -> String {
     line.unwrap()
 }
 
+/// Waits until `cat` is in the middle of its stream: blocked writing to
+/// a stdout nobody reads when `stalled`, else past its first MiB written.
+fn wait_streaming(cat: &Child, stalled: bool) {
+    wait_until(10 * SEC, || {
+        if stalled {
+            blocked_writing(cat.id(), 1)
+        } else {
+            bytes_written(cat.id()) >= 1 << 20
+        }
+    });
+}
+
 fn stderr_of(child: &mut Child) -> String {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -92,7 +104,7 @@ fn sigint_and_sigterm_cancel_the_call_and_exit_128_plus_the_signal() {
         };
         let mut reader = cat(&broker.socket, "zero", stdout);
         let id = nth_stream(&broker, "zero", n + 1);
-        std::thread::sleep(Duration::from_millis(200));
+        wait_streaming(&reader, stalled);
         send_signal(reader.id(), sig);
         let status = exit_within(&mut reader, 10 * SEC);
         let err = stderr_of(&mut reader);
@@ -178,7 +190,7 @@ fn a_killed_caller_or_service_still_gets_its_streams_end_logged() {
     // tell of the stream's end.
     let mut reader = cat(&broker.socket, "zero", Stdio::null());
     let id = nth_stream(&broker, "zero", 1);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_streaming(&reader, false);
     send_signal(server.id(), libc::SIGSTOP);
     send_signal(reader.id(), libc::SIGKILL);
     let _ = reader.wait();
@@ -188,7 +200,7 @@ fn a_killed_caller_or_service_still_gets_its_streams_end_logged() {
     // The service dies while the caller is stopped.
     let mut reader = cat(&broker.socket, "zero", Stdio::null());
     let id = nth_stream(&broker, "zero", 2);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_streaming(&reader, false);
     send_signal(reader.id(), libc::SIGSTOP);
     send_signal(server.id(), libc::SIGKILL);
     let _ = server.wait();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shmbus_client::{
     CreditSpec, Error, ErrorCode, StreamMode, StreamState, Transport, TransportPreference, TryRecv,
 };
-use shmbus_tests::{fnv1a, pattern, Broker, Peer};
+use shmbus_tests::{blocked_in_poll, fnv1a, pattern, wait_until, Broker, Peer};
 
 const SEC: Duration = Duration::from_secs(1);
 const SEED_PATH: [StreamState; 5] = [
@@ -71,9 +71,14 @@ fn download_with_slow_consumer_blocks_the_producer_at_the_high_water_mark(t: Tra
             assert_eq!(rx.recv::<u64>().unwrap(), Some(next));
             next += 1;
         }
-        // Let the producer run as far as its credit allows, then look.
-        std::thread::sleep(Duration::from_millis(300));
-        let sent: u64 = peer.latest("sent").unwrap().parse().unwrap();
+        // Wait until the producer has run as far as the credit granted so
+        // far allows (it cannot send past it), then look.
+        let limit = next + rx.credit_outstanding();
+        let mut sent = 0u64;
+        wait_until(10 * SEC, || {
+            sent = peer.latest("sent").map_or(0, |s| s.parse().unwrap());
+            sent >= limit
+        });
         assert!(
             sent <= next + hwm,
             "producer sent {sent} with {next} consumed and hwm {hwm}"
@@ -448,13 +453,16 @@ fn pollable_descriptors_wake_an_event_loop(t: Transport) {
         .unwrap();
     let mut tx = call.take_sender().unwrap();
     let mut rx = call.take_receiver().unwrap();
+    // SAFETY: gettid(2) has no preconditions.
+    let (pid, tid) = (std::process::id(), unsafe { libc::gettid() } as u32);
     for round in 0..20u32 {
         assert!(
             matches!(rx.try_recv_in_place().unwrap(), TryRecv::Empty),
             "nothing sent yet"
         );
         let waker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(5));
+            // Send only once the test thread sleeps in poll: the item must wake it.
+            wait_until(10 * SEC, || blocked_in_poll(pid, tid));
             tx.send_bytes(&round.to_le_bytes()).unwrap();
             tx
         });

@@ -497,6 +497,7 @@ fn a_stopped_consumer_stalls_only_its_producer_and_the_stall_timeout_ends_it() {
         other.expect_line("received 1000", 10 * SEC);
         sig(victim.pid(), nix::sys::signal::Signal::SIGSTOP);
         let stopped = Instant::now();
+        let at_stop: u64 = other.latest("received").unwrap().parse().unwrap();
         // The stalled stream's producer blocks on credit, then gives up.
         let line = service.expect_line("send-failed", 10 * SEC);
         let took = stopped.elapsed();
@@ -507,7 +508,10 @@ fn a_stopped_consumer_stalls_only_its_producer_and_the_stall_timeout_ends_it() {
         );
         // The other stream kept flowing meanwhile and still does.
         let before: u64 = other.latest("received").unwrap().parse().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            before > at_stop,
+            "{transport}: other stream stuck at {at_stop} during the stall"
+        );
         let after: u64 = other.expect_line("received", 10 * SEC).parse().unwrap();
         assert!(
             after > before,

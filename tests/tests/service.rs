@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmbus_client::{Connection, CreditSpec, Error, ErrorCode, StreamMode, Transport};
-use shmbus_tests::{bin, wait_until, Peer};
+use shmbus_tests::{bin, send_signal, wait_until, Broker, Peer};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -206,9 +206,9 @@ fn sighup_with_a_broken_config_keeps_serving_and_a_good_one_applies() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("shmbusd.toml");
     std::fs::write(&config, "max_ring_size = \"16M\"\n").unwrap();
-    let (mut child, socket) = broker(dir.path(), &["--config", config.to_str().unwrap()], &[]);
-    let _peer = serve_numbers(&socket, &[]);
-    let conn = Connection::connect(&socket).unwrap();
+    let broker = Broker::start_logged_at("info", &["--config", config.to_str().unwrap()]);
+    let _peer = serve_numbers(&broker.socket, &[]);
+    let conn = broker.connect();
     let open = |ring: u32| {
         conn.call("nums", "numbers")
             .mode(StreamMode::Download)
@@ -219,20 +219,26 @@ fn sighup_with_a_broken_config_keeps_serving_and_a_good_one_applies() {
     };
     open(8 << 20).unwrap().finish().unwrap();
     std::fs::write(&config, "max_ring_size = 12345\n").unwrap();
-    signal(&child, libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
-    stream_some(&socket, 500);
-    open(8 << 20).unwrap().finish().unwrap();
-    // A valid change takes effect.
-    std::fs::write(&config, "max_ring_size = \"4M\"\nring_size = \"1M\"\n").unwrap();
-    signal(&child, libc::SIGHUP);
-    wait_until(
-        5 * SEC,
-        || matches!(open(8 << 20), Err(e) if e.code() == Some(ErrorCode::LimitsExceeded)),
+    send_signal(broker.pid(), libc::SIGHUP);
+    // The broker has read the file and said why it keeps the old one.
+    let rejected = broker.wait_log("reload failed", 1);
+    assert!(
+        rejected.contains("keeping the running configuration")
+            && rejected.contains("max_ring_size"),
+        "{rejected}"
     );
-    stream_some(&socket, 500);
-    signal(&child, libc::SIGTERM);
-    wait_exit(&mut child, 5 * SEC);
+    assert!(!broker.log().contains("configuration reloaded"));
+    stream_some(&broker.socket, 500);
+    open(8 << 20).unwrap().finish().unwrap();
+    // A valid change takes effect as soon as the broker says it applied it.
+    std::fs::write(&config, "max_ring_size = \"4M\"\nring_size = \"1M\"\n").unwrap();
+    send_signal(broker.pid(), libc::SIGHUP);
+    let applied = broker.wait_log("configuration reloaded", 1);
+    assert!(applied.contains("max_ring_size: 4194304"), "{applied}");
+    let refused = open(8 << 20).err().and_then(|e| e.code());
+    assert_eq!(refused, Some(ErrorCode::LimitsExceeded));
+    stream_some(&broker.socket, 500);
+    assert_eq!(broker.log().matches("reload failed").count(), 1);
 }
 
 #[test]

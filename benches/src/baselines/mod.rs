@@ -13,19 +13,10 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::checksum::{fill, Checksum};
-use crate::job::{Job, Outcome, Scenario, Transport};
+use crate::checksum::{combine, fill, Checksum};
+use crate::job::{Job, Outcome, Scenario, Side, Transport};
 use crate::os::{cpu_ns, mono_ns, sleep_until};
 use crate::stats::Latencies;
-
-/// Which side of a baseline job a process plays.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub enum Side {
-    /// The measuring side.
-    A,
-    /// Its peer.
-    B,
-}
 
 /// Descriptors for both sides of a baseline job, and what must outlive it.
 pub struct Fds {
@@ -234,13 +225,6 @@ fn ends(
             (r, t)
         }
         Transport::Shm | Transport::Socket => unreachable!("not a baseline"),
-    })
-}
-
-/// Folds per-stream checksums into one, keeping which stream had which.
-pub fn combine(sums: impl IntoIterator<Item = u64>) -> u64 {
-    sums.into_iter().enumerate().fold(0u64, |acc, (k, c)| {
-        acc.wrapping_add(c.rotate_left((k % 63) as u32 + 1))
     })
 }
 

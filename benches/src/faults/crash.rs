@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use shmbus_client::Connection;
 
-use super::{call_numbers, ms, pct, rings_held, stamp, Broker, FaultOptions, Proc, Role};
+use super::harness::{call_numbers, ms, pct, rings_held, stamp, Broker, Proc};
+use super::peer::Role;
+use crate::cli::FaultOptions;
 use crate::os::mono_ns;
 
 const SEC: Duration = Duration::from_secs(1);

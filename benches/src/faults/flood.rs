@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use shmbus_client::Connection;
 
-use super::{call_numbers, ms, pct, Broker, FaultOptions, Proc, Role};
+use super::harness::{call_numbers, ms, pct, Broker, Proc};
+use super::peer::Role;
+use crate::cli::FaultOptions;
 
 const SEC: Duration = Duration::from_secs(1);
 

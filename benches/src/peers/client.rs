@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use shmbus_client::{Call, Connection, StreamMode, Transport as BusTransport, TransportPreference};
 
 use super::{method, typed_encoded, typed_payload, BoxError, Reply};
-use crate::baselines::combine;
-use crate::checksum::{fill, Checksum};
+use crate::checksum::{combine, fill, Checksum};
 use crate::job::{Job, Outcome, Scenario, Transport};
 use crate::os::{cpu_ns, mono_ns, rss_kib};
 use crate::stats::Latencies;

@@ -5,17 +5,15 @@
 use serde_json::{Map, Value};
 use shmbus::credit::CreditSpec;
 
+use super::spec::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
 use super::throughput::{bytes_per_sec, items_per_sec};
-use super::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
 use crate::baselines::uds::link_buffer;
 use crate::cli::{human_size, Options};
 use crate::job::{Outcome, Scenario, Transport};
-use crate::report::{median, range};
+use crate::stats::{median, range};
 
 /// Bytes per write on every stream.
 pub const WRITE: usize = 64 << 10;
-/// Ring data bytes per stream (shmbus and bare ring).
-pub const RING: u32 = 1 << 20;
 
 /// The fan-out scenario.
 pub struct Fanout;

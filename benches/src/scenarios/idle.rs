@@ -3,10 +3,10 @@
 
 use serde_json::{Map, Value};
 
-use super::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
-use crate::cli::Options;
+use super::spec::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
+use crate::cli::{Options, FANOUT_RING};
 use crate::job::{Outcome, Scenario, Transport};
-use crate::report::median;
+use crate::stats::median;
 
 /// The idle scenario.
 pub struct Idle;
@@ -24,7 +24,7 @@ impl Spec for Idle {
         let make = |t: Transport| {
             let mut j = job(ctx, o, Scenario::Idle, t);
             j.duration_ns = (o.idle * 1e9) as u64;
-            j.ring = super::fanout::RING;
+            j.ring = FANOUT_RING;
             j
         };
         let mut variants: Vec<Variant> = [Transport::Shm, Transport::Socket]

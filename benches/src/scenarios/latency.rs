@@ -5,11 +5,11 @@
 use serde_json::{Map, Value};
 use shmbus::credit::CreditSpec;
 
-use super::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
+use super::spec::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
 use crate::baselines::uds::link_buffer;
 use crate::cli::{human_size, Options};
 use crate::job::{Outcome, Scenario, Transport, Wait};
-use crate::report::{median, range};
+use crate::stats::{median, range};
 
 /// shmbus's ring for a message size: 1 MiB, or four messages' worth.
 fn ring_for(size: usize) -> u32 {

@@ -3,10 +3,10 @@
 
 use serde_json::{Map, Value};
 
-use super::{job, median_u64, put, values, Context, Group, Spec, Variant};
+use super::spec::{job, median_u64, put, values, Context, Group, Spec, Variant};
 use crate::cli::Options;
 use crate::job::{Job, Outcome, Scenario, Transport};
-use crate::report::{count, median, range};
+use crate::stats::{count, median, range};
 
 /// The setup scenario.
 pub struct Setup;

@@ -6,12 +6,12 @@
 use serde_json::{Map, Value};
 use shmbus::credit::CreditSpec;
 
-use super::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
+use super::spec::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
 use crate::baselines::uds::link_buffer;
 use crate::cli::{human_size, Options};
 use crate::job::{Outcome, Scenario, Transport};
 use crate::peers::{typed_payload, FEED_BELOW};
-use crate::report::{count, range};
+use crate::stats::{count, range};
 
 /// The bare ring's data bytes.
 pub const BARE_RING: u32 = 4 << 20;
