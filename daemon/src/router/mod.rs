@@ -12,16 +12,28 @@
 //!   per turn: the router, its [`LogLimit`] and its quota [`Ledger`] never
 //!   read the clock;
 //! - **ports**: a streaming call's descriptors come from the [`PortMaker`]
-//!   the router was built with. The broker's is [`crate::ports::Ports`]
-//!   (socket pairs, sealed memfds, the ring pool and its thread, all started
-//!   by the server); tests and fuzz targets hand out inert descriptors
-//!   ([`testing`]).
+//!   the router was built with, called directly on the call path (no extra
+//!   turn of the event loop). The broker's is [`crate::ports::Ports`]
+//!   (socket pairs, sealed memfds, the ring pool and its thread, created
+//!   and started by the server); the unit tests and the fuzz targets use
+//!   `router::testing`, which hands out inert descriptors.
 //!
-//! A `call` frame goes through three steps (in `calls.rs`): it is checked
-//! (service, method, mode, policy, the connection's live calls), its stream
-//! is opened (credit, ring size, the caller's stream and descriptor quotas,
-//! the port and its transport), and it is routed (`incoming` to the service,
-//! then `stream-open` to the caller, then the monitor event).
+//! Where things are:
+//!
+//! - `mod.rs`: the tables (peers, services, live calls, monitors), the
+//!   quota ledger and the log limiter; connecting, the handshake and the
+//!   dispatch of each frame kind, registration, disconnects, `list` and
+//!   `status`, drain and abort;
+//! - `calls.rs`: a call's life. A `call` frame is checked (service, method,
+//!   mode, policy, the connection's live calls), its stream opened (credit,
+//!   ring size, the caller's stream quota, the port and its transport, the
+//!   descriptor quotas), then routed (`incoming` to the service, then
+//!   `stream-open` to the caller, then the monitor event); then `cancel`,
+//!   `stream-progress` and the service's `result`;
+//! - `port_maker.rs`: [`PortMaker`], [`PortSpec`], [`PortFds`];
+//! - `testing.rs` (for tests and the `testing` feature): a fake port maker
+//!   and a harness driving the router as frames in, outputs out;
+//! - `tests.rs`: the router's unit tests.
 //!
 //! What the broker does with each frame, and a call's life from `call` to
 //! `result`, are described in `PROTOCOL.md` at the repository root.
