@@ -1241,6 +1241,19 @@ fn abort_all_ends_every_call_cancel_to_the_service_then_result_to_the_caller() {
     assert!(bus.abort_all(why).is_empty());
 }
 
+#[test]
+fn abort_all_cancels_at_the_services_even_without_a_drain_first() {
+    let (mut bus, caller, service) = bus();
+    bus.call(caller, request(1, "svc", "one"));
+    assert_eq!(
+        bus.abort_all("stop"),
+        [
+            Out::cancel(service, 1),
+            Out::error_result(caller, 1, ErrorCode::ShuttingDown, "stop"),
+        ]
+    );
+}
+
 // --------------------------------------------------------- hostile frames
 
 #[test]
