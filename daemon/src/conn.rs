@@ -1,5 +1,6 @@
-//! One client connection's socket state: the receive buffer and descriptor
-//! queue on the way in, and the queue of encoded frames on the way out.
+//! One client connection's socket state: on the way in, the bytes and
+//! descriptors received and not yet cut into frames ([`FrameReader`], which
+//! does no I/O), and on the way out the queue of encoded frames.
 
 use std::collections::VecDeque;
 use std::io;
@@ -40,14 +41,71 @@ impl From<FrameError> for ReadError {
     }
 }
 
+/// Cuts received bytes and descriptors into frames, checking them in the
+/// order `PROTOCOL.md` (2.2) gives. No I/O: [`Conn`] feeds it what a
+/// receive returned; a fuzz target can feed it anything.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl FrameReader {
+    /// The descriptors received and not yet claimed by a frame, for a
+    /// receive to append to.
+    pub fn fds_mut(&mut self) -> &mut VecDeque<OwnedFd> {
+        &mut self.fds
+    }
+
+    /// Appends the complete frames in the bytes received so far (`more`
+    /// just arrived) to `frames`, each with the descriptors it declares.
+    /// Stops at the first violation: a frame over `max_frame` or declaring
+    /// more descriptors than arrived or than its kind carries, a body that
+    /// does not decode, or descriptors left over that no frame declared.
+    pub fn push(
+        &mut self,
+        more: &[u8],
+        max_frame: u32,
+        frames: &mut Vec<Received>,
+    ) -> Result<(), ReadError> {
+        self.buf.extend_from_slice(more);
+        let mut start = 0;
+        while let Some((header, body)) = frame::split_frame(&self.buf[start..], max_frame)? {
+            let n = header.fds as usize;
+            if self.fds.len() < n {
+                return Err(ReadError::Violation(format!(
+                    "frame declares {n} descriptors, {} arrived",
+                    self.fds.len()
+                )));
+            }
+            let fds: Vec<OwnedFd> = self.fds.drain(..n).collect();
+            let frame = frame::decode(&self.buf[start + body.start..start + body.end], n)?;
+            frames.push((frame, fds));
+            start += body.end;
+        }
+        self.buf.drain(..start);
+        if self.buf.is_empty() && !self.fds.is_empty() {
+            return Err(ReadError::Violation(format!(
+                "{} descriptors arrived that no frame declared",
+                self.fds.len()
+            )));
+        }
+        // A partial frame's header was already checked against the maximum,
+        // so the buffer never holds more than one frame plus one read.
+        debug_assert!(
+            self.buf.len() <= FRAME_HEADER_LEN + max_frame as usize + more.len().max(READ_CHUNK)
+        );
+        Ok(())
+    }
+}
+
 /// A connected peer's socket.
 pub struct Conn {
     /// The socket.
     pub sock: UnixStream,
     /// Who the kernel says is on the other end.
     pub creds: PeerCredentials,
-    rbuf: Vec<u8>,
-    fds: VecDeque<OwnedFd>,
+    reader: FrameReader,
     out: VecDeque<Outgoing>,
     queued: usize,
     /// Set once an error frame is queued: close when the queue drains.
@@ -64,8 +122,7 @@ impl Conn {
         Conn {
             sock,
             creds,
-            rbuf: Vec::new(),
-            fds: VecDeque::new(),
+            reader: FrameReader::default(),
             out: VecDeque::new(),
             queued: 0,
             closing: false,
@@ -97,19 +154,16 @@ impl Conn {
         }
         let chunk = &mut chunk[..READ_CHUNK];
         for _ in 0..READ_BUDGET {
-            match sys::recv_with_fds(self.sock.as_fd(), chunk, &mut self.fds, false) {
+            match sys::recv_with_fds(self.sock.as_fd(), chunk, self.reader.fds_mut(), false) {
                 Ok(0) => {
-                    self.parse(max_frame, &mut frames)?;
+                    self.reader.push(&[], max_frame, &mut frames)?;
                     self.eof = true;
                     if frames.is_empty() {
                         return Err(ReadError::Closed);
                     }
                     return Ok((frames, true));
                 }
-                Ok(n) => {
-                    self.rbuf.extend_from_slice(&chunk[..n]);
-                    self.parse(max_frame, &mut frames)?;
-                }
+                Ok(n) => self.reader.push(&chunk[..n], max_frame, &mut frames)?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((frames, false)),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     return Err(ReadError::Violation(e.to_string()))
@@ -118,34 +172,6 @@ impl Conn {
             }
         }
         Ok((frames, true))
-    }
-
-    fn parse(&mut self, max_frame: u32, frames: &mut Vec<Received>) -> Result<(), ReadError> {
-        let mut start = 0;
-        while let Some((header, body)) = frame::split_frame(&self.rbuf[start..], max_frame)? {
-            let n = header.fds as usize;
-            if self.fds.len() < n {
-                return Err(ReadError::Violation(format!(
-                    "frame declares {n} descriptors, {} arrived",
-                    self.fds.len()
-                )));
-            }
-            let fds: Vec<OwnedFd> = self.fds.drain(..n).collect();
-            let frame = frame::decode(&self.rbuf[start + body.start..start + body.end], n)?;
-            frames.push((frame, fds));
-            start += body.end;
-        }
-        self.rbuf.drain(..start);
-        if self.rbuf.is_empty() && !self.fds.is_empty() {
-            return Err(ReadError::Violation(format!(
-                "{} descriptors arrived that no frame declared",
-                self.fds.len()
-            )));
-        }
-        // A partial frame's header was already checked against the maximum,
-        // so the buffer never holds more than one frame plus one read.
-        debug_assert!(self.rbuf.len() <= FRAME_HEADER_LEN + max_frame as usize + READ_CHUNK);
-        Ok(())
     }
 
     /// Queues a frame. Returns false when the peer has fallen too far behind.

@@ -6,6 +6,9 @@
 //! second. [`LogLimit`] lets a few warnings per uid through in each window and
 //! counts the rest; the next warning let through says how many were held
 //! back, so the journal still shows that they happened and how often.
+//!
+//! It never reads the clock: the time comes in with each question, from the
+//! event loop (through the router, for the router's warnings).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,10 +34,10 @@ pub struct LogLimit {
 }
 
 impl LogLimit {
-    /// Whether a warning about `uid` may be logged now: `Some` with the
-    /// end of its line ([`held_back`]), or `None` to hold it back.
-    pub fn admit(&mut self, uid: u32) -> Option<String> {
-        self.admit_at(uid, Instant::now()).map(held_back)
+    /// Whether a warning about `uid` may be logged at `now`: `Some` with
+    /// the end of its line ([`held_back`]), or `None` to hold it back.
+    pub fn admit(&mut self, uid: u32, now: Instant) -> Option<String> {
+        self.admit_at(uid, now).map(held_back)
     }
 
     /// Whether a warning about `uid` may be logged at `now`: `Some(held)`

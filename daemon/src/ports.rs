@@ -1,7 +1,13 @@
-//! Creating stream ports: per direction a socket pair (the doorbell, or the
-//! whole data path on the socket transport) and, for shared memory, a sealed
-//! memfd ring. The broker never maps a ring; it writes the header with
-//! `pwrite`, seals the memfd, hands the descriptors out and closes its copies.
+//! Making stream ports, the broker's [`PortMaker`]: per direction a socket
+//! pair (the doorbell, or the whole data path on the socket transport) and,
+//! for shared memory, a sealed memfd ring, taken from the ring [`Pool`] when
+//! it has one ready. The router decides what port a stream gets
+//! ([`PortSpec`]); [`Ports`] makes it. The server creates the [`Ports`]
+//! (which starts the pool's thread), gives it to the router, and wakes the
+//! pool after each turn ([`Ports::refill`]).
+//!
+//! The broker never maps a ring; it writes the header with `pwrite`, seals
+//! the memfd, hands the descriptors out and closes its copies.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -9,16 +15,38 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use shmbus::credit::CreditSpec;
-use shmbus::frame::{StreamId, StreamMode, Transport};
+use shmbus::frame::Transport;
 use shmbus::sys;
 
-/// The descriptors of a stream port, in the order stream-open lists them.
-pub struct PortFds {
-    /// For the caller.
-    pub caller: Vec<OwnedFd>,
-    /// For the service.
-    pub service: Vec<OwnedFd>,
+use crate::router::{PortFds, PortMaker, PortSpec};
+
+/// The broker's port maker: real socket pairs and memfds, shared-memory
+/// directions from a [`Pool`] filled by a thread of its own.
+pub struct Ports {
+    pool: Pool,
+}
+
+impl Ports {
+    /// Starts the ring pool's filler thread (it sleeps until a ring is
+    /// asked for).
+    pub fn start() -> Ports {
+        Ports {
+            pool: Pool::start(),
+        }
+    }
+
+    /// Lets the ring pool make more rings if it runs low. The server calls
+    /// it once the frames of a turn are sent, so that waking the pool's
+    /// thread never delays them.
+    pub fn refill(&self) {
+        self.pool.refill();
+    }
+}
+
+impl PortMaker for Ports {
+    fn make(&mut self, spec: PortSpec, now: Instant) -> io::Result<PortFds> {
+        create(spec, Some(&self.pool), now)
+    }
 }
 
 /// Socket buffer size asked for on socket-transport links.
@@ -86,13 +114,15 @@ impl Pool {
     /// A ready unit of this geometry, if any. Never wakes the filler: the
     /// broker calls [`Pool::refill`] once it has sent what the call needed,
     /// so the wake-up stays off the call path.
-    fn take(&self, capacity: u32, hwm: u64) -> Option<Unit> {
+    /// `now` marks the pool as in use (it empties after [`POOL_IDLE`]
+    /// without calls).
+    fn take(&self, capacity: u32, hwm: u64, now: Instant) -> Option<Unit> {
         let mut st = relock(self.shared.0.lock());
         if st.key != Some((capacity, hwm)) {
             st.key = Some((capacity, hwm));
             st.units.clear();
         }
-        st.last_take = Some(Instant::now());
+        st.last_take = Some(now);
         st.units.pop()
     }
 
@@ -173,21 +203,21 @@ fn fill(weak: Weak<PoolShared>) {
 
 /// Builds the port of one stream, taking shared-memory directions from
 /// `pool` when it has them.
-pub fn create(
-    stream: StreamId,
-    mode: StreamMode,
-    transport: Transport,
-    ring_size: u32,
-    credit: CreditSpec,
-    pool: Option<&Pool>,
-) -> io::Result<PortFds> {
+pub fn create(spec: PortSpec, pool: Option<&Pool>, now: Instant) -> io::Result<PortFds> {
+    let PortSpec {
+        stream,
+        mode,
+        transport,
+        ring_size,
+        credit,
+    } = spec;
     let mut fds = PortFds {
         caller: Vec::new(),
         service: Vec::new(),
     };
     for (i, _dir) in mode.directions().iter().enumerate() {
         if transport == Transport::SharedMemory {
-            if let Some(u) = pool.and_then(|p| p.take(ring_size, credit.high_water_mark)) {
+            if let Some(u) = pool.and_then(|p| p.take(ring_size, credit.high_water_mark, now)) {
                 fds.caller.push(u.caller);
                 fds.caller.push(u.memfd_caller);
                 fds.service.push(u.service);

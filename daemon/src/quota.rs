@@ -107,14 +107,22 @@ impl Ledger {
             ),
         };
         let step = if what == Resource::Streams { 1 } else { amount };
-        if used + step > limit {
-            return Err(format!("uid {uid} is at its quota of {limit} {name}"));
-        }
-        if what == Resource::Streams && u.ring_bytes + amount > q.ring_bytes {
-            return Err(format!(
+        let refusal = if used + step > limit {
+            Some(format!("uid {uid} is at its quota of {limit} {name}"))
+        } else if what == Resource::Streams && u.ring_bytes + amount > q.ring_bytes {
+            Some(format!(
                 "uid {uid} is at its quota of {} ring bytes ({} in use, {amount} asked)",
                 q.ring_bytes, u.ring_bytes
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = refusal {
+            // A uid refused before it held anything leaves no entry behind.
+            if *u == Usage::default() {
+                self.usage.remove(&uid);
+            }
+            return Err(msg);
         }
         match what {
             Resource::Connections => u.connections += 1,
@@ -181,5 +189,26 @@ mod tests {
         l.release(7, Resource::Streams, 40);
         l.release(7, Resource::Streams, 60);
         assert_eq!(l.usage(7), Usage::default());
+    }
+
+    #[test]
+    fn a_uid_refused_while_holding_nothing_is_not_remembered() {
+        let mut quotas = Quotas::default();
+        quotas.per_uid.insert(
+            9,
+            Quota {
+                connections: 0,
+                ..Quota::default()
+            },
+        );
+        let mut l = Ledger::default();
+        for _ in 0..3 {
+            assert!(l.charge(&quotas, 9, Resource::Connections, 1).is_err());
+        }
+        assert!(l.usage.is_empty());
+        // One that holds something keeps its entry.
+        l.charge(&quotas, 8, Resource::Connections, 1).unwrap();
+        assert!(l.charge(&quotas, 8, Resource::Streams, 8 << 30).is_err());
+        assert_eq!(l.usage(8).connections, 1);
     }
 }

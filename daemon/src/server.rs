@@ -1,7 +1,13 @@
-//! The broker process: a single-threaded mio loop that accepts connections,
-//! reads frames, hands them to the [`Router`] and writes what it returns.
-//! It also owns the process's lifecycle: stop (drain, then exit), reload,
-//! and the service manager's notifications.
+//! The broker process: a single-threaded mio loop, the I/O around the
+//! I/O-free [`Router`]. Each turn it takes the time once, accepts
+//! connections (with their `SO_PEERCRED` identity), reads and cuts frames
+//! ([`Conn`]), hands them to the router with that time, and carries out the
+//! [`Output`]s it returns (queueing and writing frames with their
+//! descriptors, closing connections, reporting descriptors delivered). It
+//! creates the port maker ([`Ports`], which starts the ring pool's thread)
+//! and gives it to the router, and wakes the pool once a turn's frames are
+//! sent. It also owns the process's lifecycle: stop (drain, then exit),
+//! reload, and the service manager's notifications.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +27,7 @@ use crate::conn::{Conn, ReadError};
 use crate::log_limit::LogLimit;
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
+use crate::ports::Ports;
 use crate::router::{ConnId, Output, Router};
 use crate::signals::{SignalPipe, Trigger};
 
@@ -54,7 +61,7 @@ pub struct Server {
     stop: SignalPipe,
     reload: SignalPipe,
     conns: HashMap<ConnId, Conn>,
-    router: Router,
+    router: Router<Ports>,
     limits: Limits,
     next_conn: ConnId,
     started: Instant,
@@ -133,6 +140,7 @@ impl Server {
             .register(&mut stop.rx, STOP, Interest::READABLE)?;
         poll.registry()
             .register(&mut reload.rx, RELOAD, Interest::READABLE)?;
+        let started = Instant::now();
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -141,10 +149,10 @@ impl Server {
             stop,
             reload,
             conns: HashMap::new(),
-            router: Router::new(limits.clone()),
+            router: Router::new(limits.clone(), Ports::start(), started),
             limits,
             next_conn: FIRST_CONN,
-            started: Instant::now(),
+            started,
             again: Vec::new(),
             paused: HashMap::new(),
             log_limit: LogLimit::default(),
@@ -211,9 +219,11 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            // The time of this turn: every frame it reads is handled at it.
+            let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(now),
                     STOP => {
                         if self.stop.take() {
                             self.begin_stop();
@@ -227,7 +237,7 @@ impl Server {
                     Token(t) => {
                         let conn = t as ConnId;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.readable(conn);
+                            self.readable(conn, now);
                         }
                         if event.is_writable() {
                             self.flush(conn);
@@ -236,7 +246,6 @@ impl Server {
                 }
             }
             if !self.paused.is_empty() {
-                let now = Instant::now();
                 let due: Vec<ConnId> = self
                     .paused
                     .iter()
@@ -251,9 +260,9 @@ impl Server {
                 }
             }
             for conn in std::mem::take(&mut self.again) {
-                self.readable(conn);
+                self.readable(conn, now);
             }
-            self.router.refill_pool();
+            self.router.ports().refill();
             self.notifier.tick();
             let status = self.status_line();
             self.notifier.status(status);
@@ -353,7 +362,7 @@ impl Server {
         self.notifier.ready(&status);
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, now: Instant) {
         loop {
             let Some(listener) = self.listener.as_ref() else {
                 return;
@@ -393,7 +402,7 @@ impl Server {
             }
             debug!(conn = id, pid = creds.pid, uid = creds.uid, "connected");
             let mut conn = Conn::new(sock, creds);
-            if let Err(error) = self.router.connect(id, creds) {
+            if let Err(error) = self.router.connect(id, creds, now) {
                 let _ = self.poll.registry().deregister(&mut conn.sock);
                 let _ = conn.queue(&Frame::Error(error), Vec::new(), usize::MAX);
                 let _ = conn.flush();
@@ -403,7 +412,7 @@ impl Server {
         }
     }
 
-    fn readable(&mut self, id: ConnId) {
+    fn readable(&mut self, id: ConnId, now: Instant) {
         if self.paused.contains_key(&id) {
             // Read when the pause ends; the input waits in the socket.
             return;
@@ -422,7 +431,7 @@ impl Server {
             Err(e) => (Vec::new(), Some(e)),
         };
         for (frame, fds) in frames {
-            let outputs = self.router.handle(id, frame, fds);
+            let outputs = self.router.handle(id, frame, fds, now);
             self.apply(outputs);
             if !self.conns.contains_key(&id) {
                 return;
@@ -430,7 +439,7 @@ impl Server {
         }
         if self.router.take_refused(id) {
             // Whatever else it sent is still read, a pause later.
-            self.paused.insert(id, Instant::now() + REFUSED_PAUSE);
+            self.paused.insert(id, now + REFUSED_PAUSE);
             self.again.retain(|&c| c != id);
         }
         match end {
@@ -474,7 +483,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if let Some(more) = self.log_limit.admit(conn.creds.uid) {
+        if let Some(more) = self.log_limit.admit(conn.creds.uid, Instant::now()) {
             warn!(conn = id, pid = conn.creds.pid, uid = conn.creds.uid, error = %error.message, "closing connection{more}");
         }
         let _ = conn.queue(&Frame::Error(error), Vec::new(), usize::MAX);

@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use libfuzzer_sys::fuzz_target;
 use shmbus::credit::CreditSpec;
 use shmbus::ring::{RingConsumer, RingProducer, HEADER_SIZE};
-use shmbus::sys;
 
 const CAPACITY: u32 = 4096;
 

@@ -13,7 +13,6 @@ use std::os::unix::fs::FileExt;
 use libfuzzer_sys::fuzz_target;
 use shmbus::credit::CreditSpec;
 use shmbus::ring::{RingConsumer, RingProducer, HEADER_SIZE, RECORD_HEADER};
-use shmbus::sys;
 
 /// Header offsets a hostile peer may write at run time.
 const FIELDS: [u64; 9] = [128, 136, 256, 264, 384, 512, 640, 1024, 1028];

@@ -1,29 +1,66 @@
 //! The bus semantics: who is connected, which services exist, which calls and
-//! streams are live, and where each frame goes. No sockets here: the event
-//! loop feeds frames in and carries the resulting [`Output`]s out.
+//! streams are live, and where each frame goes. No I/O here, in the style of
+//! an I/O-free protocol core driven by an I/O layer:
+//!
+//! - **inputs** are method calls: [`Router::connect`], [`Router::handle`] (a
+//!   frame from a connection), [`Router::disconnect`],
+//!   [`Router::fds_delivered`], [`Router::drain`] and [`Router::abort_all`];
+//! - **outputs** are the [`Output`]s they return (frames, with descriptors,
+//!   to send to a connection; connections to close), which the event loop
+//!   ([`crate::server`]) carries out in order;
+//! - **time** comes in as an argument (`now`), taken by the event loop once
+//!   per turn: the router, its [`LogLimit`] and its quota [`Ledger`] never
+//!   read the clock;
+//! - **ports**: a streaming call's descriptors come from the [`PortMaker`]
+//!   the router was built with, called directly on the call path (no extra
+//!   turn of the event loop). The broker's is [`crate::ports::Ports`]
+//!   (socket pairs, sealed memfds, the ring pool and its thread, created
+//!   and started by the server); the unit tests and the fuzz targets use
+//!   `router::testing`, which hands out inert descriptors.
+//!
+//! Where things are:
+//!
+//! - `mod.rs`: the tables (peers, services, live calls, monitors), the
+//!   quota ledger and the log limiter; connecting, the handshake and the
+//!   dispatch of each frame kind, registration, disconnects, `list` and
+//!   `status`, drain and abort;
+//! - `calls.rs`: a call's life. A `call` frame is checked (service, method,
+//!   mode, policy, the connection's live calls), its stream opened (credit,
+//!   ring size, the caller's stream quota, the port and its transport, the
+//!   descriptor quotas), then routed (`incoming` to the service, then
+//!   `stream-open` to the caller, then the monitor event); then `cancel`,
+//!   `stream-progress` and the service's `result`;
+//! - `port_maker.rs`: [`PortMaker`], [`PortSpec`], [`PortFds`];
+//! - `testing.rs` (for tests and the `testing` feature): a fake port maker
+//!   and a harness driving the router as frames in, outputs out;
+//! - `tests.rs`: the router's unit tests.
 //!
 //! What the broker does with each frame, and a call's life from `call` to
 //! `result`, are described in `PROTOCOL.md` at the repository root.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
-
-use std::collections::HashSet;
 use std::time::Instant;
 
 use shmbus::frame::{
     BrokerSnapshot, BrokerStatus, CallId, Capabilities, ErrorCode, Frame, MethodSpec, MonitorEvent,
     MonitorKind, RemoteError, ServiceInfo, StreamId, StreamInfo, StreamMode, PROTOCOL_VERSION,
 };
-use shmbus::state::StreamState;
 use shmbus::sys::PeerCredentials;
 use tracing::{info, warn};
 
 use crate::config::Limits;
 use crate::log_limit::LogLimit;
-use crate::quota::{Ledger, Resource};
+use crate::quota::{Ledger, Resource, Usage};
 
 mod calls;
+mod port_maker;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use port_maker::{PortFds, PortMaker, PortSpec};
 
 /// Identifies a connection inside the broker.
 pub type ConnId = u64;
@@ -89,8 +126,8 @@ struct LiveCall {
     charge: Option<(u32, u64)>,
 }
 
-/// The broker's routing table.
-pub struct Router {
+/// The broker's routing table. `P` makes the stream ports.
+pub struct Router<P> {
     limits: Limits,
     peers: HashMap<ConnId, Peer>,
     services: HashMap<String, Service>,
@@ -98,14 +135,16 @@ pub struct Router {
     by_caller: HashMap<(ConnId, CallId), CallId>,
     next_call: CallId,
     next_stream: StreamId,
-    monitors: HashSet<ConnId>,
+    /// Connections that asked for monitor events, in order of id, so that
+    /// events go out in the same order every time.
+    monitors: BTreeSet<ConnId>,
     ledger: Ledger,
     draining: bool,
     started: Instant,
     /// Counters for status.
     pub stats: Stats,
-    /// Shared-memory ports made ahead of time.
-    pool: crate::ports::Pool,
+    /// Makes the ports of streaming calls.
+    ports: P,
     /// Connections whose calls were refused for their limits since the
     /// event loop last asked (see [`Router::take_refused`]).
     refused: HashSet<ConnId>,
@@ -126,9 +165,10 @@ pub struct Stats {
     pub finished_bytes: u64,
 }
 
-impl Router {
-    /// An empty bus.
-    pub fn new(limits: Limits) -> Self {
+impl<P: PortMaker> Router<P> {
+    /// An empty bus, started at `now`, whose streams get their ports from
+    /// `ports`.
+    pub fn new(limits: Limits, ports: P, now: Instant) -> Self {
         Router {
             limits,
             peers: HashMap::new(),
@@ -137,31 +177,49 @@ impl Router {
             by_caller: HashMap::new(),
             next_call: 1,
             next_stream: 1,
-            monitors: HashSet::new(),
+            monitors: BTreeSet::new(),
             ledger: Ledger::default(),
             draining: false,
-            started: Instant::now(),
+            started: now,
             stats: Stats::default(),
-            pool: crate::ports::Pool::start(),
+            ports,
             refused: HashSet::new(),
             log_limit: LogLimit::default(),
         }
     }
 
-    /// Stops taking new calls and registrations (the broker is stopping).
+    /// The port maker.
+    pub fn ports(&self) -> &P {
+        &self.ports
+    }
+
+    /// The port maker, to change it (a test making port setup fail).
+    pub fn ports_mut(&mut self) -> &mut P {
+        &mut self.ports
+    }
+
+    /// Stops taking new calls (the broker is stopping): they are refused
+    /// with `ShuttingDown`. Calls in flight carry on; registrations are
+    /// still taken.
     pub fn drain(&mut self) {
         self.draining = true;
     }
 
-    /// Fails every call still live (the broker stops now): callers get a
-    /// result error, services a cancel.
+    /// Fails every call still live (the broker stops now), in the order
+    /// they were made: each service gets a cancel, each caller a
+    /// `ShuttingDown` result.
     pub fn abort_all(&mut self, why: &str) -> Vec<Output> {
-        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        let mut ids: Vec<CallId> = self.calls.keys().copied().collect();
+        ids.sort_unstable();
         let mut out = Vec::new();
         for id in ids {
+            if let Some(live) = self.calls.get(&id) {
+                if self.peers.contains_key(&live.service_conn) {
+                    out.push(send(live.service_conn, Frame::Cancel { call: id }));
+                }
+            }
             let error = remote(ErrorCode::ShuttingDown, why);
             out.extend(self.finish_call(id, Err(error)));
-            // finish_call removed it; tell the service too.
         }
         out
     }
@@ -176,8 +234,13 @@ impl Router {
         self.services.len()
     }
 
-    /// The broker's vital signs.
-    pub fn status(&self) -> BrokerStatus {
+    /// What `uid` holds now, charged against its quotas.
+    pub fn usage(&self, uid: u32) -> Usage {
+        self.ledger.usage(uid)
+    }
+
+    /// The broker's vital signs at `now`.
+    pub fn status(&self, now: Instant) -> BrokerStatus {
         let live_bytes: u64 = self
             .calls
             .values()
@@ -186,7 +249,7 @@ impl Router {
             .sum();
         BrokerStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
             connections: self.peers.len() as u64,
             services: self.services.len() as u64,
             streams: self.live_streams() as u64,
@@ -197,10 +260,16 @@ impl Router {
         }
     }
 
+    /// The monitor event `kind` of a streaming call, for every monitoring
+    /// connection (nothing for a unary call, and no allocation when nobody
+    /// monitors).
     fn event(&self, live: &LiveCall, kind: MonitorKind) -> Vec<Output> {
         let Some(s) = &live.stream else {
             return Vec::new();
         };
+        if self.monitors.is_empty() {
+            return Vec::new();
+        }
         let ev = MonitorEvent {
             stream: s.stream,
             service: s.service.clone(),
@@ -220,12 +289,6 @@ impl Router {
         self.limits = limits;
     }
 
-    /// Lets the ring pool make more rings if it runs low. Called once the
-    /// frames of a turn are sent, so that waking its thread never delays them.
-    pub fn refill_pool(&self) {
-        self.pool.refill();
-    }
-
     /// Live calls.
     pub fn live_calls(&self) -> usize {
         self.calls.len()
@@ -236,15 +299,20 @@ impl Router {
         self.peers.len()
     }
 
-    /// A new connection, with the kernel's word on who it is.
+    /// A new connection at `now`, with the kernel's word on who it is.
     /// Refused (with the error to send before closing) when the uid is at
     /// its connection quota.
-    pub fn connect(&mut self, conn: ConnId, creds: PeerCredentials) -> Result<(), RemoteError> {
+    pub fn connect(
+        &mut self,
+        conn: ConnId,
+        creds: PeerCredentials,
+        now: Instant,
+    ) -> Result<(), RemoteError> {
         if let Err(msg) =
             self.ledger
                 .charge(&self.limits.quotas, creds.uid, Resource::Connections, 1)
         {
-            if let Some(more) = self.log_limit.admit(creds.uid) {
+            if let Some(more) = self.log_limit.admit(creds.uid, now) {
                 warn!(
                     pid = creds.pid,
                     uid = creds.uid,
@@ -292,9 +360,15 @@ impl Router {
         Ok(())
     }
 
-    /// A frame from `conn`. Descriptors are dropped (closed) unless a frame
-    /// kind takes them; none that peers send to the broker do.
-    pub fn handle(&mut self, conn: ConnId, frame: Frame, fds: Vec<OwnedFd>) -> Vec<Output> {
+    /// A frame from `conn`, read at `now`. Descriptors are dropped (closed)
+    /// unless a frame kind takes them; none that peers send to the broker do.
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        fds: Vec<OwnedFd>,
+        now: Instant,
+    ) -> Vec<Output> {
         drop(fds);
         let Some(peer) = self.peers.get_mut(&conn) else {
             return Vec::new();
@@ -327,14 +401,8 @@ impl Router {
                 request,
                 service,
                 methods,
-            } => self.register(conn, request, service, methods),
-            Frame::Call(req) => {
-                let out = self.call(conn, req);
-                if refused_for_limits(conn, &out) {
-                    self.refused.insert(conn);
-                }
-                out
-            }
+            } => self.register(conn, request, service, methods, now),
+            Frame::Call(req) => self.call(conn, req, now),
             Frame::Result { call, outcome } => self.result(conn, call, outcome),
             Frame::Cancel { call } => self.cancel(conn, call),
             Frame::StreamProgress {
@@ -357,7 +425,7 @@ impl Router {
                 conn,
                 Frame::StatusReply {
                     request,
-                    status: self.status(),
+                    status: self.status(now),
                 },
             )],
             Frame::Monitor { request } => {
@@ -377,6 +445,7 @@ impl Router {
         request: u64,
         name: String,
         methods: Vec<MethodSpec>,
+        now: Instant,
     ) -> Vec<Output> {
         let refuse = |code, msg: String| {
             vec![send(
@@ -413,7 +482,7 @@ impl Router {
         }
         let creds = self.peers[&conn].creds;
         if let Err(msg) = self.limits.policy.may_register(&name, creds.uid) {
-            if let Some(more) = self.log_limit.admit(creds.uid) {
+            if let Some(more) = self.log_limit.admit(creds.uid, now) {
                 warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration denied: {msg}{more}");
             }
             return refuse(ErrorCode::Denied, msg);
@@ -429,7 +498,7 @@ impl Router {
             .ledger
             .charge(&self.limits.quotas, creds.uid, Resource::Services, 1)
         {
-            if let Some(more) = self.log_limit.admit(creds.uid) {
+            if let Some(more) = self.log_limit.admit(creds.uid, now) {
                 warn!(pid = creds.pid, uid = creds.uid, service = %name, "registration refused: {msg}{more}");
             }
             return refuse(ErrorCode::LimitsExceeded, msg);
@@ -446,110 +515,6 @@ impl Router {
             },
         );
         vec![send(conn, Frame::Ack { request })]
-    }
-
-    fn result(
-        &mut self,
-        conn: ConnId,
-        call: CallId,
-        outcome: Result<Vec<u8>, RemoteError>,
-    ) -> Vec<Output> {
-        match self.calls.get(&call) {
-            Some(live) if live.service_conn == conn => {}
-            // The caller left (or the call was never ours): nothing to route.
-            None if call < self.next_call => return Vec::new(),
-            _ => {
-                return violation(
-                    conn,
-                    format!("result for call {call} that it does not serve"),
-                )
-            }
-        }
-        self.finish_call(call, outcome)
-    }
-
-    /// Removes a call and sends its result to the caller.
-    fn finish_call(&mut self, call: CallId, outcome: Result<Vec<u8>, RemoteError>) -> Vec<Output> {
-        let Some(live) = self.calls.remove(&call) else {
-            return Vec::new();
-        };
-        self.forget(&live);
-        let mut out = Vec::new();
-        if let Some(s) = &live.stream {
-            let why = match &outcome {
-                Ok(_) => "finished".to_string(),
-                Err(e) if e.code == ErrorCode::Aborted => "cancelled".to_string(),
-                Err(e) => format!("failed ({:?}: {})", e.code, e.message),
-            };
-            info!(stream = s.stream, bytes = s.bytes, why = ?why, "stream closed");
-            self.stats.finished_bytes += s.bytes;
-            let kind = match &outcome {
-                Ok(_) => MonitorKind::End,
-                Err(e) => MonitorKind::Error(e.clone()),
-            };
-            out.extend(self.event(&live, kind));
-        }
-        if self.draining && self.peers.contains_key(&live.service_conn) {
-            if let Err(e) = &outcome {
-                if e.code == ErrorCode::ShuttingDown {
-                    out.push(send(live.service_conn, Frame::Cancel { call }));
-                }
-            }
-        }
-        out.push(send(
-            live.caller,
-            Frame::Result {
-                call: live.caller_call,
-                outcome,
-            },
-        ));
-        out
-    }
-
-    fn cancel(&mut self, conn: ConnId, call: CallId) -> Vec<Output> {
-        match self.by_caller.get(&(conn, call)) {
-            Some(&b) => {
-                let live = &self.calls[&b];
-                info!(call = b, stream = ?live.stream.as_ref().map(|s| s.stream), "cancel");
-                let mut out = self.event(live, MonitorKind::Cancel);
-                out.push(send(live.service_conn, Frame::Cancel { call: b }));
-                out
-            }
-            None => Vec::new(),
-        }
-    }
-
-    fn progress(
-        &mut self,
-        conn: ConnId,
-        stream: StreamId,
-        state: StreamState,
-        bytes: u64,
-        credit: u64,
-    ) {
-        for live in self.calls.values_mut() {
-            if live.caller != conn && live.service_conn != conn {
-                continue;
-            }
-            if let Some(s) = live.stream.as_mut().filter(|s| s.stream == stream) {
-                // Both halves report; the sender's count is never behind the receiver's.
-                s.state = state;
-                s.bytes = s.bytes.max(bytes);
-                s.credit_outstanding = credit;
-                return;
-            }
-        }
-    }
-
-    /// Drops a finished call's bookkeeping and gives back its quota.
-    fn forget(&mut self, live: &LiveCall) {
-        self.by_caller.remove(&(live.caller, live.caller_call));
-        if let Some(p) = self.peers.get_mut(&live.caller) {
-            p.live_calls -= 1;
-        }
-        if let Some((uid, bytes)) = live.charge {
-            self.ledger.release(uid, Resource::Streams, bytes);
-        }
     }
 
     /// A connection went away: its services vanish, its outgoing calls are
@@ -572,12 +537,14 @@ impl Router {
             info!(service = %name, pid = peer.creds.pid, "service unregistered");
         }
         let mut out = Vec::new();
-        let affected: Vec<CallId> = self
+        let mut affected: Vec<CallId> = self
             .calls
             .iter()
             .filter(|(_, l)| l.caller == conn || l.service_conn == conn)
             .map(|(&id, _)| id)
             .collect();
+        // In the order the calls were made, the same every time.
+        affected.sort_unstable();
         for id in affected {
             let live = self.calls.remove(&id).expect("listed");
             self.forget(&live);
@@ -670,15 +637,4 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'))
-}
-
-/// Whether a call's outputs refuse it to `conn` for exceeding a limit.
-fn refused_for_limits(conn: ConnId, out: &[Output]) -> bool {
-    out.iter().any(|o| {
-        matches!(o, Output::Send {
-            to,
-            frame: Frame::Result { outcome: Err(e), .. },
-            ..
-        } if *to == conn && e.code == ErrorCode::LimitsExceeded)
-    })
 }
