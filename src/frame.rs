@@ -110,6 +110,18 @@ pub enum FallbackReason {
     SetupFailed(String),
 }
 
+impl std::fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FallbackReason::Requested => f.write_str("the caller asked for the socket"),
+            FallbackReason::PeerWithoutSharedMemory(who) => {
+                write!(f, "the {who} did not offer shared memory")
+            }
+            FallbackReason::SetupFailed(why) => write!(f, "the shared-memory port failed: {why}"),
+        }
+    }
+}
+
 /// A method a service offers.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct MethodSpec {

@@ -239,10 +239,10 @@ impl<P: PortMaker> Router<P> {
             }
             _ => None,
         };
-        if fallback.is_some() && req.transport == TransportPreference::SharedMemory {
+        if let (Some(why), TransportPreference::SharedMemory) = (&fallback, req.transport) {
             return Err(remote(
                 ErrorCode::SharedMemoryUnavailable,
-                format!("shared memory required but unavailable: {fallback:?}"),
+                format!("shared memory required but unavailable: {why}"),
             ));
         }
         let mut fds = None;

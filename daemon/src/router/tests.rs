@@ -568,7 +568,9 @@ fn the_transport_follows_the_callers_wish_and_both_peers_capabilities() {
         assert_eq!(e.code, ErrorCode::SharedMemoryUnavailable);
         assert_eq!(
             e.message,
-            format!("shared memory required but unavailable: {:?}", pwsm(side))
+            format!(
+                "shared memory required but unavailable: the {side} did not offer shared memory"
+            )
         );
     }
     assert_eq!(bus.ports().asked.len(), before, "no port asked for");
