@@ -49,15 +49,14 @@
 //! the two sees the other's store, so no wake-up is lost, and a running peer
 //! costs no syscall.
 
+use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-use memmap2::{MmapOptions, MmapRaw};
 
 use crate::credit::CreditError;
 use crate::sys;
+use sync::{AtomicU32, AtomicU64, Header, Ordering};
 
 /// "SHMBUSR1", little endian.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSR1");
@@ -183,6 +182,9 @@ pub(super) struct SharedRing {
     /// that would otherwise stand between a new stream and its first item.
     memfd: Option<File>,
     base: NonNull<u8>,
+    /// The header's atomic fields: over the mapping in real builds, loom's
+    /// own atomics under loom (see [`sync`]).
+    header: Header,
     len: usize,
     pub(super) capacity: u32,
 }
@@ -227,11 +229,17 @@ impl SharedRing {
             .map_raw(&file)
             .map_err(RingError::Io)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| violation("null mapping"))?;
+        // SAFETY: the mapping is `file_size(capacity)` ≥ HEADER_SIZE bytes
+        // (checked above), page-aligned, and lives in `_backing` as long as
+        // this view and every view made from it; the ring accesses the
+        // header's fields only through the atomics `Header` hands out.
+        let header = unsafe { Header::over(base) }?;
         let ring = SharedRing {
             len: map.len(),
             _backing: Backing::Mapped(std::sync::Arc::new(map)),
             memfd: Some(file),
             base,
+            header,
             capacity,
         };
         ring.check_header(capacity, hwm)?;
@@ -249,6 +257,7 @@ impl SharedRing {
             len: region.len(),
             memfd: None,
             base: region.base(),
+            header: region.header(),
             capacity: region.capacity(),
             _backing: Backing::Heap(region.clone()),
         };
@@ -266,6 +275,7 @@ impl SharedRing {
             },
             memfd: None,
             base: self.base,
+            header: self.header.clone(),
             len: self.len,
             capacity: self.capacity,
         }
@@ -293,23 +303,41 @@ impl SharedRing {
         self.memfd = None;
     }
 
+    /// The `u64` header field at the fixed offset `off`.
+    #[inline(always)]
     pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off.is_multiple_of(8) && off + 8 <= HEADER_SIZE);
-        // SAFETY: `off` is one of the fixed 8-aligned header offsets, inside
-        // the mapping (size ≥ HEADER_SIZE, checked in `map`), and the page is
-        // 4096-aligned. The peer may write it concurrently, which atomics allow.
-        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU64) }
+        self.header.u64_at(off)
     }
 
+    /// The `u32` header field at the fixed offset `off`.
+    #[inline(always)]
     pub(super) fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off.is_multiple_of(4) && off + 4 <= HEADER_SIZE);
-        // SAFETY: as in `u64_at`, for a fixed 4-aligned header offset.
-        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU32) }
+        self.header.u32_at(off)
+    }
+
+    /// Tells loom (only) of a read of file bytes `[off, off + len)`; the
+    /// part in the data area is tracked.
+    #[inline(always)]
+    fn reading_file(&self, off: usize, len: usize) {
+        if off + len > HEADER_SIZE {
+            let start = off.max(HEADER_SIZE);
+            self.header.reading(start - HEADER_SIZE, off + len - start);
+        }
+    }
+
+    /// As [`reading_file`](Self::reading_file), for a write.
+    #[inline(always)]
+    fn writing_file(&self, off: usize, len: usize) {
+        if off + len > HEADER_SIZE {
+            let start = off.max(HEADER_SIZE);
+            self.header.writing(start - HEADER_SIZE, off + len - start);
+        }
     }
 
     /// Copies bytes at absolute file offset `off` out of the mapping.
     pub(super) fn copy_out(&self, off: usize, dst: &mut [u8]) {
         assert!(off + dst.len() <= self.len);
+        self.reading_file(off, dst.len());
         // SAFETY: the range is inside the mapping (asserted). Volatile reads
         // because the peer may be writing; `dst` is local memory.
         unsafe {
@@ -328,6 +356,7 @@ impl SharedRing {
         // it now overlaps that miss with the header's instead of taking them
         // one after the other.
         self.prefetch(off + 64);
+        self.header.reading(off, RECORD_HEADER);
         // SAFETY: the 16 bytes lie inside the data area (asserted) and are
         // 8-aligned (the data area is page-aligned, `off` 16-aligned).
         // Volatile because the peer may be writing; only the copy is used.
@@ -363,6 +392,7 @@ impl SharedRing {
     /// Writes bytes at absolute file offset `off`.
     pub(super) fn copy_in(&self, off: usize, src: &[u8]) {
         assert!(off + src.len() <= self.len);
+        self.writing_file(off, src.len());
         // SAFETY: the range is inside the mapping (asserted) and the protocol
         // gives this side exclusive use of it until it is published.
         unsafe {
@@ -377,6 +407,7 @@ impl SharedRing {
     /// protocol must give this side the range (published and not yet released).
     pub(super) unsafe fn data(&self, off: usize, len: usize) -> &[u8] {
         debug_assert!(off + len <= self.capacity as usize);
+        self.header.reading(off, len);
         // SAFETY: guaranteed by the caller; a hostile peer writing the range
         // anyway can only change the bytes we observe (any u8 is valid), and
         // no length or offset is ever derived from them.
@@ -390,6 +421,7 @@ impl SharedRing {
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn data_mut(&self, off: usize, len: usize) -> &mut [u8] {
         debug_assert!(off + len <= self.capacity as usize);
+        self.header.writing(off, len);
         // SAFETY: guaranteed by the caller, as in `data`.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(HEADER_SIZE + off), len) }
     }
@@ -410,6 +442,7 @@ impl SharedRing {
 mod consumer;
 mod producer;
 mod result;
+mod sync;
 
 pub use consumer::{Record, RecordKind, RingConsumer};
 pub use producer::{Blocked, RingProducer, Slot};
@@ -432,4 +465,4 @@ mod heap;
 mod tests;
 
 #[cfg(all(test, loom))]
-mod loom_model;
+mod loom_tests;

@@ -1,7 +1,7 @@
 //! The producing side of one direction.
 
+use super::sync::{fence, Ordering};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, Ordering};
 
 use super::*;
 use crate::credit::{CreditSpec, SendCredit};
@@ -229,6 +229,12 @@ impl RingProducer {
         };
         let payload = &payload[..payload.len().min(self.max_record()).min(4096)];
         let Some((pad, off)) = self.place(align_record(payload.len()))? else {
+            // `place` refreshed the read position; the credit limit too, as
+            // in `try_reserve`: `prepare_sleep` compares both with what was
+            // just seen, and a limit granted since the last look would
+            // otherwise read as progress on every attempt, so the producer
+            // would never sleep until the consumer made room.
+            self.refresh_credit()?;
             return Ok(false);
         };
         self.ring

@@ -363,6 +363,27 @@ fn a_producer_blocked_after_releases_may_sleep() {
 }
 
 #[test]
+fn a_producer_closing_on_a_full_ring_may_sleep_after_a_grant() {
+    // Credit comes back (at the 4th release) while the producer is short of
+    // space only; then stream-end finds the ring full. Nothing moves after
+    // that failed attempt, so the producer may sleep (loom found it spinning
+    // when the attempt did not refresh the limit).
+    let (mut p, mut c, _f) = pair(4096, CreditSpec::items(6));
+    let big = vec![5u8; p.max_record()];
+    send(&mut p, &big, 1).unwrap();
+    send(&mut p, &big, 1).unwrap();
+    for _ in 0..4 {
+        assert_eq!(send(&mut p, &big, 1), Err(Blocked::Space));
+        let r = c.try_next().unwrap().unwrap();
+        let _ = c.release(&r).unwrap();
+        send(&mut p, &big, 1).unwrap();
+    }
+    assert_eq!(p.credit().limit(), 6, "the producer never needed the grant");
+    assert!(!p.try_write_control(&RecordKind::End).unwrap(), "ring full");
+    assert!(p.prepare_sleep(), "nothing moved since the failed attempt");
+}
+
+#[test]
 fn a_cancel_flag_other_than_0_or_1_is_a_violation() {
     let (mut p, _c, f) = pair(4096, CreditSpec::items(8));
     f.write_all_at(&7u32.to_le_bytes(), OFF_CANCELLED as u64)
