@@ -168,11 +168,19 @@ impl RingConsumer {
     }
 
     /// The record's payload, in place in the ring.
+    ///
+    /// The producer can rewrite these bytes while the slice is held, protocol
+    /// or not: read each byte once, and check values in a copy (the module's
+    /// "In-place views"). The record's length and charge are this side's
+    /// own validated copies and cannot change.
     pub fn data(&self, record: &Record) -> &[u8] {
         assert!(record.data_off + record.len <= self.ring.capacity as usize);
-        // SAFETY: the range was validated in `try_next` to lie inside the data
-        // area and inside the published, unreleased region; the producer does
-        // not touch it until `release` moves the read position past it.
+        // SAFETY: the range was computed from the local copy of the record
+        // header and validated in `try_next` to lie inside the data area and
+        // inside the published, unreleased region (asserted again above, as a
+        // `Record` is caller-supplied); a protocol-abiding producer does not
+        // touch it until `release` moves the read position past it, and a
+        // hostile one can only change the bytes seen (`SharedRing::data`).
         unsafe { self.ring.data(record.data_off, record.len) }
     }
 

@@ -51,7 +51,7 @@ impl Region {
             layout,
             capacity,
             #[cfg(loom)]
-            header: Header::fresh(capacity, hwm),
+            header: Header::fresh(base, capacity, hwm),
         })
     }
 
@@ -66,10 +66,6 @@ impl Region {
         #[cfg(loom)]
         let header = self.header.clone();
         header
-    }
-
-    pub(super) fn base(&self) -> NonNull<u8> {
-        self.base
     }
 
     pub(super) fn len(&self) -> usize {

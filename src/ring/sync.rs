@@ -3,16 +3,19 @@
 //! rather than a copy of them.
 //!
 //! The ring code takes its atomics, fences and orderings from here, and
-//! reaches the header's atomic fields through [`Header`]:
+//! reaches the ring's memory through [`Header`]: the base of the ring's
+//! memory ([`Header::base`], for the record bytes) and the header's atomic
+//! fields ([`Header::u64_at`], [`Header::u32_at`]).
 //!
-//! - In real builds `Header` is the mapping's base pointer and
-//!   [`Header::u64_at`] / [`Header::u32_at`] cast `base + offset` to an atomic,
-//!   exactly as the ring did before this module existed: one add, no branch,
-//!   no extra load. The access hooks ([`Header::reading`],
-//!   [`Header::writing`]) are empty and vanish.
-//! - Under loom, atomics cannot be placed over raw memory, so `Header` owns
-//!   one loom atomic per header field, shared by every view of one heap ring
-//!   (`heap::Region`), and maps each fixed offset to its atomic. It also
+//! - In real builds `Header` is nothing but the mapping's base pointer, and
+//!   `u64_at` / `u32_at` cast `base + offset` to an atomic, exactly as the
+//!   ring did before this module existed: one add, no branch, no extra load
+//!   (the generated code of the ring's functions is the same, bar field
+//!   offsets). The access hooks ([`Header::reading`], [`Header::writing`])
+//!   are empty and vanish.
+//! - Under loom, atomics cannot be placed over raw memory, so `Header` also
+//!   owns one loom atomic per header field, shared by every view of one heap
+//!   ring (`heap::Region`), and maps each fixed offset to its atomic. It also
 //!   owns one loom cell per 16-byte granule of the data area: the ring code
 //!   announces every read and write of record bytes through the access
 //!   hooks, so loom reports a record read that is not ordered after its
@@ -37,8 +40,8 @@ mod real {
     use super::{AtomicU32, AtomicU64};
     use crate::ring::{RingError, HEADER_SIZE};
 
-    /// The ring header's atomic fields, in the mapping itself. (Not `Copy`,
-    /// so that the ring code clones it the same way under loom.)
+    /// The ring's memory: its base, and the header's atomic fields in it.
+    /// (Not `Copy`, so that the ring code clones it the same way under loom.)
     #[derive(Clone)]
     pub(in crate::ring) struct Header {
         base: NonNull<u8>,
@@ -54,6 +57,12 @@ mod real {
         /// given to [`u64_at`](Self::u64_at) and [`u32_at`](Self::u32_at).
         pub(in crate::ring) unsafe fn over(base: NonNull<u8>) -> Result<Self, RingError> {
             Ok(Header { base })
+        }
+
+        /// The start of the ring's memory (the header, then the data area).
+        #[inline(always)]
+        pub(in crate::ring) fn base(&self) -> NonNull<u8> {
+            self.base
         }
 
         /// The `u64` header field at `off`.
@@ -117,9 +126,11 @@ mod model {
     // other fields are atomics.
     unsafe impl Sync for Cells {}
 
-    /// A heap ring's header under loom; clones share it.
+    /// A heap ring's memory under loom: its base, for the record bytes, and
+    /// the loom stand-ins for its header fields; clones share them.
     #[derive(Clone)]
     pub(in crate::ring) struct Header {
+        base: NonNull<u8>,
         cells: Arc<Cells>,
     }
 
@@ -134,14 +145,15 @@ mod model {
             ))
         }
 
-        /// The header of a fresh heap ring, starting from the values the
-        /// broker writes (`initial_header`).
+        /// The header of a fresh heap ring at `base`, starting from the
+        /// values the broker writes (`initial_header`).
         #[cfg(test)]
-        pub(in crate::ring) fn fresh(capacity: u32, hwm: u64) -> Self {
+        pub(in crate::ring) fn fresh(base: NonNull<u8>, capacity: u32, hwm: u64) -> Self {
             let granules = (0..capacity as usize / RECORD_HEADER)
                 .map(|_| UnsafeCell::new(()))
                 .collect();
             Header {
+                base,
                 cells: Arc::new(Cells {
                     write_pos: AtomicU64::new(0),
                     charged: AtomicU64::new(0),
@@ -155,6 +167,10 @@ mod model {
                     granules,
                 }),
             }
+        }
+
+        pub(in crate::ring) fn base(&self) -> NonNull<u8> {
+            self.base
         }
 
         pub(in crate::ring) fn u64_at(&self, off: usize) -> &AtomicU64 {
