@@ -10,8 +10,8 @@
 //! - In real builds `Header` is nothing but the mapping's base pointer, and
 //!   `u64_at` / `u32_at` cast `base + offset` to an atomic, exactly as the
 //!   ring did before this module existed: one add, no branch, no extra load
-//!   (the generated code of the ring's functions is the same, bar field
-//!   offsets). The access hooks ([`Header::reading`], [`Header::writing`])
+//!   (the ring's machine code is the same as without this module). The
+//!   access hooks ([`Header::reading`], [`Header::writing`])
 //!   are empty and vanish.
 //! - Under loom, atomics cannot be placed over raw memory, so `Header` also
 //!   owns one loom atomic per header field, shared by every view of one heap
