@@ -263,7 +263,15 @@ impl CallBuilder {
     /// # }
     /// ```
     pub fn collect<T: DeserializeOwned>(self) -> Result<Vec<T>> {
-        self.collect_with(|bytes| decode(bytes))
+        // Decoded from a copy, never in place: decoding validates (UTF-8,
+        // lengths) and then reads again, which must not see bytes a hostile
+        // sender changed in between.
+        let mut copy = Vec::new();
+        self.collect_with(move |bytes| {
+            copy.clear();
+            copy.extend_from_slice(bytes);
+            decode(&copy)
+        })
     }
 
     /// Like [`collect`](Self::collect), with each item's raw bytes.

@@ -1,7 +1,7 @@
 //! The consuming side of one direction.
 
+use super::sync::{fence, Ordering};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, Ordering};
 
 use super::*;
 use crate::credit::{CreditSpec, RecvCredit};
@@ -40,6 +40,11 @@ pub struct RingConsumer {
     published: u64,
     write_pos_cache: u64,
     credit: RecvCredit,
+    /// Under loom only: makes [`prepare_sleep`](Self::prepare_sleep) skip
+    /// its re-check, the fault the loom suite injects to show that loom
+    /// reports the lost wake-up (`loom_tests`).
+    #[cfg(loom)]
+    pub(super) skip_sleep_recheck: bool,
 }
 
 impl RingConsumer {
@@ -57,6 +62,8 @@ impl RingConsumer {
             published: 0,
             write_pos_cache: 0,
             credit: RecvCredit::new(credit),
+            #[cfg(loom)]
+            skip_sleep_recheck: false,
         }
     }
 
@@ -161,11 +168,19 @@ impl RingConsumer {
     }
 
     /// The record's payload, in place in the ring.
+    ///
+    /// The producer can rewrite these bytes while the slice is held, protocol
+    /// or not: read each byte once, and check values in a copy (the module's
+    /// "In-place views"). The record's length and charge are this side's
+    /// own validated copies and cannot change.
     pub fn data(&self, record: &Record) -> &[u8] {
         assert!(record.data_off + record.len <= self.ring.capacity as usize);
-        // SAFETY: the range was validated in `try_next` to lie inside the data
-        // area and inside the published, unreleased region; the producer does
-        // not touch it until `release` moves the read position past it.
+        // SAFETY: the range was computed from the local copy of the record
+        // header and validated in `try_next` to lie inside the data area and
+        // inside the published, unreleased region (asserted again above, as a
+        // `Record` is caller-supplied); a protocol-abiding producer does not
+        // touch it until `release` moves the read position past it, and a
+        // hostile one can only change the bytes seen (`SharedRing::data`).
         unsafe { self.ring.data(record.data_off, record.len) }
     }
 
@@ -228,6 +243,10 @@ impl RingConsumer {
         flag.store(1, Ordering::Relaxed);
         // SYNC: pairs with the fence in `RingProducer::publish`.
         fence(Ordering::SeqCst);
+        #[cfg(loom)]
+        if self.skip_sleep_recheck {
+            return true;
+        }
         let pos = self.ring.u64_at(OFF_WRITE_POS).load(Ordering::Relaxed);
         if pos != self.write_pos_cache {
             flag.store(0, Ordering::Relaxed);
@@ -241,10 +260,5 @@ impl RingConsumer {
         self.ring
             .u32_at(OFF_CONSUMER_SLEEPING)
             .store(0, Ordering::Relaxed);
-    }
-
-    /// Payload bytes of records released so far, headers included.
-    pub fn position(&self) -> u64 {
-        self.released
     }
 }

@@ -1,10 +1,12 @@
 //! Heap memory standing in for a memfd, so that the ring code can run under
-//! Miri (which cannot map files) with the same views two processes would use.
+//! Miri (which cannot map files) and loom (whose atomics cannot be placed
+//! over raw memory) with the same views two processes would use.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use super::sync::Header;
 use super::{file_size, initial_header, valid_capacity, SharedRing, HEADER_SIZE};
 use crate::credit::CreditSpec;
 
@@ -13,6 +15,9 @@ pub(crate) struct Region {
     base: NonNull<u8>,
     layout: Layout,
     capacity: u32,
+    /// Under loom, the header's atomic fields live here, shared by the views.
+    #[cfg(loom)]
+    header: Header,
 }
 
 // SAFETY: the region is plain memory reached only through `SharedRing`
@@ -24,8 +29,16 @@ unsafe impl Sync for Region {}
 
 impl Region {
     /// A fresh ring with the header the broker would write.
+    ///
+    /// Under loom the capacity may be as small as 64 bytes, so that a few
+    /// items fill the ring; the ring code's arithmetic only needs a power of
+    /// two.
     pub(crate) fn new(capacity: u32, hwm: u64) -> Arc<Region> {
-        assert!(valid_capacity(capacity));
+        if cfg!(loom) {
+            assert!(capacity.is_power_of_two() && (64..=1 << 20).contains(&capacity));
+        } else {
+            assert!(valid_capacity(capacity));
+        }
         let layout = Layout::from_size_align(file_size(capacity) as usize, HEADER_SIZE).unwrap();
         // SAFETY: the layout has a non-zero size (at least HEADER_SIZE).
         let base = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("allocation failed");
@@ -37,11 +50,22 @@ impl Region {
             base,
             layout,
             capacity,
+            #[cfg(loom)]
+            header: Header::fresh(base, capacity, hwm),
         })
     }
 
-    pub(super) fn base(&self) -> NonNull<u8> {
-        self.base
+    /// The header's atomic fields, as the views reach them.
+    pub(super) fn header(&self) -> Header {
+        #[cfg(not(loom))]
+        // SAFETY: the allocation is `file_size(capacity)` ≥ HEADER_SIZE bytes,
+        // HEADER_SIZE-aligned, and outlives every view (each holds the
+        // `Arc<Region>`); the ring code touches the header's fields only
+        // through the atomics `Header` hands out.
+        let header = unsafe { Header::over(self.base) }.expect("a heap ring's header");
+        #[cfg(loom)]
+        let header = self.header.clone();
+        header
     }
 
     pub(super) fn len(&self) -> usize {
@@ -65,6 +89,7 @@ impl Region {
     }
 
     /// Writes raw bytes at file offset `off`, as a hostile peer would.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn poke(self: &Arc<Self>, off: usize, bytes: &[u8]) {
         let hwm = {
             let mut h = [0u8; 8];
@@ -74,6 +99,7 @@ impl Region {
         SharedRing::on_heap(self, hwm).unwrap().copy_in(off, bytes);
     }
 
+    #[cfg_attr(loom, allow(dead_code))]
     fn header_bytes(&self) -> [u8; 24] {
         let mut h = [0u8; 24];
         // SAFETY: the first 24 bytes are inside the allocation; the static

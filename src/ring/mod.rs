@@ -40,6 +40,51 @@
 //! seals and have exactly the expected size before it is mapped, so the peer
 //! cannot truncate it under us (which would raise SIGBUS).
 //!
+//! # In-place views
+//!
+//! [`RingConsumer::data`] hands out a record's payload as `&[u8]` and
+//! [`RingProducer::slot_buf`] a reservation as `&mut [u8]`, both over the
+//! mapping, which the peer process can write at any moment whatever the
+//! protocol says. The client passes these views on to applications
+//! (`Receiver::recv_in_place`, `BufRead::fill_buf`, `Sender::reserve`).
+//! The contract, and the argument for it:
+//!
+//! - By Rust's rules a `&[u8]` asserts that nothing writes the bytes while it
+//!   lives (a `&mut [u8]`, that nothing else reads or writes them), so
+//!   another process writing them anyway is, for the language, a data race.
+//!   The compiler cannot see that process; what it may do on the strength
+//!   of the assertion is treat the bytes as unchanging while the view lives:
+//!   fold two reads of a byte into one, read a byte again where the source
+//!   read it once, or (through `&mut`) take back a value this side wrote
+//!   without loading it. Every `u8` is a valid value, so a byte the peer
+//!   changed, or a mix of old and new bytes, is never an invalid value.
+//! - The ring's own state never comes from bytes behind a view. Lengths,
+//!   offsets, kinds, charges, positions and credit are read once from
+//!   shared memory, with atomics or volatile reads, into locals, validated,
+//!   and only the locals are used: a view's bounds come from them, and a
+//!   record is released with the consumer's copy of its header, never the
+//!   header in the ring. The peer may rewrite a held record, header
+//!   included: the consumer's accounting and the records after it are
+//!   unaffected.
+//! - The library reads bytes through a view only to copy them, once, into
+//!   private memory (`recv`, `recv_bytes`, `Read::read`; the sender's custom
+//!   size function is given a copy of the slot), and validates (UTF-8,
+//!   postcard) only the copy, after the view is gone. Nothing is checked in
+//!   the ring and then used from the ring, so none of the compiler's
+//!   assumptions above can turn a peer's write into a wrong length, a wrong
+//!   position or an unchecked value in the library: at worst the copy holds
+//!   bytes the peer wrote while it was made, which it could as well have
+//!   written before.
+//! - An application holding a view of an untrusted peer's ring may see its
+//!   bytes change, or a mix of old and new; it must not rely on two reads
+//!   agreeing, and should check a value in a copy, not in the view. Over
+//!   the socket transport a view is the receiver's own buffer, which no
+//!   peer can write.
+//!
+//! `tests::a_peer_rewriting_a_held_record_changes_only_its_bytes`, and the
+//! end-to-end test `a_peer_rewriting_an_item_held_in_place_changes_only_the_bytes_in_view`
+//! with a peer process, check this.
+//!
 //! # Sleeping
 //!
 //! A side that finds nothing to do sets its `*_sleeping` flag, issues a
@@ -49,15 +94,14 @@
 //! the two sees the other's store, so no wake-up is lost, and a running peer
 //! costs no syscall.
 
+use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-use memmap2::{MmapOptions, MmapRaw};
 
 use crate::credit::CreditError;
 use crate::sys;
+use sync::{AtomicU32, AtomicU64, Header, Ordering};
 
 /// "SHMBUSR1", little endian.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SHMBUSR1");
@@ -182,7 +226,9 @@ pub(super) struct SharedRing {
     /// passed ([`SharedRing::close_memfd`]): closing it is a system call
     /// that would otherwise stand between a new stream and its first item.
     memfd: Option<File>,
-    base: NonNull<u8>,
+    /// The memory's base and the header's atomic fields: over the mapping
+    /// in real builds, loom's own atomics under loom (see [`sync`]).
+    header: Header,
     len: usize,
     pub(super) capacity: u32,
 }
@@ -227,11 +273,16 @@ impl SharedRing {
             .map_raw(&file)
             .map_err(RingError::Io)?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| violation("null mapping"))?;
+        // SAFETY: the mapping is `file_size(capacity)` ≥ HEADER_SIZE bytes
+        // (checked above), page-aligned, and lives in `_backing` as long as
+        // this view and every view made from it; the ring accesses the
+        // header's fields only through the atomics `Header` hands out.
+        let header = unsafe { Header::over(base) }?;
         let ring = SharedRing {
             len: map.len(),
             _backing: Backing::Mapped(std::sync::Arc::new(map)),
             memfd: Some(file),
-            base,
+            header,
             capacity,
         };
         ring.check_header(capacity, hwm)?;
@@ -248,7 +299,7 @@ impl SharedRing {
         let ring = SharedRing {
             len: region.len(),
             memfd: None,
-            base: region.base(),
+            header: region.header(),
             capacity: region.capacity(),
             _backing: Backing::Heap(region.clone()),
         };
@@ -265,7 +316,7 @@ impl SharedRing {
                 Backing::Heap(r) => Backing::Heap(r.clone()),
             },
             memfd: None,
-            base: self.base,
+            header: self.header.clone(),
             len: self.len,
             capacity: self.capacity,
         }
@@ -293,27 +344,51 @@ impl SharedRing {
         self.memfd = None;
     }
 
-    pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off.is_multiple_of(8) && off + 8 <= HEADER_SIZE);
-        // SAFETY: `off` is one of the fixed 8-aligned header offsets, inside
-        // the mapping (size ≥ HEADER_SIZE, checked in `map`), and the page is
-        // 4096-aligned. The peer may write it concurrently, which atomics allow.
-        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU64) }
+    /// The start of the ring's memory.
+    #[inline(always)]
+    fn base(&self) -> NonNull<u8> {
+        self.header.base()
     }
 
+    /// The `u64` header field at the fixed offset `off`.
+    #[inline(always)]
+    pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {
+        self.header.u64_at(off)
+    }
+
+    /// The `u32` header field at the fixed offset `off`.
+    #[inline(always)]
     pub(super) fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off.is_multiple_of(4) && off + 4 <= HEADER_SIZE);
-        // SAFETY: as in `u64_at`, for a fixed 4-aligned header offset.
-        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU32) }
+        self.header.u32_at(off)
+    }
+
+    /// Tells loom (only) of a read of file bytes `[off, off + len)`; the
+    /// part in the data area is tracked.
+    #[inline(always)]
+    fn reading_file(&self, off: usize, len: usize) {
+        if off + len > HEADER_SIZE {
+            let start = off.max(HEADER_SIZE);
+            self.header.reading(start - HEADER_SIZE, off + len - start);
+        }
+    }
+
+    /// As [`reading_file`](Self::reading_file), for a write.
+    #[inline(always)]
+    fn writing_file(&self, off: usize, len: usize) {
+        if off + len > HEADER_SIZE {
+            let start = off.max(HEADER_SIZE);
+            self.header.writing(start - HEADER_SIZE, off + len - start);
+        }
     }
 
     /// Copies bytes at absolute file offset `off` out of the mapping.
     pub(super) fn copy_out(&self, off: usize, dst: &mut [u8]) {
         assert!(off + dst.len() <= self.len);
+        self.reading_file(off, dst.len());
         // SAFETY: the range is inside the mapping (asserted). Volatile reads
         // because the peer may be writing; `dst` is local memory.
         unsafe {
-            let src = self.base.as_ptr().add(off);
+            let src = self.base().as_ptr().add(off);
             for (i, b) in dst.iter_mut().enumerate() {
                 *b = std::ptr::read_volatile(src.add(i));
             }
@@ -328,11 +403,12 @@ impl SharedRing {
         // it now overlaps that miss with the header's instead of taking them
         // one after the other.
         self.prefetch(off + 64);
+        self.header.reading(off, RECORD_HEADER);
         // SAFETY: the 16 bytes lie inside the data area (asserted) and are
         // 8-aligned (the data area is page-aligned, `off` 16-aligned).
         // Volatile because the peer may be writing; only the copy is used.
         let words = unsafe {
-            let p = self.base.as_ptr().add(HEADER_SIZE + off) as *const u64;
+            let p = self.base().as_ptr().add(HEADER_SIZE + off) as *const u64;
             [
                 std::ptr::read_volatile(p),
                 std::ptr::read_volatile(p.add(1)),
@@ -353,7 +429,7 @@ impl SharedRing {
             // SAFETY: a prefetch is a hint that never faults, and the address
             // is inside the data area.
             unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(self.base.as_ptr().add(HEADER_SIZE + off) as *const i8)
+                _mm_prefetch::<_MM_HINT_T0>(self.base().as_ptr().add(HEADER_SIZE + off) as *const i8)
             };
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
@@ -363,35 +439,55 @@ impl SharedRing {
     /// Writes bytes at absolute file offset `off`.
     pub(super) fn copy_in(&self, off: usize, src: &[u8]) {
         assert!(off + src.len() <= self.len);
+        self.writing_file(off, src.len());
         // SAFETY: the range is inside the mapping (asserted) and the protocol
         // gives this side exclusive use of it until it is published.
         unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(off), src.len())
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base().as_ptr().add(off), src.len())
         }
     }
 
-    /// Data-area slice `[off, off+len)` for reading.
+    /// Data-area slice `[off, off+len)` for reading: a view the peer can
+    /// write under (module docs, "In-place views").
     ///
     /// # Safety
-    /// The range must have been validated to lie inside the data area, and the
-    /// protocol must give this side the range (published and not yet released).
+    /// The range must have been validated, from local copies, to lie inside
+    /// the data area, and the protocol must give this side the range
+    /// (published and not yet released).
     pub(super) unsafe fn data(&self, off: usize, len: usize) -> &[u8] {
         debug_assert!(off + len <= self.capacity as usize);
-        // SAFETY: guaranteed by the caller; a hostile peer writing the range
-        // anyway can only change the bytes we observe (any u8 is valid), and
-        // no length or offset is ever derived from them.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(HEADER_SIZE + off), len) }
+        self.header.reading(off, len);
+        // SAFETY: the range is inside the data area (the caller's validation),
+        // so inside the mapping, which `_backing` keeps alive as long as
+        // `&self`. A protocol-abiding producer does not write it until it is
+        // released. A hostile one writing it anyway breaks the slice's
+        // promise that the bytes do not change: the compiler may then fold or
+        // repeat reads of them, and every `u8` is valid, so the only effect
+        // is on the byte values read. The ring derives no length, offset or
+        // other state from these bytes, and the library only copies them
+        // once and validates the copy (module docs, "In-place views").
+        unsafe { std::slice::from_raw_parts(self.base().as_ptr().add(HEADER_SIZE + off), len) }
     }
 
-    /// Data-area slice `[off, off+len)` for writing.
+    /// Data-area slice `[off, off+len)` for writing: a view the peer can
+    /// write under too (module docs, "In-place views").
     ///
     /// # Safety
-    /// As [`data`](Self::data), for a range reserved and not yet published.
+    /// As [`data`](Self::data), for a range reserved and not yet published,
+    /// of which this is the only view.
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn data_mut(&self, off: usize, len: usize) -> &mut [u8] {
         debug_assert!(off + len <= self.capacity as usize);
-        // SAFETY: guaranteed by the caller, as in `data`.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(HEADER_SIZE + off), len) }
+        self.header.writing(off, len);
+        // SAFETY: in bounds and alive as in `data`; the caller guarantees no
+        // other view of the range in this process, and a protocol-abiding
+        // consumer does not touch free space. A hostile consumer writing it
+        // anyway can change the bytes this side wrote: the compiler may take
+        // back a value this side wrote without loading it, and every `u8` is
+        // valid, so the only effect is on the bytes the consumer receives.
+        // This side reads the range back only to copy it once (the custom
+        // size function); the record's length and charge are local values.
+        unsafe { std::slice::from_raw_parts_mut(self.base().as_ptr().add(HEADER_SIZE + off), len) }
     }
 
     pub(super) fn write_record_header(&self, off: usize, len: u32, kind: u32, charge: u64) {
@@ -410,6 +506,7 @@ impl SharedRing {
 mod consumer;
 mod producer;
 mod result;
+mod sync;
 
 pub use consumer::{Record, RecordKind, RingConsumer};
 pub use producer::{Blocked, RingProducer, Slot};
@@ -432,4 +529,4 @@ mod heap;
 mod tests;
 
 #[cfg(all(test, loom))]
-mod loom_model;
+mod loom_tests;

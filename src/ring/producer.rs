@@ -1,7 +1,7 @@
 //! The producing side of one direction.
 
+use super::sync::{fence, Ordering};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, Ordering};
 
 use super::*;
 use crate::credit::{CreditSpec, SendCredit};
@@ -199,11 +199,17 @@ impl RingProducer {
     }
 
     /// The reserved bytes, to fill in place.
+    ///
+    /// A hostile consumer can write these bytes too, protocol or not: what
+    /// it receives is then its own doing. Nothing here reads them back; the
+    /// record's length and charge are the values given to `commit`.
     pub fn slot_buf(&mut self, slot: &Slot) -> &mut [u8] {
         assert_eq!(slot.at, self.write_pos, "slot is stale");
         // SAFETY: [off+16, off+16+max_len) was checked free and inside the
         // data area by `try_reserve` (offsets computed locally, never read
-        // from shared memory), and stays unpublished until `commit`.
+        // from shared memory), and stays unpublished until `commit`; the
+        // `&mut self` borrow makes this the only view of it in this process.
+        // A hostile consumer can only change the bytes (`SharedRing::data_mut`).
         unsafe { self.ring.data_mut(slot.off + RECORD_HEADER, slot.max_len) }
     }
 
@@ -229,6 +235,12 @@ impl RingProducer {
         };
         let payload = &payload[..payload.len().min(self.max_record()).min(4096)];
         let Some((pad, off)) = self.place(align_record(payload.len()))? else {
+            // `place` refreshed the read position; the credit limit too, as
+            // in `try_reserve`: `prepare_sleep` compares both with what was
+            // just seen, and a limit granted since the last look would
+            // otherwise read as progress on every attempt, so the producer
+            // would never sleep until the consumer made room.
+            self.refresh_credit()?;
             return Ok(false);
         };
         self.ring

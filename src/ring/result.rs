@@ -4,7 +4,7 @@
 //! The service writes it once, whichever end of the ring it is; the caller
 //! reads it only when the broker cannot deliver the result frame (it died).
 
-use std::sync::atomic::Ordering;
+use super::sync::Ordering;
 
 use super::{
     violation, RingError, SharedRing, MAX_RING_RESULT, OFF_RESULT, OFF_RESULT_LEN, OFF_RESULT_STATE,

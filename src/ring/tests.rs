@@ -363,6 +363,67 @@ fn a_producer_blocked_after_releases_may_sleep() {
 }
 
 #[test]
+fn a_peer_rewriting_a_held_record_changes_only_its_bytes() {
+    let (mut p, mut c, f) = pair(4096, CreditSpec::bytes(400));
+    send(&mut p, &[1; 100], 100).unwrap();
+    send(&mut p, &[2; 50], 50).unwrap();
+    let rec = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&rec), &[1; 100][..]);
+    // While the consumer holds the record, the peer rewrites its payload
+    // and its header (a huge length, an unknown kind, a huge charge). No
+    // view is alive across the writes, as Miri requires; an application's
+    // would show the new bytes just the same.
+    f.write_all_at(&[9; 100], (HEADER_SIZE + RECORD_HEADER) as u64)
+        .unwrap();
+    let mut h = [0u8; RECORD_HEADER];
+    h[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    h[4..8].copy_from_slice(&99u32.to_le_bytes());
+    h[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    f.write_all_at(&h, HEADER_SIZE as u64).unwrap();
+    assert_eq!(c.data(&rec), &[9; 100][..], "the view shows the new bytes");
+    // The record is the consumer's validated copy: same length and charge,
+    // released by it, and the next record is where it was.
+    assert_eq!(
+        (rec.kind.clone(), rec.len, rec.charge),
+        (RecordKind::Data, 100, 100)
+    );
+    let _ = c.release(&rec).unwrap();
+    assert_eq!(c.credit().in_flight(), 0);
+    let next = c.try_next().unwrap().unwrap();
+    assert_eq!((next.len, next.charge), (50, 50));
+    assert_eq!(c.credit().in_flight(), 50);
+    assert_eq!(c.data(&next), &[2; 50][..]);
+    let _ = c.release(&next).unwrap();
+    assert_eq!(c.credit().in_flight(), 0);
+    // Room and credit came back as accounted: the producer goes on.
+    let _ = c.flush_release();
+    send(&mut p, &[3; 200], 200).unwrap();
+    let last = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&last), &[3; 200][..]);
+}
+
+#[test]
+fn a_producer_closing_on_a_full_ring_may_sleep_after_a_grant() {
+    // Credit comes back (at the 4th release) while the producer is short of
+    // space only; then stream-end finds the ring full. Nothing moves after
+    // that failed attempt, so the producer may sleep (loom found it spinning
+    // when the attempt did not refresh the limit).
+    let (mut p, mut c, _f) = pair(4096, CreditSpec::items(6));
+    let big = vec![5u8; p.max_record()];
+    send(&mut p, &big, 1).unwrap();
+    send(&mut p, &big, 1).unwrap();
+    for _ in 0..4 {
+        assert_eq!(send(&mut p, &big, 1), Err(Blocked::Space));
+        let r = c.try_next().unwrap().unwrap();
+        let _ = c.release(&r).unwrap();
+        send(&mut p, &big, 1).unwrap();
+    }
+    assert_eq!(p.credit().limit(), 6, "the producer never needed the grant");
+    assert!(!p.try_write_control(&RecordKind::End).unwrap(), "ring full");
+    assert!(p.prepare_sleep(), "nothing moved since the failed attempt");
+}
+
+#[test]
 fn a_cancel_flag_other_than_0_or_1_is_a_violation() {
     let (mut p, _c, f) = pair(4096, CreditSpec::items(8));
     f.write_all_at(&7u32.to_le_bytes(), OFF_CANCELLED as u64)

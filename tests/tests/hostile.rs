@@ -129,6 +129,62 @@ fn a_peer_scribbling_on_the_ring_hurts_only_its_own_stream() {
 }
 
 #[test]
+fn a_peer_rewriting_an_item_held_in_place_changes_only_the_bytes_in_view() {
+    let broker = Broker::start();
+    let mut evil = Command::new(bin("shmbus-evil"))
+        .args(["evil", "0"])
+        .env("SHMBUS_SOCKET", &broker.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_evil = evil.stdin.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(evil.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let conn = broker.connect();
+    // One item of credit: the peer cannot send item 1 before item 0 is released.
+    let mut call = conn
+        .call("evil", "rewrite")
+        .mode(StreamMode::Download)
+        .credit(CreditSpec::items(1))
+        .ring_size(8192)
+        .transport(TransportPreference::SharedMemory)
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    {
+        let item = rx.recv_in_place().unwrap().expect("item 0");
+        assert_eq!(item.to_vec(), [b'A'; 64]);
+        // The peer rewrites the item's payload and record header in the
+        // ring while this view is held.
+        std::io::Write::write_all(&mut to_evil, b"hold\n").unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), "rewritten");
+        // The view is the ring itself: it shows the peer's new bytes...
+        assert_eq!(item.to_vec(), [b'B'; 64]);
+        // ...but the item's length and charge are the receiver's own copy
+        // of the header, validated when the item arrived.
+        assert_eq!(item.len(), 64);
+        assert_eq!(item.charge(), 1);
+    } // released by the receiver's copy of the record, not the ring's header
+    assert_eq!((rx.items_received(), rx.bytes_received()), (1, 64));
+    for i in 1..=8u8 {
+        let item = rx.recv_bytes().unwrap();
+        assert_eq!(item.as_deref(), Some(&[i; 64][..]), "item {i}");
+    }
+    assert_eq!(
+        rx.credit_outstanding(),
+        1,
+        "credit granted again as accounted"
+    );
+    assert_eq!(rx.recv_bytes().unwrap(), None, "stream-end");
+    assert!(rx.is_finished());
+    assert_eq!((rx.items_received(), rx.bytes_received()), (9, 9 * 64));
+    drop(call);
+    let _ = evil.kill();
+    let _ = evil.wait();
+}
+
+#[test]
 fn a_flood_of_malformed_connections_leaves_streams_and_the_broker_intact() {
     let broker = Broker::start();
     let _nums = Peer::serve(&broker, &["numbers", "nums"]);

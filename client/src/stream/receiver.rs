@@ -255,9 +255,23 @@ impl Receiver {
     /// The item's room and credit are released when the returned guard
     /// drops. `None` at stream-end. Waits while nothing has arrived.
     ///
-    /// Over shared memory the view is the ring itself. A hostile sender can
-    /// change those bytes while the guard is held; use [`recv_bytes`](Self::recv_bytes)
-    /// or [`recv`](Self::recv), which copy first, when that matters.
+    /// # A sender that writes under the view
+    ///
+    /// Over shared memory the view is the ring itself, which the sending
+    /// process can write at any moment, protocol or not. A hostile sender
+    /// that rewrites the item while you hold it changes what the view
+    /// shows: two reads of a byte may disagree, and a copy may mix old and
+    /// new bytes (the compiler, which assumes the bytes behind a `&[u8]` do
+    /// not change, may also fold or repeat reads). Everything else stays as
+    /// validated when the item arrived: its length and
+    /// [`charge`](InPlace::charge) are the receiver's own copies, releasing
+    /// it uses them and not the ring, and the stream's accounting and every
+    /// later item are unaffected. So when the sender is not trusted, read
+    /// each byte once, and check a value in a copy rather than in the view
+    /// (or use [`recv_bytes`](Self::recv_bytes) and [`recv`](Self::recv),
+    /// which copy once and validate only the copy). Over the socket
+    /// fallback the view is the receiver's own buffer, which no peer can
+    /// write.
     ///
     /// ```no_run
     /// # fn demo(rx: &mut shmbus_client::Receiver) -> shmbus_client::Result<()> {
@@ -278,6 +292,9 @@ impl Receiver {
     /// Like [`recv_in_place`](Self::recv_in_place) but never waits. For
     /// event loops: on [`TryRecv::Empty`], wait for
     /// [`pollable_fd`](Self::pollable_fd) to turn readable and try again.
+    /// The view is the ring's memory over shared memory: a hostile sender
+    /// can change its bytes while it is held, and only them (see
+    /// [`recv_in_place`](Self::recv_in_place)).
     ///
     /// ```no_run
     /// # fn demo(rx: &mut shmbus_client::Receiver) -> shmbus_client::Result<()> {
@@ -325,7 +342,8 @@ impl Receiver {
         matches!(self.finished, Some(Finished::End))
     }
 
-    /// The next item, copied out. `None` at stream-end.
+    /// The next item, copied out once: the copy is the receiver's, which no
+    /// peer can change. `None` at stream-end.
     pub fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>> {
         Ok(self.recv_in_place()?.map(|item| item.to_vec()))
     }
@@ -439,12 +457,20 @@ impl Drop for Receiver {
 }
 
 /// An item held in place; dropping it releases its room and credit.
+///
+/// It dereferences to the item's bytes in the port's memory: over shared
+/// memory, the ring, which a hostile sender can rewrite while the item is
+/// held. Its length and [`charge`](Self::charge) cannot change (they are
+/// the receiver's validated copies), nor can the release or anything after
+/// it; only the bytes seen can. Read each byte once and check values in a
+/// copy when the sender is not trusted ([`Receiver::recv_in_place`] has
+/// the details).
 pub struct InPlace<'a> {
     rx: &'a mut Receiver,
 }
 
 impl InPlace<'_> {
-    /// The item's credit charge.
+    /// The item's credit charge, as validated when it arrived.
     pub fn charge(&self) -> u64 {
         self.rx.port.as_ref().map_or(0, |p| p.charge())
     }
@@ -464,7 +490,21 @@ impl Drop for InPlace<'_> {
     }
 }
 
+/// Reading through the receiver's buffer, which over shared memory is the
+/// ring itself: [`fill_buf`](BufRead::fill_buf) returns the rest of the
+/// current item in place, and the item is released once
+/// [`consume`](BufRead::consume) has passed its end.
+///
+/// As with [`Receiver::recv_in_place`], a hostile sender can rewrite the
+/// bytes `fill_buf` returned while you hold them; the amount left, what
+/// `consume` releases and every later item come from the receiver's own
+/// validated copies and cannot change. Read each byte once and check
+/// values in a copy when the sender is not trusted. [`Read::read`] copies
+/// once into your buffer.
 impl BufRead for Receiver {
+    /// The rest of the current item, in place (over shared memory, bytes a
+    /// hostile sender can change while they are held; see the impl's notes).
+    /// Empty at stream-end.
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while !self.holding || self.offset >= self.held().len() {
             match self.advance(true).map_err(Error::into_io)? {
@@ -484,6 +524,7 @@ impl BufRead for Receiver {
     }
 }
 
+/// Copies each item's bytes once into the caller's buffer.
 impl Read for Receiver {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let avail = self.fill_buf()?;

@@ -116,14 +116,6 @@ impl Sender {
         self.port.as_ref().map(|p| p.pollable())
     }
 
-    fn charge_for(&self, data: &[u8]) -> u64 {
-        match self.credit.strategy {
-            SizeStrategy::Items => 1,
-            SizeStrategy::Bytes => data.len() as u64,
-            SizeStrategy::Custom => self.size_fn.as_ref().map_or(1, |f| f(data)),
-        }
-    }
-
     fn port(&mut self) -> Result<&mut TxPort> {
         self.port.as_mut().ok_or(Error::Closed)
     }
@@ -178,7 +170,7 @@ impl Sender {
     /// (a few KiB), when the sender must wait for credit or room, or at
     /// [`flush`](Self::flush). [`send_bytes`](Self::send_bytes) flushes.
     pub fn feed_bytes(&mut self, data: &[u8]) -> Result<()> {
-        let charge = self.charge_for(data);
+        let charge = item_charge(&self.credit, self.size_fn.as_ref(), data.len(), Some(data));
         let r = (|| {
             let port = self.port()?;
             port.begin(data.len(), charge)?.copy_from_slice(data);
@@ -199,7 +191,7 @@ impl Sender {
     /// when credit or room is short. [`pollable_fd`](Self::pollable_fd) then
     /// turns readable once it is worth trying again.
     pub fn try_feed_bytes(&mut self, data: &[u8]) -> Result<bool> {
-        let charge = self.charge_for(data);
+        let charge = item_charge(&self.credit, self.size_fn.as_ref(), data.len(), Some(data));
         let r = (|| {
             let port = self.port()?;
             let Some(buf) = port.try_begin(data.len(), charge)? else {
@@ -236,25 +228,21 @@ impl Sender {
             self.scratch = scratch;
             return r;
         }
-        let hwm = self.credit.high_water_mark;
-        let strategy = self.credit.strategy;
+        let credit = self.credit;
+        let hwm = credit.high_water_mark;
         let r = (|| -> Result<usize> {
             loop {
                 let max_item = self.port()?.max_item();
                 let guess = self.typed_guess.min(max_item);
-                let charge = match strategy {
-                    SizeStrategy::Bytes => (guess as u64).min(max_charge(hwm)),
-                    _ => 1,
-                };
+                // The room may be larger than the encoding: reserve no more
+                // credit than any one item may take.
+                let charge = item_charge(&credit, None, guess, None).min(max_charge(hwm));
                 let port = self.port()?;
                 let buf = port.begin(guess, charge)?;
                 match postcard::to_slice(value, buf) {
                     Ok(used) => {
                         let len = used.len();
-                        let actual = match strategy {
-                            SizeStrategy::Bytes => len as u64,
-                            _ => 1,
-                        };
+                        let actual = item_charge(&credit, None, len, None);
                         if actual > charge {
                             port.abandon();
                             return Err(Error::TooLarge(format!(
@@ -319,6 +307,14 @@ impl Sender {
     /// Waits for credit as for `len` bytes; commit with [`SendSlot::commit`]
     /// (any prefix of the room), or drop the slot to send nothing.
     ///
+    /// Over shared memory the room is in the ring, which the receiving
+    /// process can write too, protocol or not: a hostile receiver can
+    /// change the bytes you put there, before or after the commit, and so
+    /// only what it receives itself. The item's length and charge are what
+    /// this side commits; the sender never relies on reading the room back
+    /// (a custom size function is given a copy), so keep data you need to
+    /// read again in your own memory, not only in the slot.
+    ///
     /// ```no_run
     /// # fn demo(tx: &mut shmbus_client::Sender, file: &mut std::fs::File) -> shmbus_client::Result<()> {
     /// use std::io::Read;
@@ -335,14 +331,7 @@ impl Sender {
     /// # }
     /// ```
     pub fn reserve(&mut self, len: usize) -> Result<SendSlot<'_>> {
-        let charge = match self.credit.strategy {
-            SizeStrategy::Items => 1,
-            SizeStrategy::Bytes => len as u64,
-            SizeStrategy::Custom => self
-                .size_fn
-                .as_ref()
-                .map_or(1, |_| self.credit.high_water_mark.min(len as u64).max(1)),
-        };
+        let charge = item_charge(&self.credit, self.size_fn.as_ref(), len, None);
         if let Err(e) = self.port().and_then(|p| p.begin(len, charge).map(|_| ())) {
             return Err(self.failed(e));
         }
@@ -436,6 +425,31 @@ impl Sender {
     }
 }
 
+/// The credit charge of an item: the one place it is computed.
+///
+/// Item and byte credit fix it ([`SizeStrategy::fixed_charge`]). Custom
+/// credit asks the sender's size function for an item whose bytes are
+/// known (`data`), and charges 1 without a function. For room of `len`
+/// bytes reserved before its bytes exist (`data` is `None`), the result is
+/// the most the item may then be charged: custom credit bounds it by the
+/// high-water mark and the length (at least 1), and the committed item is
+/// charged its function's value capped at that bound.
+fn item_charge(
+    credit: &CreditSpec,
+    size_fn: Option<&SizeFn>,
+    len: usize,
+    data: Option<&[u8]>,
+) -> u64 {
+    if let Some(fixed) = credit.strategy.fixed_charge(len) {
+        return fixed;
+    }
+    match (size_fn, data) {
+        (None, _) => 1,
+        (Some(f), Some(data)) => f(data),
+        (Some(_), None) => credit.high_water_mark.min(len as u64).max(1),
+    }
+}
+
 impl Drop for Sender {
     fn drop(&mut self) {
         if self.port.is_some() {
@@ -465,6 +479,10 @@ impl Write for Sender {
 }
 
 /// Room reserved in a stream, filled in place. Dropping it abandons it.
+///
+/// Over shared memory the room is ring memory that a hostile receiver can
+/// write too (see [`Sender::reserve`]): it can change only the bytes it
+/// receives.
 pub struct SendSlot<'a> {
     sender: &'a mut Sender,
     len: usize,
@@ -473,26 +491,33 @@ pub struct SendSlot<'a> {
 }
 
 impl SendSlot<'_> {
-    /// The reserved bytes.
+    /// The reserved bytes, in the port's memory. Over shared memory a
+    /// hostile receiver can change them at any moment: write what you send
+    /// here, but do not rely on reading it back (see [`Sender::reserve`]).
     pub fn buf(&mut self) -> &mut [u8] {
         let port = self.sender.port.as_mut().expect("slot holds an open port");
         port.reserved().expect("slot holds a reservation")
     }
 
-    /// Commits the first `used` bytes as one item and publishes it.
+    /// Commits the first `used` bytes as one item and publishes it. With
+    /// [`SizeStrategy::Custom`] credit, the size function is given a copy
+    /// of those bytes.
     pub fn commit(mut self, used: usize) -> Result<()> {
         assert!(used <= self.len, "committed more than reserved");
         self.done = true;
-        let charge = match self.sender.credit.strategy {
-            SizeStrategy::Items => 1,
-            SizeStrategy::Bytes => used as u64,
-            SizeStrategy::Custom => {
-                let data = self.buf();
-                let data = data[..used].to_vec();
-                let c = self.sender.size_fn.as_ref().map_or(1, |f| f(&data));
-                c.min(self.charge)
-            }
-        };
+        // A size function is given a copy: the slot is ring memory, which a
+        // hostile receiver could change while the function reads it.
+        let custom = self.sender.credit.strategy.fixed_charge(used).is_none()
+            && self.sender.size_fn.is_some();
+        let data = custom.then(|| self.buf()[..used].to_vec());
+        let sender = &*self.sender;
+        let charge = item_charge(
+            &sender.credit,
+            sender.size_fn.as_ref(),
+            used,
+            data.as_deref(),
+        )
+        .min(self.charge);
         let port = self.sender.port.as_mut().expect("open");
         port.commit(used, charge)?;
         port.after_commit();

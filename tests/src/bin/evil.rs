@@ -5,8 +5,16 @@
 //! tries to resize the ring. Methods: `down` (it produces, the caller
 //! consumes) and `up` (the caller produces, it consumes).
 //!
+//! A third method, `rewrite` (it produces), follows the protocol except
+//! that it rewrites an item the caller holds in place: it sends item 0 (64
+//! bytes of `A`), waits for a line on its standard input (the caller holds
+//! the item), rewrites that item's payload (64 bytes of `B`) and record
+//! header (a huge length, an unknown kind, a huge charge) in the ring,
+//! prints `rewritten`, then sends items 1 to 8 (64 bytes of the item's
+//! number each) and stream-end, waiting for credit as any producer does.
+//!
 //! Usage: `shmbus-evil NAME SECONDS` with `SHMBUS_SOCKET` set. Prints
-//! `ready`, then per call `resize-refused` when both resizes failed.
+//! `ready`, then per `down`/`up` call `resize-refused` when both resizes failed.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -16,6 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use shmbus::frame::{self, Frame, MethodSpec, StreamMode, PROTOCOL_VERSION};
+use shmbus::ring::{RecordKind, RingProducer, HEADER_SIZE, RECORD_HEADER};
 use shmbus_tests::Rng;
 
 fn say(line: &str) {
@@ -118,6 +127,55 @@ fn attack(memfd: std::fs::File, link: UnixStream, capacity: u64, seconds: f64, s
     }
 }
 
+/// The `rewrite` method: see the file's documentation.
+fn rewrite(memfd: OwnedFd, link: UnixStream, capacity: u32, credit: shmbus::CreditSpec) {
+    let file = std::fs::File::from(memfd.try_clone().expect("dup memfd"));
+    let mut tx = RingProducer::open(memfd, capacity, credit).expect("a valid ring");
+    let _ = link.set_nonblocking(true);
+    // Rings the caller's doorbell after every publish: a spare byte only
+    // costs the caller a drain.
+    let send = |tx: &mut RingProducer, item: &[u8]| loop {
+        let charge = credit.strategy.fixed_charge(item.len()).unwrap_or(1);
+        match tx.try_reserve(item.len(), charge).expect("a valid ring") {
+            Ok(slot) => {
+                tx.slot_buf(&slot)[..item.len()].copy_from_slice(item);
+                tx.commit(slot, item.len(), charge);
+                let _ = tx.publish();
+                let _ = (&link).write(&[1]);
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    // Item 0 is the stream's first record: at the start of the data area.
+    send(&mut tx, &[b'A'; 64]);
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    let at = HEADER_SIZE as u64;
+    file.write_all_at(&[b'B'; 64], at + RECORD_HEADER as u64)
+        .expect("rewrite the payload");
+    let mut header = [0u8; RECORD_HEADER];
+    header[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    header[4..8].copy_from_slice(&99u32.to_le_bytes());
+    header[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    file.write_all_at(&header, at)
+        .expect("rewrite the record header");
+    say("rewritten");
+    for i in 1..=8u8 {
+        send(&mut tx, &[i; 64]);
+    }
+    while !tx
+        .try_write_control(&RecordKind::End)
+        .expect("a valid ring")
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = tx.publish();
+    let _ = (&link).write(&[1]);
+    // Keep the doorbell open a while: the caller reads to the end first.
+    std::thread::sleep(Duration::from_secs(5));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let name = args.get(1).cloned().unwrap_or_else(|| "evil".into());
@@ -146,6 +204,7 @@ fn main() {
             methods: vec![
                 MethodSpec::new("down", StreamMode::Download),
                 MethodSpec::new("up", StreamMode::Upload),
+                MethodSpec::new("rewrite", StreamMode::Download),
             ],
         },
     );
@@ -154,7 +213,9 @@ fn main() {
     let mut seed = 1;
     while let Some((f, fds)) = reader.next() {
         let Frame::Incoming {
-            open: Some(open), ..
+            open: Some(open),
+            method,
+            ..
         } = f
         else {
             continue;
@@ -163,6 +224,11 @@ fn main() {
         let (Some(link), Some(memfd)) = (fds.next(), fds.next()) else {
             continue;
         };
+        if method == "rewrite" {
+            let (capacity, credit) = (open.ring_size, open.credit);
+            std::thread::spawn(move || rewrite(memfd, UnixStream::from(link), capacity, credit));
+            continue;
+        }
         seed += 1;
         let capacity = open.ring_size as u64;
         std::thread::spawn(move || {
