@@ -1,8 +1,11 @@
 //! Is the machine quiet enough to measure? At the start of a run the
-//! harness reads the 1-minute load average (`/proc/loadavg`) and counts the
-//! tasks runnable right now (`procs_running` of `/proc/stat`, the harness
-//! itself excluded). Either one high means other work shares the CPUs with
-//! the peers, and the figures, latency most of all, will be unreliable.
+//! harness counts the tasks runnable right now (`procs_running` of
+//! `/proc/stat`, the harness itself excluded, in several looks) and reads
+//! the 1-minute load average (`/proc/loadavg`). Other runnable tasks mean
+//! other work shares the CPUs with the peers, and the figures, latency most
+//! of all, will be unreliable. The load average lags by a minute: high
+//! with nothing else runnable now means work that has just ended (a build,
+//! an earlier run), which is worth a note, not a verdict.
 
 use std::time::Duration;
 
@@ -45,32 +48,52 @@ pub fn parse_procs_running(text: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Why figures will be unreliable, or `None` when the machine is quiet:
-/// a 1-minute load average of half the CPUs or more, or (in the median of
-/// the looks) at least one other runnable task per four CPUs (at least one).
+/// Why figures will be unreliable, or `None` when the machine is quiet: at
+/// least one other runnable task per four CPUs (at least one) in the median
+/// of the looks. The load average, when high too, is named as well.
 pub fn verdict(seen: &Seen) -> Option<String> {
     let cpus = seen.cpus.max(1);
-    let mut why = Vec::new();
-    if seen.load_1m >= 0.5 * cpus as f64 {
-        why.push(format!(
-            "1-minute load average {:.2} on {cpus} CPU{}",
-            seen.load_1m,
-            if cpus == 1 { "" } else { "s" }
-        ));
-    }
     let others = seen.runnable_median();
-    if others >= cpus.div_ceil(4) as u32 {
-        why.push(format!(
-            "{others} other task{} runnable now",
-            if others == 1 { "" } else { "s" }
-        ));
+    if others < cpus.div_ceil(4) as u32 {
+        return None;
     }
-    (!why.is_empty()).then(|| {
+    let mut why = Vec::new();
+    if high_load(seen) {
+        why.push(load_text(seen));
+    }
+    why.push(format!(
+        "{others} other task{} runnable now",
+        if others == 1 { "" } else { "s" }
+    ));
+    Some(format!(
+        "the machine is busy ({}): other work shares the CPUs, so the figures, latency most of all, will be unreliable",
+        why.join("; ")
+    ))
+}
+
+/// A note when the load average is high but nothing else runs now: the
+/// work behind it has likely just ended.
+pub fn note(seen: &Seen) -> Option<String> {
+    (verdict(seen).is_none() && high_load(seen)).then(|| {
         format!(
-            "the machine is busy ({}): other work shares the CPUs, so the figures, latency most of all, will be unreliable",
-            why.join("; ")
+            "{}, but no other task is runnable now: recent work (a build, an earlier run) has likely ended; if it comes back, the figures will be unreliable",
+            load_text(seen)
         )
     })
+}
+
+/// A 1-minute load average of half the CPUs or more.
+fn high_load(seen: &Seen) -> bool {
+    seen.load_1m >= 0.5 * seen.cpus.max(1) as f64
+}
+
+fn load_text(seen: &Seen) -> String {
+    let cpus = seen.cpus.max(1);
+    format!(
+        "1-minute load average {:.2} on {cpus} CPU{}",
+        seen.load_1m,
+        if cpus == 1 { "" } else { "s" }
+    )
 }
 
 /// Looks at `/proc`; `None` where it cannot be read.
@@ -103,6 +126,10 @@ pub fn check(machine: &str) -> Value {
     if let Some(w) = &warning {
         eprintln!("shmbus-bench: warning: {w}");
     }
+    let note = note(&seen);
+    if let Some(n) = &note {
+        eprintln!("shmbus-bench: note: {n}");
+    }
     let mut record = json!({
         "machine": machine,
         "cpus": seen.cpus,
@@ -112,6 +139,9 @@ pub fn check(machine: &str) -> Value {
     });
     if let Some(w) = warning {
         record["warning"] = w.into();
+    }
+    if let Some(n) = note {
+        record["note"] = n.into();
     }
     record
 }
@@ -145,12 +175,22 @@ mod tests {
     }
 
     #[test]
-    fn a_high_load_average_is_busy() {
-        let w = verdict(&seen(2, 2.31, &[0, 0, 0])).expect("busy");
-        assert!(w.contains("1-minute load average 2.31 on 2 CPUs"), "{w}");
-        assert!(w.contains("unreliable") && !w.contains("runnable"), "{w}");
-        assert!(verdict(&seen(2, 1.0, &[0])).is_some());
-        assert!(verdict(&seen(1, 0.5, &[0])).is_some());
+    fn a_high_load_average_with_nothing_runnable_is_a_note_not_a_verdict() {
+        // What an earlier run of the harness leaves behind for a minute.
+        let quiet_now = seen(2, 68.14, &[0, 0, 0]);
+        assert_eq!(verdict(&quiet_now), None);
+        let n = note(&quiet_now).expect("a note");
+        assert!(n.contains("1-minute load average 68.14 on 2 CPUs"), "{n}");
+        assert!(n.contains("no other task is runnable now"), "{n}");
+        assert_eq!(note(&seen(2, 0.3, &[0, 0, 0])), None);
+        // Busy now: the verdict names the load too, and there is no note.
+        let busy = seen(2, 2.31, &[1, 1, 2]);
+        let w = verdict(&busy).expect("busy");
+        assert!(
+            w.contains("1-minute load average 2.31 on 2 CPUs; 1 other task"),
+            "{w}"
+        );
+        assert_eq!(note(&busy), None);
     }
 
     #[test]

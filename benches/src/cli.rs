@@ -28,11 +28,12 @@ point (scenario, transport, size ...): {\"scenario\", \"transport\", \"size\",
 are absent. Extra fields: kind (bytes|typed), wait (blocking|spin), streams,
 runs, min/max of the headline figure, CPU and memory figures. The first
 record describes the machine at the start: {\"machine\", \"cpus\",
-\"load_1m\", \"runnable_others\", \"busy\", \"warning\"}.
+\"load_1m\", \"runnable_others\", \"busy\", \"warning\", \"note\"}.
 
-At the start the harness warns on stderr when the machine is busy (a
-1-minute load average of half the CPUs or more, or other tasks runnable
-beside it): the figures would be unreliable. Every run ends with one line,
+At the start the harness warns on stderr when the machine is busy (other
+tasks runnable beside it): the figures would be unreliable. A 1-minute load
+average of half the CPUs or more with nothing else runnable (work that has
+just ended) gets a note instead. Every run ends with one line,
 `summary: ...`, of the headline figures of the scenarios that ran.
 
 --sizes (1 B to 16 MiB) replaces the write sizes of throughput (bytes
