@@ -267,9 +267,10 @@ pub fn run(
         o.duration
     );
     println!(
-        "uds socket buffers as shmbus's socket fallback asks (clamp(ring, 256 KiB, 4 MiB)); for 4 MiB asked getsockopt(SO_SNDBUF) reports {} (Linux reports twice the request); pipe capacity {}",
+        "uds socket buffers as shmbus's socket fallback asks (clamp(ring, 256 KiB, 4 MiB)); for 4 MiB asked getsockopt(SO_SNDBUF) reports {} (Linux reports twice the request); pipe capacity {} (asked {} with F_SETPIPE_SZ)",
         uds::granted_buffer(4 << 20).map_or("?".into(), |b| b.to_string()),
-        pipe::default_size().map_or("?".into(), |b| b.to_string()),
+        pipe::capacity().map_or("?".into(), |b| b.to_string()),
+        pipe::PIPE_SIZE,
     );
     let specs: Vec<_> = o
         .scenarios
