@@ -48,12 +48,14 @@ mod call;
 mod conn;
 mod error;
 mod port;
+mod service;
 mod stream;
 
-pub use call::{Call, CallBuilder, CancelHandle, IncomingCall, Service};
+pub use call::{Call, CallBuilder, CancelHandle};
 pub use conn::{default_socket_path, ConnectOptions, Connection, SOCKET_ENV};
 pub use error::{Error, Result};
 pub use port::wait::WaitPolicy;
+pub use service::{IncomingCall, Service};
 pub use stream::{InPlace, Receiver, SendSlot, Sender, SizeFn, TryRecv};
 
 pub use shmbus::credit::{CreditError, CreditSpec, SizeStrategy};

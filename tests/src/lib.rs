@@ -683,3 +683,26 @@ impl SeqSpec {
         item.len() as u64 / 16 + 1
     }
 }
+
+/// The preference that asks for exactly this transport.
+pub fn pref(t: shmbus_client::Transport) -> shmbus_client::TransportPreference {
+    use shmbus_client::{Transport, TransportPreference};
+    match t {
+        Transport::SharedMemory => TransportPreference::SharedMemory,
+        Transport::Socket => TransportPreference::Socket,
+    }
+}
+
+/// Declares each named `fn(Transport)` as two tests, `shm::NAME` and
+/// `socket::NAME`.
+#[macro_export]
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod shm {
+            $(#[test] fn $name() { super::$name(shmbus_client::Transport::SharedMemory) })*
+        }
+        mod socket {
+            $(#[test] fn $name() { super::$name(shmbus_client::Transport::Socket) })*
+        }
+    };
+}

@@ -9,19 +9,10 @@ use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shmbus_client::{
-    CreditSpec, Error, ErrorCode, StreamMode, Transport, TransportPreference, TryRecv,
-};
-use shmbus_tests::{fnv1a, Broker, Peer};
+use shmbus_client::{CreditSpec, Error, ErrorCode, StreamMode, Transport, TryRecv};
+use shmbus_tests::{both_transports, fnv1a, pref, Broker, Peer};
 
 const SEC: Duration = Duration::from_secs(1);
-
-fn pref(t: Transport) -> TransportPreference {
-    match t {
-        Transport::SharedMemory => TransportPreference::SharedMemory,
-        Transport::Socket => TransportPreference::Socket,
-    }
-}
 
 /// Runs `f` on its own thread and fails the test if it has not returned
 /// within `limit`: the bugs these tests catch are hangs.
@@ -38,17 +29,6 @@ fn within<T: Send + 'static>(
         Ok(v) => v,
         Err(_) => panic!("{what}: still waiting after {limit:?}"),
     }
-}
-
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod shm {
-            $(#[test] fn $name() { super::$name(shmbus_client::Transport::SharedMemory) })*
-        }
-        mod socket {
-            $(#[test] fn $name() { super::$name(shmbus_client::Transport::Socket) })*
-        }
-    };
 }
 
 both_transports!(

@@ -7,7 +7,9 @@ use std::time::Duration;
 use shmbus_client::{
     CreditSpec, Error, ErrorCode, StreamMode, StreamState, Transport, TransportPreference, TryRecv,
 };
-use shmbus_tests::{blocked_in_poll, fnv1a, pattern, wait_until, Broker, Peer};
+use shmbus_tests::{
+    blocked_in_poll, both_transports, fnv1a, pattern, pref, wait_until, Broker, Peer,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 const SEED_PATH: [StreamState; 5] = [
@@ -17,24 +19,6 @@ const SEED_PATH: [StreamState; 5] = [
     StreamState::Closing,
     StreamState::Closed,
 ];
-
-fn pref(t: Transport) -> TransportPreference {
-    match t {
-        Transport::SharedMemory => TransportPreference::SharedMemory,
-        Transport::Socket => TransportPreference::Socket,
-    }
-}
-
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod shm {
-            $(#[test] fn $name() { super::$name(shmbus_client::Transport::SharedMemory) })*
-        }
-        mod socket {
-            $(#[test] fn $name() { super::$name(shmbus_client::Transport::Socket) })*
-        }
-    };
-}
 
 both_transports!(
     pollable_descriptors_wake_an_event_loop,

@@ -6,16 +6,9 @@ use std::time::{Duration, Instant};
 
 use shmbus::frame::{CallRequest, ErrorCode, Frame, MethodSpec, StreamMode, TransportPreference};
 use shmbus_client::{CreditSpec, Error, Transport};
-use shmbus_tests::{wait_for_service, Broker, Peer, RawClient};
+use shmbus_tests::{pref, wait_for_service, Broker, Peer, RawClient};
 
 const SEC: Duration = Duration::from_secs(1);
-
-fn pref(t: Transport) -> shmbus_client::TransportPreference {
-    match t {
-        Transport::SharedMemory => TransportPreference::SharedMemory,
-        Transport::Socket => TransportPreference::Socket,
-    }
-}
 
 #[test]
 fn sigkill_of_the_producer_fails_the_consumer_within_100ms_shm() {
