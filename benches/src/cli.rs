@@ -64,8 +64,10 @@ pub struct Cli {
     /// scenario]. The fault scenarios crash, soak and flood run only when named.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenario: Vec<Scenario>,
-    /// fanout: ring data bytes per stream, 256K to 64M (bytes credit is
-    /// half of it) [default: 1M].
+    /// shmbus's ring data bytes per stream, 256K to 64M (bytes credit is
+    /// half of it) [default: fanout 1M; throughput: per write size, see
+    /// its notes]. Throughput skips write sizes a record of this ring
+    /// cannot carry.
     #[arg(long, value_name = "SIZE", value_parser = parse_ring)]
     pub ring: Option<u32>,
     /// setup: microseconds of pause before each call (and each baseline
@@ -176,6 +178,8 @@ pub struct Options {
     pub faults: Vec<Fault>,
     pub fault: FaultOptions,
     pub fanout_ring: u32,
+    /// throughput: shmbus's ring for every write size, when given.
+    pub throughput_ring: Option<u32>,
     /// setup: pause before each call, in nanoseconds.
     pub setup_gap_ns: u64,
 }
@@ -237,6 +241,7 @@ impl Options {
                 .map_or(if cli.quick { 2 } else { 5 }, |r| r as usize),
             faults: cli.scenario.iter().filter_map(|s| s.fault()).collect(),
             fanout_ring: cli.ring.unwrap_or(FANOUT_RING),
+            throughput_ring: cli.ring,
             setup_gap_ns: cli.gap.map_or(0, |us| u64::from(us) * 1000),
             fault: FaultOptions {
                 trials: cli

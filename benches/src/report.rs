@@ -26,25 +26,38 @@ impl Measured<'_> {
     }
 
     /// Ratios of variant `v`'s headline figure to each baseline's in the
-    /// group, per round, summarized. Only shmbus variants have ratios.
+    /// group, per round, summarized. Only shmbus variants have ratios. A
+    /// baseline run in several configurations (the bare ring's sizes)
+    /// counts with its best figure of each round.
     pub fn ratios(&self, spec: &dyn Spec, v: usize) -> Vec<(Transport, Option<Summary>)> {
         if !self.group.variants[v].transport.is_bus() {
             return Vec::new();
         }
-        self.group
-            .variants
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| !b.transport.is_bus())
-            .map(|(b, base)| {
-                let per_round: Vec<f64> = self.runs[v]
-                    .iter()
-                    .zip(&self.runs[b])
-                    .filter_map(|(x, y)| {
-                        Some(spec.headline(x.as_ref()?)? / spec.headline(y.as_ref()?)?)
+        let higher_is_better = matches!(spec.scenario(), Scenario::Throughput | Scenario::Fanout);
+        let mut bases: Vec<Transport> = Vec::new();
+        for b in &self.group.variants {
+            if !b.transport.is_bus() && !bases.contains(&b.transport) {
+                bases.push(b.transport);
+            }
+        }
+        bases
+            .into_iter()
+            .map(|base| {
+                let per_round: Vec<f64> = (0..self.runs[v].len())
+                    .filter_map(|round| {
+                        let x = spec.headline(self.runs[v][round].as_ref()?)?;
+                        let best = self
+                            .group
+                            .variants
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, b)| b.transport == base)
+                            .filter_map(|(b, _)| spec.headline(self.runs[b][round].as_ref()?))
+                            .reduce(|a, b| if (b > a) == higher_is_better { b } else { a })?;
+                        Some(x / best)
                     })
                     .collect();
-                (base.transport, summarize(&per_round))
+                (base, summarize(&per_round))
             })
             .collect()
     }
@@ -147,6 +160,7 @@ pub fn records(spec: &dyn Spec, m: &Measured<'_>) -> Vec<Value> {
             r.insert("size".into(), variant.job.size.into());
         }
         r.insert("runs".into(), runs.len().into());
+        r.insert("config".into(), crate::baselines::config(&variant.job));
         r.insert("failed".into(), (m.runs[v].len() - runs.len()).into());
         r.extend(spec.fields(variant, &runs));
         let heads: Vec<f64> = runs.iter().filter_map(|o| spec.headline(o)).collect();

@@ -267,7 +267,7 @@ pub fn run(
         o.duration
     );
     println!(
-        "uds socket buffers as shmbus's socket fallback asks (clamp(ring, 256 KiB, 4 MiB)); for 4 MiB asked getsockopt(SO_SNDBUF) reports {} (Linux reports twice the request); pipe capacity {} (asked {} with F_SETPIPE_SZ)",
+        "uds socket buffers: 4 MiB asked for throughput, elsewhere what shmbus's socket fallback asks (clamp(ring, 256 KiB, 4 MiB)); for 4 MiB asked getsockopt(SO_SNDBUF) reports {} (Linux reports twice the request); pipe capacity {} (asked {} with F_SETPIPE_SZ); --json records each baseline's configuration",
         uds::granted_buffer(4 << 20).map_or("?".into(), |b| b.to_string()),
         pipe::capacity().map_or("?".into(), |b| b.to_string()),
         pipe::PIPE_SIZE,
@@ -350,7 +350,7 @@ pub fn run(
     progress.clear();
     bus.stop();
     println!(
-        "\ntotal time {:.0} s; every byte checksummed on both sides; load average {}",
+        "\ntotal time {:.0} s; every byte checksummed by its consumer and checked against its producer; load average {}",
         started.elapsed().as_secs_f64(),
         os::load_average()
     );

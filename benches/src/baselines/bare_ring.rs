@@ -4,6 +4,15 @@
 //! cache lines, both peers spin. It is the ceiling for what shared memory
 //! can do, and the cost of spinning when nothing flows.
 //!
+//! Both positions move in batches: the producer publishes its write
+//! position once per [`batch`] bytes (and at [`Producer::flush`], which
+//! the streaming loop calls every few writes, and whenever it waits for
+//! room), and the consumer releases what it read once per batch too, so
+//! neither side pulls the other's cache line for every small write. A
+//! round trip flushes every message. Neither side ever sleeps, so neither
+//! ever makes a system call: a ring that sleeps only when its peer sleeps
+//! does no better while data flows.
+//!
 //! ```text
 //! 0     write position u64   (producer's line)
 //! 128   read position u64    (consumer's line)
@@ -23,6 +32,12 @@ const HEADER: usize = 4096;
 const OFF_WRITE: usize = 0;
 const OFF_READ: usize = 128;
 const OFF_CLOSED: usize = 256;
+
+/// Bytes published (and released) at once: an eighth of the ring, between
+/// 4 KiB and 64 KiB.
+pub fn batch(capacity: usize) -> usize {
+    (capacity / 8).clamp(4096, 64 << 10)
+}
 
 /// Spins, then keeps yielding the CPU: a peer never sleeps, but many
 /// spinning peers on few cores still take turns.
@@ -83,7 +98,9 @@ impl Mapping {
 pub struct Producer {
     m: Mapping,
     write: u64,
+    published: u64,
     read_cache: u64,
+    batch: u64,
 }
 
 impl Producer {
@@ -92,18 +109,22 @@ impl Producer {
         Ok(Producer {
             m: Mapping::open(fd, capacity)?,
             write: 0,
+            published: 0,
             read_cache: 0,
+            batch: batch(capacity) as u64,
         })
     }
 
     /// Writes `len` bytes, handing `fill(offset, piece)` each contiguous
-    /// piece of free ring as it becomes free, and publishing each piece.
+    /// piece of free ring (at most a batch) as it becomes free, and
+    /// publishing once a batch is unpublished.
     pub fn write_with(&mut self, len: usize, mut fill: impl FnMut(usize, &mut [u8])) {
         let cap = self.m.capacity as u64;
         let mut done = 0;
         let mut spin = Spinner::default();
         while done < len {
             if self.write - self.read_cache == cap {
+                self.flush();
                 // SYNC: Acquire pairs with the Release store in
                 // `Consumer::release`: the consumer finished reading the
                 // bytes before we overwrite them.
@@ -115,7 +136,10 @@ impl Producer {
             }
             let off = (self.write % cap) as usize;
             let free = (cap - (self.write - self.read_cache)) as usize;
-            let n = free.min(self.m.capacity - off).min(len - done);
+            let n = free
+                .min(self.m.capacity - off)
+                .min(len - done)
+                .min(self.batch as usize);
             // SAFETY: [off, off + n) lies inside the data area (n is capped
             // at the end of the ring) and is free: at most `capacity` bytes
             // separate the write position from the read position we loaded,
@@ -124,17 +148,28 @@ impl Producer {
             let piece = unsafe { std::slice::from_raw_parts_mut(self.m.data().add(off), n) };
             fill(done, piece);
             self.write += n as u64;
-            // SYNC: Release pairs with the Acquire loads in `Consumer::read_with`:
-            // the piece's bytes are visible before the position covering them.
-            self.m
-                .atomic(OFF_WRITE)
-                .store(self.write, Ordering::Release);
+            if self.write - self.published >= self.batch {
+                self.flush();
+            }
             done += n;
         }
     }
 
+    /// Publishes everything written so far.
+    pub fn flush(&mut self) {
+        if self.published != self.write {
+            self.published = self.write;
+            // SYNC: Release pairs with the Acquire loads in `Consumer::read_with`:
+            // the pieces' bytes are visible before the position covering them.
+            self.m
+                .atomic(OFF_WRITE)
+                .store(self.write, Ordering::Release);
+        }
+    }
+
     /// Ends the stream.
-    pub fn close(&self) {
+    pub fn close(&mut self) {
+        self.flush();
         // SYNC: Release pairs with the Acquire load of the flag in
         // `Consumer::read_with`, ordering every publication before it.
         self.m.atomic(OFF_CLOSED).store(1, Ordering::Release);
@@ -151,7 +186,9 @@ impl Drop for Producer {
 pub struct Consumer {
     m: Mapping,
     read: u64,
+    released: u64,
     write_cache: u64,
+    batch: u64,
 }
 
 impl Consumer {
@@ -160,17 +197,21 @@ impl Consumer {
         Ok(Consumer {
             m: Mapping::open(fd, capacity)?,
             read: 0,
+            released: 0,
             write_cache: 0,
+            batch: batch(capacity) as u64,
         })
     }
 
     /// Waits for data and hands `use_bytes` the next contiguous piece (at
-    /// most `max` bytes) in place, then releases it. Returns its length; 0
-    /// once the producer closed and everything was read.
+    /// most `max` bytes, and at most a batch) in place. The piece is released
+    /// once a batch is read, or when the ring is found empty. Returns its
+    /// length; 0 once the producer closed and everything was read.
     pub fn read_with(&mut self, max: usize, mut use_bytes: impl FnMut(&[u8])) -> usize {
         let cap = self.m.capacity as u64;
         let mut spin = Spinner::default();
         while self.read == self.write_cache {
+            self.release();
             // SYNC: Acquire pairs with the Release store in `Producer::write_with`.
             self.write_cache = self.m.atomic(OFF_WRITE).load(Ordering::Acquire);
             if self.read != self.write_cache {
@@ -190,17 +231,30 @@ impl Consumer {
         }
         let off = (self.read % cap) as usize;
         let avail = (self.write_cache - self.read) as usize;
-        let n = avail.min(self.m.capacity - off).min(max.max(1));
+        let n = avail
+            .min(self.m.capacity - off)
+            .min(max.max(1))
+            .min(self.batch as usize);
         // SAFETY: [off, off + n) lies inside the data area and was published
         // by the producer (position loaded with Acquire); the producer does
         // not overwrite it before the release store below.
         let piece = unsafe { std::slice::from_raw_parts(self.m.data().add(off), n) };
         use_bytes(piece);
         self.read += n as u64;
-        // SYNC: Release pairs with the Acquire load in `Producer::write_with`:
-        // our reads of the piece happen before the producer reuses it.
-        self.m.atomic(OFF_READ).store(self.read, Ordering::Release);
+        if self.read - self.released >= self.batch {
+            self.release();
+        }
         n
+    }
+
+    /// Hands everything read so far back to the producer.
+    pub fn release(&mut self) {
+        if self.released != self.read {
+            self.released = self.read;
+            // SYNC: Release pairs with the Acquire load in `Producer::write_with`:
+            // our reads of the pieces happen before the producer reuses them.
+            self.m.atomic(OFF_READ).store(self.read, Ordering::Release);
+        }
     }
 }
 

@@ -82,6 +82,43 @@ pub fn make_fds(job: &Job) -> io::Result<Fds> {
     Ok(f)
 }
 
+/// Bytes a reader asks for at once: whole writes, at least 64 KiB.
+fn read_size(job: &Job) -> usize {
+    job.size.clamp(64 << 10, 4 << 20)
+}
+
+/// How a baseline job is configured, as recorded in the JSON (`config`):
+/// what was asked for and what the kernel granted.
+pub fn config(job: &Job) -> serde_json::Value {
+    let latency = job.scenario == Scenario::Latency;
+    match job.transport {
+        Transport::Uds => serde_json::json!({
+            "sock_buf_asked": job.sock_buf,
+            "sock_buf_granted": uds::granted_buffer(job.sock_buf).ok(),
+            "read_size": read_size(job),
+        }),
+        Transport::Pipe => serde_json::json!({
+            "pipe_size_asked": pipe::PIPE_SIZE,
+            "pipe_size_granted": pipe::capacity().ok(),
+            "read_size": read_size(job),
+        }),
+        Transport::BareRing => serde_json::json!({
+            "ring": job.ring,
+            "publish_batch": bare_ring::batch(job.ring as usize),
+            "flush_every_writes": if latency { 1 } else { FLUSH_EVERY },
+            "wait": "spin, then yield",
+        }),
+        Transport::Shm | Transport::Socket => serde_json::json!({
+            "ring": job.ring,
+            "credit": format!("{:?}", job.credit),
+        }),
+    }
+}
+
+/// A streaming producer makes its writes visible at least this often (the
+/// bare ring publishes a batch at once; descriptors at every write).
+const FLUSH_EVERY: u64 = 64;
+
 /// A receiving end.
 enum Rx {
     Fd(File, Vec<u8>),
@@ -156,6 +193,14 @@ impl Tx {
         }
     }
 
+    /// Makes everything written visible to the reader (the bare ring
+    /// publishes in batches; a descriptor's writes are visible at once).
+    fn flush(&mut self) {
+        if let Tx::Ring(p) = self {
+            p.flush();
+        }
+    }
+
     /// Ends the stream (the peer reads end-of-file).
     fn close(self) {
         if let Tx::Fd {
@@ -175,7 +220,7 @@ fn ends(
     tx: bool,
 ) -> io::Result<(Option<Rx>, Option<Tx>)> {
     let cap = job.ring as usize;
-    let rbuf = job.size.clamp(64 << 10, 4 << 20);
+    let rbuf = read_size(job);
     let mut next = || {
         fds.next()
             .ok_or_else(|| io::Error::other("too few descriptors"))
@@ -265,16 +310,16 @@ fn produce(job: &Job, tx: &mut Tx) -> io::Result<(u64, u64)> {
     }
     sleep_until(job.start_at);
     let end = job.start_at + job.duration_ns;
-    let (mut sum, mut pos, mut n) = (Checksum::default(), 0u64, 0u64);
+    let (mut pos, mut n) = (0u64, 0u64);
     loop {
-        tx.write_with(job.size, |off, piece| {
-            fill(piece, pos + off as u64);
-            sum.update(piece);
-        })?;
+        tx.write_with(job.size, |off, piece| fill(piece, pos + off as u64))?;
         pos += job.size as u64;
         n += 1;
+        if n % FLUSH_EVERY == 0 {
+            tx.flush();
+        }
         if (job.size >= 4096 || n % 64 == 0) && mono_ns() >= end {
-            return Ok((pos, sum.value()));
+            return Ok((pos, Checksum::of_pattern(pos).value()));
         }
     }
 }
@@ -335,6 +380,7 @@ fn ping(job: &Job, mut rx: Rx, mut tx: Tx) -> io::Result<Outcome> {
             fill(p, pos + off as u64);
             sent.update(p);
         })?;
+        tx.flush();
         let mut have = 0;
         while have < job.size {
             let n = rx.read_with(job.size - have, |b| got.update(b))?;
@@ -375,6 +421,7 @@ fn pong(mut rx: Rx, mut tx: Tx) -> io::Result<Outcome> {
         if let Err(e) = tx.write_bytes(piece) {
             failed.get_or_insert(e);
         }
+        tx.flush();
     })? > 0
     {
         if let Some(e) = failed.take() {

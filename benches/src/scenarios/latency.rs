@@ -37,11 +37,7 @@ impl Spec for Latency {
                     let mut j = job(ctx, o, Scenario::Latency, t);
                     j.size = size;
                     j.wait = wait;
-                    j.ring = if t == Transport::BareRing {
-                        super::throughput::BARE_RING
-                    } else {
-                        ring
-                    };
+                    j.ring = ring;
                     j.sock_buf = link_buffer(ring);
                     j.credit = CreditSpec::bytes(ring as u64 / 2);
                     Variant {
@@ -70,7 +66,7 @@ impl Spec for Latency {
         vec![
             "round trip: caller writes a message (reserve + fill + commit + flush), the echo peer reads it in place, checksums it and sends it back".into(),
             "shm blocking = WaitPolicy::BLOCKING (spin 20 µs, then sleep), shm spin = WaitPolicy::SPIN (spin 1 ms) on both peers; socket waits in the kernel".into(),
-            "baselines: uds (one socket pair), pipe (two pipes), bare_ring (two 4 MiB rings, both peers spinning); first 10% of each run discarded as warm-up".into(),
+            "baselines: uds (one socket pair), pipe (two pipes), bare_ring (two rings of shmbus's size, both peers spinning, each message published at once); first 10% of each run discarded as warm-up".into(),
             "ratios compare p50 (below 1: shmbus is faster)".into(),
         ]
     }

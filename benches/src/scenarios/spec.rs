@@ -39,6 +39,14 @@ impl Variant {
             s.push(' ');
             s.push_str(self.job.wait.name());
         }
+        if self.job.scenario == Scenario::Throughput && self.transport == Transport::BareRing {
+            let r = self.job.ring;
+            s.push_str(&if r >= 1 << 20 {
+                format!(" {}M", r >> 20)
+            } else {
+                format!(" {}K", r >> 10)
+            });
+        }
         s
     }
 }

@@ -13,24 +13,44 @@ use crate::job::{Outcome, Scenario, Transport};
 use crate::peers::{typed_payload, FEED_BELOW};
 use crate::stats::{count, range};
 
-/// The bare ring's data bytes.
-pub const BARE_RING: u32 = 4 << 20;
+/// The Unix socket baseline's buffer request.
+pub const UDS_BUFFER: usize = 4 << 20;
 
-/// shmbus's ring for a write size: 4 MiB, or eight writes' worth up to
+/// The bare ring's sizes: it runs once with each that holds at least one
+/// write, and the best of them in each round is the `×bare_ring` ceiling.
+pub const BARE_RING_SWEEP: [u32; 4] = [256 << 10, 1 << 20, 4 << 20, 16 << 20];
+
+/// The bare ring sizes swept for a write size.
+pub fn bare_rings(size: usize) -> impl Iterator<Item = u32> {
+    BARE_RING_SWEEP
+        .into_iter()
+        .filter(move |&r| r as usize >= size)
+}
+
+/// shmbus's ring for a write size: 2 MiB, or eight writes' worth up to
 /// 1 MiB writes, four beyond (a record carries at most half a ring, a charge
 /// at most half the mark). With bytes credit of half the ring, a write up to
 /// 1 MiB is then at most a quarter of the credit: the receiver's re-grant,
 /// once less than half the mark is outstanding, overlaps the sender's next
-/// writes instead of waiting for the last byte in flight. A 1 MiB write
-/// then has 4 MiB in flight, as many as the bare ring holds.
+/// writes instead of waiting for the last byte in flight. 2 MiB is the best
+/// of a sweep (512 KiB to 8 MiB) for writes up to 64 KiB on a 2 MiB-L2
+/// machine: a ring that stays in the two cores' caches beats a longer one.
 pub fn ring_for(size: usize) -> u32 {
     let writes = if size <= 1 << 20 { 8 } else { 4 };
-    (size * writes).next_power_of_two().max(4 << 20) as u32
+    (size * writes).next_power_of_two().max(2 << 20) as u32
 }
 
-/// Items credit for typed items of `size` bytes: half a ring of records.
-pub fn items_credit(size: usize) -> u64 {
-    ((ring_for(size) as usize / 2) / (size + shmbus::ring::RECORD_HEADER)).max(2) as u64
+/// Whether a write of `size` bytes fits `ring` and its bytes credit (half
+/// the ring, of which one item may be charged half; a record may take half
+/// the ring).
+pub fn fits(size: usize, ring: u32) -> bool {
+    size <= ring as usize / 4
+}
+
+/// Items credit for typed items of `size` bytes in `ring`: half a ring of
+/// records.
+pub fn items_credit(size: usize, ring: u32) -> u64 {
+    ((ring as usize / 2) / (size + shmbus::ring::RECORD_HEADER)).max(2) as u64
 }
 
 /// The throughput scenario.
@@ -47,20 +67,24 @@ impl Spec for Throughput {
         sizes.dedup();
         sizes
             .into_iter()
+            .filter(|&size| o.throughput_ring.is_none_or(|r| fits(size, r)))
             .map(|size| {
-                let ring = ring_for(size);
+                let ring = o.throughput_ring.unwrap_or_else(|| ring_for(size));
                 let make = |t: Transport, typed: bool| {
                     let mut j = job(ctx, o, Scenario::Throughput, t);
                     j.size = size;
                     j.typed = typed;
-                    j.ring = if t == Transport::BareRing {
-                        BARE_RING
+                    j.ring = ring;
+                    // The Unix socket baseline's buffers: 4 MiB, the most
+                    // that helps a stream (shmbus's own fallback asks for
+                    // what its broker gives a link of this ring).
+                    j.sock_buf = if t == Transport::Uds {
+                        UDS_BUFFER
                     } else {
-                        ring
+                        link_buffer(ring)
                     };
-                    j.sock_buf = link_buffer(ring);
                     j.credit = if typed {
-                        CreditSpec::items(items_credit(size))
+                        CreditSpec::items(items_credit(size, ring))
                     } else {
                         CreditSpec::bytes(ring as u64 / 2)
                     };
@@ -78,7 +102,17 @@ impl Spec for Throughput {
                         }
                     }
                 }
-                variants.extend(baselines(o, |t| make(t, false).job));
+                for v in baselines(o, |t| make(t, false).job) {
+                    if v.transport == Transport::BareRing {
+                        variants.extend(bare_rings(size).map(|r| {
+                            let mut v = v.clone();
+                            v.job.ring = r;
+                            v
+                        }));
+                    } else {
+                        variants.push(v);
+                    }
+                }
                 Group {
                     title: human_size(size),
                     variants,
@@ -96,19 +130,29 @@ impl Spec for Throughput {
         let mut sizes: Vec<usize> = o.sizes.iter().chain(&o.typed_sizes).copied().collect();
         sizes.sort_unstable();
         sizes.dedup();
-        let rings: Vec<String> = sizes
-            .iter()
-            .map(|&s| format!("{}→{}", human_size(s), human_size(ring_for(s) as usize)))
-            .collect();
-        n.push(format!(
-            "shmbus ring per write size ({}); bytes credit = half the ring",
-            rings.join(", ")
-        ));
+        if let Some(ring) = o.throughput_ring {
+            n.push(format!(
+                "shmbus ring {} (--ring) for every write size; bytes credit = half the ring",
+                human_size(ring as usize)
+            ));
+        } else {
+            let rings: Vec<String> = sizes
+                .iter()
+                .map(|&s| format!("{}→{}", human_size(s), human_size(ring_for(s) as usize)))
+                .collect();
+            n.push(format!(
+                "shmbus ring per write size ({}); bytes credit = half the ring",
+                rings.join(", ")
+            ));
+        }
         if !o.typed_sizes.is_empty() {
             let credits: Vec<String> = o
                 .typed_sizes
                 .iter()
-                .map(|&s| format!("{}: {} items", human_size(s), items_credit(s)))
+                .map(|&s| {
+                    let ring = o.throughput_ring.unwrap_or_else(|| ring_for(s));
+                    format!("{}: {} items", human_size(s), items_credit(s, ring))
+                })
                 .collect();
             n.push(format!(
                 "typed: serde_bytes payloads, postcard-encoded to the item size (size→payload: {}); feed below {} (flush at the end), send above; received with recv_borrowed (copied out of the port, decoded borrowing the copy); items credit ({})",
@@ -118,8 +162,8 @@ impl Spec for Throughput {
             ));
         }
         n.push(format!(
-            "baselines: one write of the size each (uds, pipe: write(2) from a buffer; bare_ring: filled in place, {} ring); reads up to max(size, 64 KiB)",
-            human_size(BARE_RING as usize)
+            "baselines: one write of the size each (uds, pipe: write(2) from a buffer; bare_ring: filled in place, rings of {} that hold a write, positions published and released every ring/8 clamped to 4-64 KiB, and every 64 writes); reads up to max(size, 64 KiB); ×bare_ring is against the best ring of each round",
+            BARE_RING_SWEEP.map(|r| human_size(r as usize)).join(", ")
         ));
         n
     }
