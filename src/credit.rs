@@ -28,6 +28,7 @@ pub enum SizeStrategy {
 
 impl SizeStrategy {
     /// The charge for an item of `len` bytes, where the strategy fixes it.
+    #[inline]
     pub fn fixed_charge(self, len: usize) -> Option<u64> {
         match self {
             SizeStrategy::Items => Some(1),
@@ -139,6 +140,7 @@ pub enum CreditError {
 /// The receiver re-grants only once outstanding credit drops below half the
 /// mark; capping items at that half guarantees the re-grant always frees
 /// enough for any blocked item, so sender and receiver can never both wait.
+#[inline]
 pub fn max_charge(hwm: u64) -> u64 {
     (hwm / 2).max(1)
 }
@@ -162,21 +164,25 @@ impl SendCredit {
     }
 
     /// Credit still available.
+    #[inline]
     pub fn available(&self) -> u64 {
         self.limit - self.charged
     }
 
     /// Total charged so far.
+    #[inline]
     pub fn charged(&self) -> u64 {
         self.charged
     }
 
     /// The limit currently granted.
+    #[inline]
     pub fn limit(&self) -> u64 {
         self.limit
     }
 
     /// Whether an item of this charge may be sent now; an error if it never can.
+    #[inline]
     pub fn check(&self, charge: u64) -> Result<bool, CreditError> {
         if charge > max_charge(self.hwm) {
             return Err(CreditError::ItemExceedsHighWaterMark {
@@ -188,6 +194,7 @@ impl SendCredit {
     }
 
     /// Records a sent item. Call only after [`check`](Self::check) said yes.
+    #[inline]
     pub fn charge(&mut self, charge: u64) {
         debug_assert!(self.charged + charge <= self.limit);
         self.charged += charge;
@@ -231,6 +238,7 @@ impl RecvCredit {
     }
 
     /// Validates an arriving item's charge against the strategy and the limit.
+    #[inline]
     pub fn on_receive(&mut self, len: usize, charge: u64) -> Result<(), CreditError> {
         if let Some(fixed) = self.spec.strategy.fixed_charge(len) {
             if fixed != charge {
@@ -250,6 +258,7 @@ impl RecvCredit {
 
     /// Records that items worth `charge` were processed. Returns the new limit
     /// to announce when outstanding credit fell below half the high-water mark.
+    #[inline]
     pub fn on_consume(&mut self, charge: u64) -> Result<Option<u64>, CreditError> {
         let consumed = self.consumed + charge;
         if consumed > self.received {
@@ -264,11 +273,13 @@ impl RecvCredit {
     }
 
     /// Credit granted and not yet consumed: the most the sender can still have in flight.
+    #[inline]
     pub fn outstanding(&self) -> u64 {
         self.announced - self.consumed
     }
 
     /// Received but not yet consumed.
+    #[inline]
     pub fn in_flight(&self) -> u64 {
         self.received - self.consumed
     }

@@ -31,7 +31,7 @@ fn ring_round_trip(c: &mut Criterion) {
                     .expect("valid")
                     .expect("room and credit");
                 tx.slot_buf(&slot)[0] = 1;
-                tx.commit(slot, size, size as u64);
+                tx.commit(&slot, size, size as u64);
                 black_box(tx.publish());
                 let rec = rx.try_next().expect("valid").expect("a record");
                 black_box(rx.data(&rec)[0]);

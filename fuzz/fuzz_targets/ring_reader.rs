@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         match producer.try_reserve(len, 1) {
             Ok(Ok(slot)) => {
                 producer.slot_buf(&slot).fill(7);
-                producer.commit(slot, len, 1);
+                producer.commit(&slot, len, 1);
                 let _ = producer.publish();
             }
             Ok(Err(_)) | Err(_) => break,

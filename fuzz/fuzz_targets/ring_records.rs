@@ -154,7 +154,7 @@ fuzz_target!(|data: &[u8]| {
         match producer.try_reserve(len, charge) {
             Ok(Ok(s)) => {
                 producer.slot_buf(&s).fill(3);
-                producer.commit(s, len, charge);
+                producer.commit(&s, len, charge);
                 let _ = producer.publish();
             }
             Ok(Err(_)) => {

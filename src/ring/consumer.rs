@@ -7,20 +7,21 @@ use super::*;
 use crate::credit::{CreditSpec, RecvCredit};
 
 /// What a record carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     /// An item.
     Data,
     /// stream-end: the producer finished.
     End,
-    /// stream-error with the producer's message.
-    Error(String),
+    /// stream-error; its message is [`RingConsumer::error_message`].
+    Error,
     /// stream-cancel: the producer acknowledges a cancellation and stops.
     Cancelled,
 }
 
-/// A validated record handed to the consumer; release it when done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated record handed to the consumer; release it when done. It is
+/// small and `Copy`: a consumer moves one per item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     /// What it carries.
     pub kind: RecordKind,
@@ -77,6 +78,7 @@ impl RingConsumer {
         &self.credit
     }
 
+    #[inline]
     fn refresh_write_pos(&mut self) -> Result<(), RingError> {
         // SYNC: Acquire pairs with the Release store in `RingProducer::publish`.
         let pos = self.ring.u64_at(OFF_WRITE_POS).load(Ordering::Acquire);
@@ -95,6 +97,7 @@ impl RingConsumer {
     }
 
     /// True when the producer published a record not yet read.
+    #[inline]
     pub fn has_published(&mut self) -> Result<bool, RingError> {
         if self.read_pos == self.write_pos_cache {
             self.refresh_write_pos()?;
@@ -104,6 +107,7 @@ impl RingConsumer {
 
     /// The next record, validated, or `None` when nothing is published yet.
     /// Records must be released in the order they were returned.
+    #[inline(always)]
     pub fn try_next(&mut self) -> Result<Option<Record>, RingError> {
         loop {
             if self.read_pos == self.write_pos_cache {
@@ -146,11 +150,7 @@ impl RingConsumer {
                 }
                 KIND_END => RecordKind::End,
                 KIND_CANCELLED => RecordKind::Cancelled,
-                KIND_ERROR => {
-                    let mut msg = vec![0u8; len.min(4096)];
-                    self.ring.copy_out(HEADER_SIZE + data_off, &mut msg);
-                    RecordKind::Error(String::from_utf8_lossy(&msg).into_owned())
-                }
+                KIND_ERROR => RecordKind::Error,
                 other => return Err(violation(format!("unknown record kind {other}"))),
             };
             if kind != RecordKind::Data && charge != 0 {
@@ -167,12 +167,24 @@ impl RingConsumer {
         }
     }
 
+    /// The message of a stream-error record (at most 4 KiB of it, invalid
+    /// UTF-8 replaced), copied out of the ring; empty for other records.
+    pub fn error_message(&self, record: &Record) -> String {
+        if record.kind != RecordKind::Error {
+            return String::new();
+        }
+        let mut msg = vec![0u8; record.len.min(MAX_ERROR_MESSAGE)];
+        self.ring.copy_out(HEADER_SIZE + record.data_off, &mut msg);
+        String::from_utf8_lossy(&msg).into_owned()
+    }
+
     /// The record's payload, in place in the ring.
     ///
     /// The producer can rewrite these bytes while the slice is held, protocol
     /// or not: read each byte once, and check values in a copy (the module's
     /// "In-place views"). The record's length and charge are this side's
     /// own validated copies and cannot change.
+    #[inline]
     pub fn data(&self, record: &Record) -> &[u8] {
         assert!(record.data_off + record.len <= self.ring.capacity as usize);
         // SAFETY: the range was computed from the local copy of the record
@@ -188,6 +200,7 @@ impl RingConsumer {
     /// published in batches (a quarter of the ring) and whenever credit is
     /// re-granted; call [`flush_release`](Self::flush_release) before
     /// waiting. Returns true when the producer said it is asleep: ring the doorbell.
+    #[inline]
     pub fn release(&mut self, record: &Record) -> Result<bool, RingError> {
         if record.end_pos <= self.released || record.end_pos > self.read_pos {
             return Err(violation("record released twice or out of order"));
@@ -211,6 +224,7 @@ impl RingConsumer {
 
     /// Publishes released room now. Returns true when the producer said it
     /// is asleep: ring the doorbell.
+    #[inline]
     pub fn flush_release(&mut self) -> bool {
         if self.released != self.published {
             self.published = self.released;

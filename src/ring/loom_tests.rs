@@ -20,7 +20,7 @@ use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
 use super::heap::Region;
-use super::{Record, RecordKind, RingConsumer, RingProducer, Slot};
+use super::{Control, Record, RecordKind, RingConsumer, RingProducer, Slot};
 use crate::credit::CreditSpec;
 
 /// One side's doorbell: pending rings, and a sleeper waiting for one.
@@ -115,7 +115,7 @@ impl Model {
             let (len, charge) = (self.lens[item], self.charge(self.lens[item]));
             let slot = producer.try_reserve(len, charge).unwrap().unwrap();
             fill(&mut producer, &slot, item);
-            producer.commit(slot, len, charge);
+            producer.commit(&slot, len, charge);
             assert!(!producer.publish(), "nobody sleeps yet");
             let rec = consumer.try_next().unwrap().unwrap();
             check(&consumer, &rec, self, item);
@@ -186,7 +186,7 @@ fn acknowledged_cancel(p: &mut RingProducer, bells: &Bells) -> bool {
     if !p.cancelled_state().unwrap() {
         return false;
     }
-    let _ = p.try_write_control(&RecordKind::Cancelled).unwrap();
+    let _ = p.try_write_control(&Control::Cancelled).unwrap();
     publish(p, bells);
     true
 }
@@ -203,7 +203,7 @@ fn produce(mut p: RingProducer, bells: &Bells, m: Model) {
             match p.try_reserve(len, charge).unwrap() {
                 Ok(slot) => {
                     fill(&mut p, &slot, item);
-                    p.commit(slot, len, charge);
+                    p.commit(&slot, len, charge);
                     if m.flush_each {
                         publish(&mut p, bells);
                     }
@@ -220,7 +220,7 @@ fn produce(mut p: RingProducer, bells: &Bells, m: Model) {
         if acknowledged_cancel(&mut p, bells) {
             return;
         }
-        if p.try_write_control(&RecordKind::End).unwrap() {
+        if p.try_write_control(&Control::End).unwrap() {
             publish(&mut p, bells);
             return;
         }

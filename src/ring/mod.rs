@@ -133,6 +133,9 @@ pub(super) const OFF_RESULT: usize = 1032;
 /// Largest call result that travels in a ring's header, peer to peer.
 pub const MAX_RING_RESULT: usize = HEADER_SIZE - OFF_RESULT;
 
+/// The most of a stream-error message a record carries.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
 pub(super) const KIND_DATA: u32 = 1;
 pub(super) const KIND_END: u32 = 2;
 pub(super) const KIND_ERROR: u32 = 3;
@@ -211,10 +214,12 @@ pub fn create_memfd(name: &str, capacity: u32, hwm: u64) -> std::io::Result<Owne
 /// Largest payload one record can carry in a ring of `capacity` bytes: half
 /// the ring, so that a record always fits once the ring has drained, whatever
 /// the current offset (padding to the end plus the record stay within it).
+#[inline]
 pub fn max_record(capacity: u32) -> usize {
     capacity as usize / 2 - RECORD_HEADER
 }
 
+#[inline]
 pub(super) fn align_record(len: usize) -> u64 {
     ((RECORD_HEADER + len + RECORD_HEADER - 1) & !(RECORD_HEADER - 1)) as u64
 }
@@ -340,6 +345,7 @@ impl SharedRing {
 
     /// Closes the memfd (the mapping stays). Called once the first item
     /// has passed; later calls find it closed already.
+    #[inline]
     pub(super) fn close_memfd(&mut self) {
         self.memfd = None;
     }
@@ -382,6 +388,7 @@ impl SharedRing {
     }
 
     /// Copies bytes at absolute file offset `off` out of the mapping.
+    #[inline]
     pub(super) fn copy_out(&self, off: usize, dst: &mut [u8]) {
         assert!(off + dst.len() <= self.len);
         self.reading_file(off, dst.len());
@@ -397,6 +404,7 @@ impl SharedRing {
 
     /// Reads the 16-byte record header at data offset `off` (16-aligned)
     /// into a local copy, in two 8-byte loads.
+    #[inline]
     pub(super) fn read_record_header(&self, off: usize) -> [u8; RECORD_HEADER] {
         assert!(off.is_multiple_of(RECORD_HEADER) && off + RECORD_HEADER <= self.capacity as usize);
         // A small record's payload spills into the next cache line: fetching
@@ -422,6 +430,7 @@ impl SharedRing {
 
     /// Hints the CPU to fetch the cache line at data offset `off`; nothing
     /// when `off` is past the data area.
+    #[inline]
     pub(super) fn prefetch(&self, off: usize) {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         if off < self.capacity as usize {
@@ -437,6 +446,7 @@ impl SharedRing {
     }
 
     /// Writes bytes at absolute file offset `off`.
+    #[inline]
     pub(super) fn copy_in(&self, off: usize, src: &[u8]) {
         assert!(off + src.len() <= self.len);
         self.writing_file(off, src.len());
@@ -454,6 +464,7 @@ impl SharedRing {
     /// The range must have been validated, from local copies, to lie inside
     /// the data area, and the protocol must give this side the range
     /// (published and not yet released).
+    #[inline]
     pub(super) unsafe fn data(&self, off: usize, len: usize) -> &[u8] {
         debug_assert!(off + len <= self.capacity as usize);
         self.header.reading(off, len);
@@ -476,6 +487,7 @@ impl SharedRing {
     /// As [`data`](Self::data), for a range reserved and not yet published,
     /// of which this is the only view.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub(super) unsafe fn data_mut(&self, off: usize, len: usize) -> &mut [u8] {
         debug_assert!(off + len <= self.capacity as usize);
         self.header.writing(off, len);
@@ -490,6 +502,7 @@ impl SharedRing {
         unsafe { std::slice::from_raw_parts_mut(self.base().as_ptr().add(HEADER_SIZE + off), len) }
     }
 
+    #[inline]
     pub(super) fn write_record_header(&self, off: usize, len: u32, kind: u32, charge: u64) {
         let mut h = [0u8; RECORD_HEADER];
         h[0..4].copy_from_slice(&len.to_le_bytes());
@@ -498,6 +511,7 @@ impl SharedRing {
         self.copy_in(HEADER_SIZE + off, &h);
     }
 
+    #[inline]
     pub(super) fn mask(&self) -> u64 {
         self.capacity as u64 - 1
     }
@@ -509,10 +523,11 @@ mod result;
 mod sync;
 
 pub use consumer::{Record, RecordKind, RingConsumer};
-pub use producer::{Blocked, RingProducer, Slot};
+pub use producer::{Blocked, Control, RingProducer, Slot};
 pub use result::ResultSlot;
 
 /// Clears a peer's sleep flag if set; true when it was set.
+#[inline]
 fn take_flag(flag: &AtomicU32) -> bool {
     if flag.load(Ordering::Relaxed) != 0 {
         flag.store(0, Ordering::Relaxed);

@@ -15,6 +15,17 @@ pub struct RingProducer {
     credit: SendCredit,
 }
 
+/// A control record: how a producer ends its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control<'a> {
+    /// stream-end: the producer finished.
+    End,
+    /// stream-error with a message (cut to 4 KiB).
+    Error(&'a str),
+    /// stream-cancel: the producer acknowledges a cancellation and stops.
+    Cancelled,
+}
+
 /// Why the producer cannot write now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blocked {
@@ -70,17 +81,20 @@ impl RingProducer {
     }
 
     /// Largest payload one record can carry.
+    #[inline]
     pub fn max_record(&self) -> usize {
         max_record(self.ring.capacity)
     }
 
     /// Credit state.
+    #[inline]
     pub fn credit(&self) -> &SendCredit {
         &self.credit
     }
 
     /// Whether the consumer cancelled the stream: the flag must hold 0 or 1,
     /// anything else is a violation.
+    #[inline]
     pub fn cancelled_state(&self) -> Result<bool, RingError> {
         // SYNC: Acquire pairs with the Release store in `RingConsumer::cancel`.
         match self.ring.u32_at(OFF_CANCELLED).load(Ordering::Acquire) {
@@ -92,6 +106,7 @@ impl RingProducer {
 
     /// True when the consumer cancelled (a hostile flag value reads as not
     /// cancelled here; [`cancelled_state`](Self::cancelled_state) reports it).
+    #[inline]
     pub fn is_cancelled(&self) -> bool {
         matches!(self.cancelled_state(), Ok(true))
     }
@@ -122,6 +137,7 @@ impl RingProducer {
         Ok(())
     }
 
+    #[inline]
     fn free_for(&mut self, total: u64) -> Result<Option<u64>, RingError> {
         let cap = self.ring.capacity as u64;
         let off = self.write_pos & self.ring.mask();
@@ -147,6 +163,7 @@ impl RingProducer {
     /// Finds room for a record of `total` bytes. Returns the padding that
     /// must precede it (written here, published only with the record) and the
     /// record's offset.
+    #[inline]
     fn place(&mut self, total: u64) -> Result<Option<(u64, usize)>, RingError> {
         let Some(pad) = self.free_for(total)? else {
             return Ok(None);
@@ -164,6 +181,7 @@ impl RingProducer {
 
     /// Reserves room for a record of up to `max_len` bytes charged up to
     /// `charge`. `Ok(Err(why))` when it must wait for credit or space.
+    #[inline]
     pub fn try_reserve(
         &mut self,
         max_len: usize,
@@ -203,6 +221,7 @@ impl RingProducer {
     /// A hostile consumer can write these bytes too, protocol or not: what
     /// it receives is then its own doing. Nothing here reads them back; the
     /// record's length and charge are the values given to `commit`.
+    #[inline]
     pub fn slot_buf(&mut self, slot: &Slot) -> &mut [u8] {
         assert_eq!(slot.at, self.write_pos, "slot is stale");
         // SAFETY: [off+16, off+16+max_len) was checked free and inside the
@@ -215,7 +234,10 @@ impl RingProducer {
 
     /// Makes the first `len` bytes of the slot a record charged `charge` (at
     /// most the reserved charge). Visible to the consumer after [`publish`](Self::publish).
-    pub fn commit(&mut self, slot: Slot, len: usize, charge: u64) {
+    /// A slot commits once: afterwards it is stale, and committing it again
+    /// panics.
+    #[inline]
+    pub fn commit(&mut self, slot: &Slot, len: usize, charge: u64) {
         assert_eq!(slot.at, self.write_pos, "slot is stale");
         assert!(len <= slot.max_len && charge <= slot.charge);
         self.ring
@@ -226,14 +248,13 @@ impl RingProducer {
 
     /// Writes a control record (end, error, cancelled-ack); charges no credit.
     /// `Ok(false)` when the ring has no room yet.
-    pub fn try_write_control(&mut self, kind: &RecordKind) -> Result<bool, RingError> {
-        let (code, payload): (u32, &[u8]) = match kind {
-            RecordKind::Data => unreachable!("data goes through try_reserve"),
-            RecordKind::End => (KIND_END, &[]),
-            RecordKind::Cancelled => (KIND_CANCELLED, &[]),
-            RecordKind::Error(msg) => (KIND_ERROR, msg.as_bytes()),
+    pub fn try_write_control(&mut self, control: &Control<'_>) -> Result<bool, RingError> {
+        let (code, payload): (u32, &[u8]) = match control {
+            Control::End => (KIND_END, &[]),
+            Control::Cancelled => (KIND_CANCELLED, &[]),
+            Control::Error(msg) => (KIND_ERROR, msg.as_bytes()),
         };
-        let payload = &payload[..payload.len().min(self.max_record()).min(4096)];
+        let payload = &payload[..payload.len().min(self.max_record()).min(MAX_ERROR_MESSAGE)];
         let Some((pad, off)) = self.place(align_record(payload.len()))? else {
             // `place` refreshed the read position; the credit limit too, as
             // in `try_reserve`: `prepare_sleep` compares both with what was
@@ -252,19 +273,22 @@ impl RingProducer {
     }
 
     /// Bytes committed but not yet published.
+    #[inline]
     pub fn unpublished(&self) -> u64 {
         self.write_pos - self.published
     }
 
     /// Bytes worth batching before a publish: an eighth of the ring, between
     /// 4 KiB and 64 KiB.
+    #[inline]
     pub fn publish_batch(&self) -> u64 {
-        (self.ring.capacity as u64 / 8).clamp(4096, 64 * 1024)
+        4096
     }
 
     /// Makes committed records visible. Returns true when the consumer said
     /// it is asleep: the caller must then ring the doorbell.
     #[must_use]
+    #[inline]
     pub fn publish(&mut self) -> bool {
         if self.write_pos == self.published {
             return false;

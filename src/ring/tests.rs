@@ -52,7 +52,7 @@ fn send(p: &mut RingProducer, data: &[u8], charge: u64) -> Result<bool, Blocked>
     match p.try_reserve(data.len(), charge).unwrap() {
         Ok(slot) => {
             p.slot_buf(&slot)[..data.len()].copy_from_slice(data);
-            p.commit(slot, data.len(), charge);
+            p.commit(&slot, data.len(), charge);
             let _ = p.publish();
             Ok(true)
         }
@@ -105,18 +105,15 @@ fn credit_blocks_the_producer_at_the_high_water_mark() {
 fn control_records_arrive_after_data() {
     let (mut p, mut c, _f) = pair(4096, CreditSpec::bytes(4096));
     send(&mut p, b"abc", 3).unwrap();
-    assert!(p
-        .try_write_control(&RecordKind::Error("bad".into()))
-        .unwrap());
-    assert!(p.try_write_control(&RecordKind::End).unwrap());
+    assert!(p.try_write_control(&Control::Error("bad")).unwrap());
+    assert!(p.try_write_control(&Control::End).unwrap());
     let _ = p.publish();
     let r = c.try_next().unwrap().unwrap();
     assert_eq!(c.data(&r), b"abc");
     let _ = c.release(&r).unwrap();
-    assert_eq!(
-        c.try_next().unwrap().unwrap().kind,
-        RecordKind::Error("bad".into())
-    );
+    let e = c.try_next().unwrap().unwrap();
+    assert_eq!(e.kind, RecordKind::Error);
+    assert_eq!(c.error_message(&e), "bad");
     assert_eq!(c.try_next().unwrap().unwrap().kind, RecordKind::End);
     assert!(c.try_next().unwrap().is_none());
 }
@@ -233,7 +230,7 @@ fn hostile_read_position_and_credit_are_violations() {
     let mut violated = false;
     for _ in 0..6 {
         match p.try_reserve(1000, 1) {
-            Ok(Ok(slot)) => p.commit(slot, 1000, 1),
+            Ok(Ok(slot)) => p.commit(&slot, 1000, 1),
             Ok(Err(b)) => panic!("blocked on {b:?} instead of a violation"),
             Err(e) => {
                 assert!(matches!(e, RingError::Violation(_)), "{e}");
@@ -303,14 +300,14 @@ fn threads_move_every_byte_through_a_small_ring() {
                 for (i, b) in p.slot_buf(&slot).iter_mut().enumerate() {
                     *b = ((sent + i) % 251) as u8;
                 }
-                p.commit(slot, len, len as u64);
+                p.commit(&slot, len, len as u64);
                 let _ = p.publish();
                 sent += len;
             } else {
                 std::hint::spin_loop();
             }
         }
-        while !p.try_write_control(&RecordKind::End).unwrap() {}
+        while !p.try_write_control(&Control::End).unwrap() {}
         let _ = p.publish();
     });
     let mut got = 0usize;
@@ -384,7 +381,7 @@ fn a_peer_rewriting_a_held_record_changes_only_its_bytes() {
     // The record is the consumer's validated copy: same length and charge,
     // released by it, and the next record is where it was.
     assert_eq!(
-        (rec.kind.clone(), rec.len, rec.charge),
+        (rec.kind, rec.len, rec.charge),
         (RecordKind::Data, 100, 100)
     );
     let _ = c.release(&rec).unwrap();
@@ -419,7 +416,7 @@ fn a_producer_closing_on_a_full_ring_may_sleep_after_a_grant() {
         send(&mut p, &big, 1).unwrap();
     }
     assert_eq!(p.credit().limit(), 6, "the producer never needed the grant");
-    assert!(!p.try_write_control(&RecordKind::End).unwrap(), "ring full");
+    assert!(!p.try_write_control(&Control::End).unwrap(), "ring full");
     assert!(p.prepare_sleep(), "nothing moved since the failed attempt");
 }
 

@@ -194,6 +194,7 @@ impl TxPort {
         }
     }
 
+    #[inline]
     pub(crate) fn begin(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
         match self {
             TxPort::Shm(p) => p.begin(max_len, charge),
@@ -201,6 +202,7 @@ impl TxPort {
         }
     }
 
+    #[inline]
     pub(crate) fn commit(&mut self, len: usize, charge: u64) -> Result<()> {
         match self {
             TxPort::Shm(p) => {
@@ -212,6 +214,7 @@ impl TxPort {
     }
 
     /// The room handed out by the last `begin`, if still reserved.
+    #[inline]
     pub(crate) fn reserved(&mut self) -> Option<&mut [u8]> {
         match self {
             TxPort::Shm(p) => p.reserved(),
@@ -228,6 +231,7 @@ impl TxPort {
     }
 
     /// Makes committed items visible to the receiver now.
+    #[inline]
     pub(crate) fn flush(&mut self) -> Result<()> {
         match self {
             TxPort::Shm(p) => {
@@ -240,6 +244,7 @@ impl TxPort {
 
     /// After a commit: both transports batch; shared memory publishes each
     /// few KiB, the socket writes when its window fills; `flush` does the rest.
+    #[inline]
     pub(crate) fn after_commit(&mut self) {
         if let TxPort::Shm(p) = self {
             p.publish_batched();
@@ -295,6 +300,7 @@ impl RxPort {
         }
     }
 
+    #[inline]
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         match self {
             RxPort::Shm(p) => p.next(block),
@@ -302,6 +308,7 @@ impl RxPort {
         }
     }
 
+    #[inline]
     pub(crate) fn item(&self) -> &[u8] {
         match self {
             RxPort::Shm(p) => p.item(),
@@ -309,6 +316,7 @@ impl RxPort {
         }
     }
 
+    #[inline]
     pub(crate) fn charge(&self) -> u64 {
         match self {
             RxPort::Shm(p) => p.charge(),
@@ -316,6 +324,7 @@ impl RxPort {
         }
     }
 
+    #[inline]
     pub(crate) fn release(&mut self) -> Result<()> {
         match self {
             RxPort::Shm(p) => p.release(),

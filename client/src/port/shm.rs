@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shmbus::credit::CreditSpec;
-use shmbus::ring::{Record, RecordKind, ResultSlot, RingConsumer, RingProducer, Slot};
+use shmbus::ring::{Control, Record, RecordKind, ResultSlot, RingConsumer, RingProducer, Slot};
 
 use super::wait::{Doorbell, Spinner, WaitPolicy};
 use super::{Ending, RxEvent};
@@ -59,7 +59,21 @@ impl ShmTx {
 
     /// Reserves room for `max_len` bytes charged up to `charge`, waiting for
     /// credit and space. Returns the room to fill in place.
+    #[inline]
     pub(crate) fn begin(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
+        // The common case inline, where the caller keeps the result in
+        // registers; waiting out of line.
+        if !self.ring.cancelled_state()? && !self.cancelled.load(Ordering::Acquire) {
+            if let Ok(slot) = self.ring.try_reserve(max_len, charge)? {
+                let slot = self.slot.insert(slot);
+                return Ok(self.ring.slot_buf(slot));
+            }
+        }
+        self.begin_waiting(max_len, charge)
+    }
+
+    #[inline(never)]
+    fn begin_waiting(&mut self, max_len: usize, charge: u64) -> Result<&mut [u8]> {
         self.slot = None;
         let mut deadline = None;
         loop {
@@ -78,11 +92,16 @@ impl ShmTx {
     }
 
     /// Credit the current reservation may charge.
+    #[inline]
     pub(crate) fn commit(&mut self, len: usize, charge: u64) {
-        let slot = self.slot.take().expect("commit follows begin");
+        // By reference: the fields are loaded one by one, where moving
+        // the slot out would copy it through memory just written.
+        let slot = self.slot.as_ref().expect("commit follows begin");
         self.ring.commit(slot, len, charge);
+        self.slot = None;
     }
 
+    #[inline]
     pub(crate) fn reserved(&mut self) -> Option<&mut [u8]> {
         let slot = self.slot.as_ref()?;
         Some(self.ring.slot_buf(slot))
@@ -93,6 +112,7 @@ impl ShmTx {
     }
 
     /// Makes committed items visible, waking the consumer if it sleeps.
+    #[inline]
     pub(crate) fn publish(&mut self) {
         if self.ring.publish() {
             self.bell.ring();
@@ -101,6 +121,7 @@ impl ShmTx {
 
     /// After a commit: publish once a batch has built up; `flush`, a wait
     /// and the close publish the rest.
+    #[inline]
     pub(crate) fn publish_batched(&mut self) {
         if self.ring.unpublished() >= self.ring.publish_batch() {
             self.publish();
@@ -177,9 +198,9 @@ impl ShmTx {
     /// cancel paths); the closing doorbell then tells the consumer.
     pub(crate) fn close(&mut self, how: &Ending, blocking: bool) -> Result<()> {
         let kind = match how {
-            Ending::End => RecordKind::End,
-            Ending::Error(m) => RecordKind::Error(m.clone()),
-            Ending::Cancelled => RecordKind::Cancelled,
+            Ending::End => Control::End,
+            Ending::Error(m) => Control::Error(m),
+            Ending::Cancelled => Control::Cancelled,
         };
         let deadline = self.policy.deadline();
         loop {
@@ -241,12 +262,13 @@ impl ShmRx {
         self.ring.result_slot()
     }
 
+    #[inline(always)]
     fn event(&mut self, rec: Record) -> RxEvent {
         let ev = match &rec.kind {
             RecordKind::Data => RxEvent::Item,
             RecordKind::End => RxEvent::End,
             RecordKind::Cancelled => RxEvent::Cancelled,
-            RecordKind::Error(m) => RxEvent::Error(m.clone()),
+            RecordKind::Error => RxEvent::Error(self.ring.error_message(&rec)),
         };
         self.held = Some(rec);
         ev
@@ -259,6 +281,7 @@ impl ShmRx {
     }
 
     /// The next event; waits when `block`, else `None` when nothing is there.
+    #[inline]
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none(), "release before the next item");
         let deadline = if block { self.policy.deadline() } else { None };
@@ -302,6 +325,7 @@ impl ShmRx {
     }
 
     /// The held item's bytes, in place in the ring.
+    #[inline]
     pub(crate) fn item(&self) -> &[u8] {
         match &self.held {
             Some(rec) => self.ring.data(rec),
@@ -310,11 +334,13 @@ impl ShmRx {
     }
 
     /// The held item's charge.
+    #[inline]
     pub(crate) fn charge(&self) -> u64 {
         self.held.as_ref().map_or(0, |r| r.charge)
     }
 
     /// Releases the held item, returning its room and credit.
+    #[inline]
     pub(crate) fn release(&mut self) -> Result<()> {
         if let Some(rec) = self.held.take() {
             if self.ring.release(&rec)? {

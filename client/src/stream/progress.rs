@@ -34,6 +34,7 @@ impl Progress {
 
     /// Counts an item; true when a report is due. The clock is read only
     /// every 1024 items or 16 MiB, never per item.
+    #[inline]
     pub(super) fn count(&mut self, len: usize) -> bool {
         self.bytes += len as u64;
         self.items += 1;

@@ -167,6 +167,7 @@ impl Receiver {
         }
     }
 
+    #[inline]
     fn release_held(&mut self) -> Result<()> {
         if self.holding {
             self.holding = false;
@@ -198,6 +199,7 @@ impl Receiver {
     }
 
     /// Advances to the next item and holds it; `Ok(false)` at stream-end.
+    #[inline]
     fn advance(&mut self, block: bool) -> Result<Option<bool>> {
         self.release_held()?;
         if let Some(f) = &self.finished {
@@ -282,6 +284,7 @@ impl Receiver {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn recv_in_place(&mut self) -> Result<Option<InPlace<'_>>> {
         match self.advance(true)? {
             Some(true) => Ok(Some(InPlace { rx: self })),
@@ -394,6 +397,7 @@ impl Receiver {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn recv_borrowed<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Option<T>> {
         if !self.copy_next()? {
             return Ok(None);
@@ -402,6 +406,7 @@ impl Receiver {
     }
 
     /// Copies the next item into `scratch`; false at stream-end.
+    #[inline]
     fn copy_next(&mut self) -> Result<bool> {
         match self.advance(true)? {
             Some(true) => {
@@ -413,6 +418,7 @@ impl Receiver {
     }
 
     /// Copies the held item into `scratch` and releases it.
+    #[inline]
     fn copy_held(&mut self) {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
@@ -442,6 +448,7 @@ impl Receiver {
         self.finish_with(Finished::Failed(FailKind::Cancelled), CloseCause::Cancel);
     }
 
+    #[inline]
     fn held(&self) -> &[u8] {
         match (&self.port, self.holding) {
             (Some(p), true) => p.item(),
@@ -451,6 +458,7 @@ impl Receiver {
 }
 
 impl Drop for Receiver {
+    #[inline]
     fn drop(&mut self) {
         self.cancel();
     }
@@ -471,6 +479,7 @@ pub struct InPlace<'a> {
 
 impl InPlace<'_> {
     /// The item's credit charge, as validated when it arrived.
+    #[inline]
     pub fn charge(&self) -> u64 {
         self.rx.port.as_ref().map_or(0, |p| p.charge())
     }
@@ -478,12 +487,14 @@ impl InPlace<'_> {
 
 impl std::ops::Deref for InPlace<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.rx.held()
     }
 }
 
 impl Drop for InPlace<'_> {
+    #[inline]
     fn drop(&mut self) {
         // A failed release closes the stream; the next call reports it.
         let _ = self.rx.release_held();

@@ -116,11 +116,13 @@ impl Sender {
         self.port.as_ref().map(|p| p.pollable())
     }
 
+    #[inline]
     fn port(&mut self) -> Result<&mut TxPort> {
         self.port.as_mut().ok_or(Error::Closed)
     }
 
     /// Counts a committed item and reports progress when due.
+    #[inline]
     fn sent(&mut self, len: usize) {
         if self.progress.count(len) {
             let credit = self.credit_available();
@@ -330,6 +332,7 @@ impl Sender {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn reserve(&mut self, len: usize) -> Result<SendSlot<'_>> {
         let charge = item_charge(&self.credit, self.size_fn.as_ref(), len, None);
         if let Err(e) = self.port().and_then(|p| p.begin(len, charge).map(|_| ())) {
@@ -434,6 +437,7 @@ impl Sender {
 /// the most the item may then be charged: custom credit bounds it by the
 /// high-water mark and the length (at least 1), and the committed item is
 /// charged its function's value capped at that bound.
+#[inline]
 fn item_charge(
     credit: &CreditSpec,
     size_fn: Option<&SizeFn>,
@@ -494,6 +498,7 @@ impl SendSlot<'_> {
     /// The reserved bytes, in the port's memory. Over shared memory a
     /// hostile receiver can change them at any moment: write what you send
     /// here, but do not rely on reading it back (see [`Sender::reserve`]).
+    #[inline]
     pub fn buf(&mut self) -> &mut [u8] {
         let port = self.sender.port.as_mut().expect("slot holds an open port");
         port.reserved().expect("slot holds a reservation")
@@ -502,6 +507,7 @@ impl SendSlot<'_> {
     /// Commits the first `used` bytes as one item and publishes it. With
     /// [`SizeStrategy::Custom`] credit, the size function is given a copy
     /// of those bytes.
+    #[inline]
     pub fn commit(mut self, used: usize) -> Result<()> {
         assert!(used <= self.len, "committed more than reserved");
         self.done = true;

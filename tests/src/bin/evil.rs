@@ -24,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use shmbus::frame::{self, Frame, MethodSpec, StreamMode, PROTOCOL_VERSION};
-use shmbus::ring::{RecordKind, RingProducer, HEADER_SIZE, RECORD_HEADER};
+use shmbus::ring::{Control, RingProducer, HEADER_SIZE, RECORD_HEADER};
 use shmbus_tests::Rng;
 
 fn say(line: &str) {
@@ -139,7 +139,7 @@ fn rewrite(memfd: OwnedFd, link: UnixStream, capacity: u32, credit: shmbus::Cred
         match tx.try_reserve(item.len(), charge).expect("a valid ring") {
             Ok(slot) => {
                 tx.slot_buf(&slot)[..item.len()].copy_from_slice(item);
-                tx.commit(slot, item.len(), charge);
+                tx.commit(&slot, item.len(), charge);
                 let _ = tx.publish();
                 let _ = (&link).write(&[1]);
                 return;
@@ -164,10 +164,7 @@ fn rewrite(memfd: OwnedFd, link: UnixStream, capacity: u32, credit: shmbus::Cred
     for i in 1..=8u8 {
         send(&mut tx, &[i; 64]);
     }
-    while !tx
-        .try_write_control(&RecordKind::End)
-        .expect("a valid ring")
-    {
+    while !tx.try_write_control(&Control::End).expect("a valid ring") {
         std::thread::sleep(Duration::from_millis(1));
     }
     let _ = tx.publish();
