@@ -278,8 +278,12 @@ impl RingProducer {
         self.write_pos - self.published
     }
 
-    /// Bytes worth batching before a publish: an eighth of the ring, between
-    /// 4 KiB and 64 KiB.
+    /// Bytes worth batching before a publish: 4 KiB. One publish (a store,
+    /// a fence and a look at the sleep flag) per 4 KiB costs little, and a
+    /// consumer that keeps up starts on a batch while the next is written;
+    /// with longer batches it raced through one, found the ring empty and
+    /// went to sleep (64-byte items: 18.5 M/s with 64 KiB batches against
+    /// 26.7 M/s with 4 KiB ones, in one window).
     #[inline]
     pub fn publish_batch(&self) -> u64 {
         4096
