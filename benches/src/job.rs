@@ -183,6 +183,10 @@ pub struct Job {
     /// Setup: pause before each call or connection, in nanoseconds.
     #[serde(default)]
     pub gap_ns: u64,
+    /// Bare ring: publish whole writes only (after each write, never part
+    /// of one), as shmbus publishes whole items.
+    #[serde(default)]
+    pub whole_writes: bool,
 }
 
 /// What a peer measured. Absent fields do not apply to the job.

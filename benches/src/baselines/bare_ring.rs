@@ -104,14 +104,20 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Maps the ring to produce into it.
-    pub fn open(fd: OwnedFd, capacity: usize) -> io::Result<Self> {
+    /// Maps the ring to produce into it. With `whole_writes`, nothing is
+    /// published before [`flush`](Self::flush) (or a full ring): the
+    /// consumer sees whole writes, as a shmbus consumer sees whole items.
+    pub fn open(fd: OwnedFd, capacity: usize, whole_writes: bool) -> io::Result<Self> {
         Ok(Producer {
             m: Mapping::open(fd, capacity)?,
             write: 0,
             published: 0,
             read_cache: 0,
-            batch: batch(capacity) as u64,
+            batch: if whole_writes {
+                u64::MAX
+            } else {
+                batch(capacity) as u64
+            },
         })
     }
 
@@ -139,7 +145,7 @@ impl Producer {
             let n = free
                 .min(self.m.capacity - off)
                 .min(len - done)
-                .min(self.batch as usize);
+                .min(self.batch.try_into().unwrap_or(usize::MAX));
             // SAFETY: [off, off + n) lies inside the data area (n is capped
             // at the end of the ring) and is free: at most `capacity` bytes
             // separate the write position from the read position we loaded,
@@ -265,7 +271,7 @@ mod tests {
     #[test]
     fn bytes_cross_the_ring_in_order_and_the_end_is_seen() {
         let fd = create(4096).unwrap();
-        let mut p = Producer::open(fd.try_clone().unwrap(), 4096).unwrap();
+        let mut p = Producer::open(fd.try_clone().unwrap(), 4096, false).unwrap();
         let mut c = Consumer::open(fd, 4096).unwrap();
         let t = std::thread::spawn(move || {
             let mut got = Vec::new();

@@ -104,8 +104,8 @@ pub fn config(job: &Job) -> serde_json::Value {
         }),
         Transport::BareRing => serde_json::json!({
             "ring": job.ring,
-            "publish_batch": bare_ring::batch(job.ring as usize),
-            "flush_every_writes": if latency { 1 } else { FLUSH_EVERY },
+            "publish_batch": if job.whole_writes { None } else { Some(bare_ring::batch(job.ring as usize)) },
+            "flush_every_writes": if latency || job.whole_writes { 1 } else { FLUSH_EVERY },
             "wait": "spin, then yield",
         }),
         Transport::Shm | Transport::Socket => serde_json::json!({
@@ -263,7 +263,11 @@ fn ends(
                 None
             };
             let t = if tx {
-                Some(Tx::Ring(bare_ring::Producer::open(next()?, cap)?))
+                Some(Tx::Ring(bare_ring::Producer::open(
+                    next()?,
+                    cap,
+                    job.whole_writes,
+                )?))
             } else {
                 None
             };
@@ -315,7 +319,7 @@ fn produce(job: &Job, tx: &mut Tx) -> io::Result<(u64, u64)> {
         tx.write_with(job.size, |off, piece| fill(piece, pos + off as u64))?;
         pos += job.size as u64;
         n += 1;
-        if n % FLUSH_EVERY == 0 {
+        if job.whole_writes || n % FLUSH_EVERY == 0 {
             tx.flush();
         }
         if (job.size >= 4096 || n % 64 == 0) && mono_ns() >= end {

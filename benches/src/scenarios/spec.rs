@@ -46,6 +46,9 @@ impl Variant {
             } else {
                 format!(" {}K", r >> 10)
             });
+            if self.job.whole_writes {
+                s.push_str(" whole");
+            }
         }
         s
     }
@@ -96,6 +99,7 @@ pub fn job(ctx: &Context, o: &Options, scenario: Scenario, transport: Transport)
         service: ctx.service.clone(),
         broker_pid: ctx.broker_pid,
         gap_ns: 0,
+        whole_writes: false,
     }
 }
 

@@ -13,6 +13,20 @@ use crate::job::{Outcome, Scenario, Transport};
 use crate::peers::{typed_payload, FEED_BELOW};
 use crate::stats::{count, range};
 
+/// From this write size on, the bare ring also runs publishing whole
+/// writes only: the ceiling for a transport whose unit is the item, as
+/// shmbus's is (a consumer sees an item once it is committed whole).
+pub const WHOLE_WRITES_FROM: usize = 1 << 20;
+
+/// The rings of the whole-write bare ring: two, four and eight writes.
+pub fn whole_write_rings(size: usize) -> impl Iterator<Item = u32> {
+    [2, 4, 8]
+        .into_iter()
+        .map(move |n| size * n)
+        .filter(|&r| r <= 32 << 20)
+        .map(|r| r as u32)
+}
+
 /// The Unix socket baseline's buffer request.
 pub const UDS_BUFFER: usize = 4 << 20;
 
@@ -27,17 +41,17 @@ pub fn bare_rings(size: usize) -> impl Iterator<Item = u32> {
         .filter(move |&r| r as usize >= size)
 }
 
-/// shmbus's ring for a write size: 2 MiB, or eight writes' worth up to
-/// 1 MiB writes, four beyond (a record carries at most half a ring, a charge
-/// at most half the mark). With bytes credit of half the ring, a write up to
-/// 1 MiB is then at most a quarter of the credit: the receiver's re-grant,
-/// once less than half the mark is outstanding, overlaps the sender's next
-/// writes instead of waiting for the last byte in flight. 2 MiB is the best
-/// of a sweep (512 KiB to 8 MiB) for writes up to 64 KiB on a 2 MiB-L2
-/// machine: a ring that stays in the two cores' caches beats a longer one.
+/// shmbus's ring for a write size: eight writes' worth, at least 2 MiB (a
+/// record carries at most half a ring, a charge at most half the mark).
+/// With bytes credit of half the ring, a write is then at most a quarter
+/// of the credit: the receiver's re-grant, once less than half the mark is
+/// outstanding, overlaps the sender's next writes instead of waiting for
+/// the last byte in flight. The sizes are the best of a sweep on a 2-vCPU
+/// machine with 2 MiB of L2 per core: 2 MiB up to 64 KiB writes (512 KiB
+/// to 8 MiB tried), 8 MiB for 1 MiB writes (4 to 64 MiB tried), 32 MiB for
+/// 4 MiB writes (16 to 64 MiB tried).
 pub fn ring_for(size: usize) -> u32 {
-    let writes = if size <= 1 << 20 { 8 } else { 4 };
-    (size * writes).next_power_of_two().max(2 << 20) as u32
+    (size * 8).next_power_of_two().max(2 << 20) as u32
 }
 
 /// Whether a write of `size` bytes fits `ring` and its bytes credit (half
@@ -103,14 +117,22 @@ impl Spec for Throughput {
                     }
                 }
                 for v in baselines(o, |t| make(t, false).job) {
-                    if v.transport == Transport::BareRing {
-                        variants.extend(bare_rings(size).map(|r| {
+                    if v.transport != Transport::BareRing {
+                        variants.push(v);
+                        continue;
+                    }
+                    variants.extend(bare_rings(size).map(|r| {
+                        let mut v = v.clone();
+                        v.job.ring = r;
+                        v
+                    }));
+                    if size >= WHOLE_WRITES_FROM {
+                        variants.extend(whole_write_rings(size).map(|r| {
                             let mut v = v.clone();
                             v.job.ring = r;
+                            v.job.whole_writes = true;
                             v
                         }));
-                    } else {
-                        variants.push(v);
                     }
                 }
                 Group {
@@ -162,8 +184,9 @@ impl Spec for Throughput {
             ));
         }
         n.push(format!(
-            "baselines: one write of the size each (uds, pipe: write(2) from a buffer; bare_ring: filled in place, rings of {} that hold a write, positions published and released every ring/8 clamped to 4-64 KiB, and every 64 writes); reads up to max(size, 64 KiB); ×bare_ring is against the best ring of each round",
-            BARE_RING_SWEEP.map(|r| human_size(r as usize)).join(", ")
+            "baselines: one write of the size each (uds, pipe: write(2) from a buffer; bare_ring: filled in place, rings of {} that hold a write, positions published and released every ring/8 clamped to 4-64 KiB, and every 64 writes; from {} on also \"whole\": published only after each whole write, rings of 2, 4 and 8 writes); reads up to max(size, 64 KiB); ×bare_ring is against the best bare ring of each round",
+            BARE_RING_SWEEP.map(|r| human_size(r as usize)).join(", "),
+            human_size(WHOLE_WRITES_FROM)
         ));
         n
     }
