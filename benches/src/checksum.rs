@@ -78,6 +78,7 @@ impl Checksum {
     }
 
     /// Folds the next bytes of the stream in.
+    #[inline]
     pub fn update(&mut self, mut data: &[u8]) {
         self.len += data.len() as u64;
         if self.held > 0 {
@@ -97,7 +98,9 @@ impl Checksum {
             self.block(block);
         }
         let rest = blocks.remainder();
-        self.partial[..rest.len()].copy_from_slice(rest);
+        if !rest.is_empty() {
+            self.partial[..rest.len()].copy_from_slice(rest);
+        }
         self.held = rest.len();
     }
 

@@ -39,6 +39,9 @@ pub struct Sender {
     cancelled: Arc<AtomicBool>,
     scratch: Vec<u8>,
     progress: Progress,
+    /// The open reservation's length and charge (a [`SendSlot`] is only a
+    /// borrow of its sender, one word that moves in a register).
+    reserved: (usize, u64),
 }
 
 impl Sender {
@@ -59,6 +62,7 @@ impl Sender {
             cancelled,
             scratch: Vec::new(),
             progress: Progress::new(conn, stream),
+            reserved: (0, 0),
         }
     }
 
@@ -338,12 +342,8 @@ impl Sender {
         if let Err(e) = self.port().and_then(|p| p.begin(len, charge).map(|_| ())) {
             return Err(self.failed(e));
         }
-        Ok(SendSlot {
-            sender: self,
-            len,
-            charge,
-            done: false,
-        })
+        self.reserved = (len, charge);
+        Ok(SendSlot { sender: self })
     }
 
     /// Makes everything queued visible to the receiver.
@@ -489,9 +489,6 @@ impl Write for Sender {
 /// receives.
 pub struct SendSlot<'a> {
     sender: &'a mut Sender,
-    len: usize,
-    charge: u64,
-    done: bool,
 }
 
 impl SendSlot<'_> {
@@ -508,36 +505,37 @@ impl SendSlot<'_> {
     /// [`SizeStrategy::Custom`] credit, the size function is given a copy
     /// of those bytes.
     #[inline]
-    pub fn commit(mut self, used: usize) -> Result<()> {
-        assert!(used <= self.len, "committed more than reserved");
-        self.done = true;
+    pub fn commit(self, used: usize) -> Result<()> {
+        // Committed, or failed committing: either way not abandoned on drop.
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let sender: &mut Sender = this.sender;
+        let (len, reserved_charge) = sender.reserved;
+        assert!(used <= len, "committed more than reserved");
         // A size function is given a copy: the slot is ring memory, which a
         // hostile receiver could change while the function reads it.
-        let custom = self.sender.credit.strategy.fixed_charge(used).is_none()
-            && self.sender.size_fn.is_some();
-        let data = custom.then(|| self.buf()[..used].to_vec());
-        let sender = &*self.sender;
+        let custom =
+            sender.credit.strategy.fixed_charge(used).is_none() && sender.size_fn.is_some();
+        let port = sender.port.as_mut().expect("slot holds an open port");
+        let data =
+            custom.then(|| port.reserved().expect("slot holds a reservation")[..used].to_vec());
         let charge = item_charge(
             &sender.credit,
             sender.size_fn.as_ref(),
             used,
             data.as_deref(),
         )
-        .min(self.charge);
-        let port = self.sender.port.as_mut().expect("open");
+        .min(reserved_charge);
         port.commit(used, charge)?;
         port.after_commit();
-        self.sender.sent(used);
+        sender.sent(used);
         Ok(())
     }
 }
 
 impl Drop for SendSlot<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            if let Some(p) = self.sender.port.as_mut() {
-                p.abandon();
-            }
+        if let Some(p) = self.sender.port.as_mut() {
+            p.abandon();
         }
     }
 }
