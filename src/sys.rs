@@ -16,6 +16,17 @@ use nix::sys::socket::{self, sockopt, ControlMessage, MsgFlags};
 
 use crate::frame::MAX_FDS_PER_FRAME;
 
+/// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process of the
+/// machine, so a time one process sends another means the same to both.
+/// (0 if the clock cannot be read, which Linux never does.)
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64)
+    })
+}
+
 /// The seals every stream port carries.
 pub fn ring_seals() -> SealFlag {
     SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL

@@ -212,7 +212,7 @@ impl Options {
         let (sizes, typed_sizes, latency_sizes) = if cli.sizes.is_empty() {
             (
                 vec![64, 4 << 10, 64 << 10, 1 << 20, 4 << 20],
-                vec![64, 4 << 10],
+                vec![64, 4 << 10, 64 << 10],
                 vec![64, 4 << 10],
             )
         } else {

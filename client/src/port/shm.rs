@@ -148,7 +148,7 @@ impl ShmTx {
             return Ok(());
         }
         let slept = self.sleep(deadline);
-        self.spinner.woke(self.policy);
+        self.spinner.woke(self.policy, self.bell.take_rung_at());
         slept
     }
 
@@ -320,7 +320,7 @@ impl ShmRx {
             } else {
                 self.bell.drain();
             }
-            self.spinner.woke(self.policy);
+            self.spinner.woke(self.policy, self.bell.take_rung_at());
         }
     }
 

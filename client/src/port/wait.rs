@@ -70,18 +70,24 @@ pub(crate) fn stall_left(deadline: Instant) -> crate::Result<Duration> {
 }
 
 /// How long one port spins before it sleeps, learnt from how its waits
-/// end. A wait that ends while spinning, or soon after the spin gave up,
-/// restores the policy's whole spin; one that lasts much longer halves the
-/// next spin, down to a 64th. A peer that keeps up (a ping-pong, a stream
-/// whose ends run on two CPUs) keeps the whole spin; a peer that is rarely
-/// running (more streams than CPUs) costs little spinning, so the CPU goes
-/// to the threads with work.
+/// end. A wait that ends while spinning, or whose peer came soon after the
+/// spin gave up, restores the policy's whole spin; one whose peer came much
+/// later halves the next spin, down to a 64th. A peer that keeps up (a
+/// ping-pong, a stream whose ends run on two CPUs) keeps the whole spin; a
+/// peer that is rarely running (more streams than CPUs) costs little
+/// spinning, so the CPU goes to the threads with work.
+///
+/// When the peer came is the time it rang the doorbell ([`Doorbell::ring`]
+/// sends its clock), not the time this side woke: on a machine whose
+/// wake-ups take longer than the spin, a peer that answered at once would
+/// otherwise look late every time, and the spin would shrink until every
+/// wait slept.
 #[derive(Debug, Default)]
 pub(crate) struct Spinner {
     /// Divides the policy's spin: 1, 2, 4, … 64.
     shrink: u32,
-    /// When the last spin gave up.
-    gave_up: Option<Instant>,
+    /// When the last spin gave up (`CLOCK_MONOTONIC` ns).
+    gave_up: Option<u64>,
 }
 
 impl Spinner {
@@ -104,17 +110,24 @@ impl Spinner {
         let got = spin_for(budget, &mut check)?;
         match got {
             Some(_) => self.shrink = 0,
-            None => self.gave_up = Some(Instant::now()),
+            None => self.gave_up = Some(sys::monotonic_ns()),
         }
         Ok(got)
     }
 
-    /// After the sleep that followed a spin: a peer that came within the
-    /// whole spin would have been caught by it, a later one was not worth
-    /// spinning for.
-    pub(crate) fn woke(&mut self, policy: WaitPolicy) {
+    /// After the sleep that followed a spin, with the time the peer rang
+    /// the doorbell if it did: a peer that came within the whole spin would
+    /// have been caught by it, a later one was not worth spinning for.
+    pub(crate) fn woke(&mut self, policy: WaitPolicy, rung_at: Option<u64>) {
+        self.woke_at(policy, rung_at, sys::monotonic_ns());
+    }
+
+    fn woke_at(&mut self, policy: WaitPolicy, rung_at: Option<u64>, now: u64) {
         if let Some(at) = self.gave_up.take() {
-            self.shrink = if at.elapsed() < policy.spin {
+            // A ring from before the spin gave up (an old one drained late),
+            // or one stamped in the future (a hostile peer), says nothing.
+            let came = rung_at.filter(|&t| t >= at && t <= now).unwrap_or(now);
+            self.shrink = if came - at < policy.spin.as_nanos() as u64 {
                 0
             } else {
                 (self.shrink + 1).min(Self::MAX_SHRINK)
@@ -157,6 +170,8 @@ pub(crate) struct Doorbell {
     /// when both are gone.
     sock: Arc<OwnedFd>,
     peer_closed: bool,
+    /// The clock the peer sent with its latest ring, if a drain found one.
+    rung_at: Option<u64>,
 }
 
 impl Doorbell {
@@ -166,6 +181,7 @@ impl Doorbell {
         Doorbell {
             sock: Arc::new(sock),
             peer_closed: false,
+            rung_at: None,
         }
     }
 
@@ -180,9 +196,12 @@ impl Doorbell {
         self.peer_closed
     }
 
-    /// Wakes the other peer. A full socket means a wake-up is already pending.
+    /// Wakes the other peer, telling it when (the 8 bytes of
+    /// [`sys::monotonic_ns`], little endian). A full socket means a
+    /// wake-up is already pending.
     pub(crate) fn ring(&mut self) {
-        match sys::send_with_fds(self.sock.as_fd(), &[1], &[], false) {
+        let now = sys::monotonic_ns().to_le_bytes();
+        match sys::send_with_fds(self.sock.as_fd(), &now, &[], false) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.peer_closed = true,
@@ -203,6 +222,12 @@ impl Doorbell {
         Ok(())
     }
 
+    /// The time the peer sent with the latest ring drained since the last
+    /// call, if any.
+    pub(crate) fn take_rung_at(&mut self) -> Option<u64> {
+        self.rung_at.take()
+    }
+
     /// Consumes pending rings and notices a closed peer.
     pub(crate) fn drain(&mut self) {
         let mut buf = [0u8; 256];
@@ -213,7 +238,15 @@ impl Doorbell {
                     self.peer_closed = true;
                     return;
                 }
-                Ok(_) => continue,
+                Ok(n) => {
+                    // Whole rings only: a read that does not end on an
+                    // 8-byte boundary (a stream split one) gives no time.
+                    if n >= 8 && n % 8 == 0 {
+                        let last: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
+                        self.rung_at = Some(u64::from_le_bytes(last));
+                    }
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -249,12 +282,12 @@ mod tests {
         assert!(t.elapsed() >= policy.spin);
         // The peer came long after the spin gave up: spin half as long.
         std::thread::sleep(policy.spin * 2);
-        s.woke(policy);
+        s.woke(policy, None);
         assert_eq!(s.shrink, 1);
         for _ in 0..10 {
             assert_eq!(s.spin(policy, never), Ok(None));
             std::thread::sleep(policy.spin * 2);
-            s.woke(policy);
+            s.woke(policy, None);
         }
         assert_eq!(s.shrink, Spinner::MAX_SHRINK);
         // A peer that answers while spinning gets the whole spin back.
@@ -268,8 +301,51 @@ mod tests {
         // So does one that comes soon after the spin gave up.
         s.shrink = 4;
         assert_eq!(s.spin(policy, never), Ok(None));
-        s.woke(policy);
+        s.woke(policy, None);
         assert_eq!(s.shrink, 0);
+    }
+
+    /// On a machine whose wake-ups take longer than the spin (75 µs here,
+    /// against a 20 µs spin), a peer that rings 2 µs after the spin gave up
+    /// keeps the whole spin: its ring time says it came at once, however
+    /// late the sleeper woke. Judged by the wake time instead, every wait
+    /// looked late and the spin shrank to a 64th, so every wait slept.
+    #[test]
+    fn a_peer_that_rang_at_once_keeps_the_spin_however_slow_the_wake_up() {
+        let policy = WaitPolicy::BLOCKING;
+        let mut s = Spinner::default();
+        let mut t = 1_000_000_000u64;
+        for _ in 0..10 {
+            s.gave_up = Some(t);
+            s.woke_at(policy, Some(t + 2_000), t + 77_000);
+            t += 1_000_000;
+        }
+        assert_eq!(s.shrink, 0);
+        // A peer that rang long after the spin: not worth spinning for.
+        s.gave_up = Some(t);
+        s.woke_at(policy, Some(t + 500_000), t + 575_000);
+        assert_eq!(s.shrink, 1);
+        // A ring older than the spin, or from the future, counts for
+        // nothing: the wake time decides.
+        s.gave_up = Some(t);
+        s.woke_at(policy, Some(t - 1), t + 75_000);
+        assert_eq!(s.shrink, 2);
+        s.gave_up = Some(t);
+        s.woke_at(policy, Some(u64::MAX), t + 5_000);
+        assert_eq!(s.shrink, 0);
+    }
+
+    #[test]
+    fn a_ring_carries_the_ringers_clock() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Doorbell::new(a.into()), Doorbell::new(b.into()));
+        let before = sys::monotonic_ns();
+        a.ring();
+        a.ring();
+        b.drain();
+        let at = b.take_rung_at().expect("a time");
+        assert!(at >= before && at <= sys::monotonic_ns());
+        assert_eq!(b.take_rung_at(), None);
     }
 
     #[test]
