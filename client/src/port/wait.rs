@@ -49,6 +49,7 @@ impl WaitPolicy {
     }
 
     /// When a wait starting now must give up.
+    #[inline]
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.stall.map(|d| Instant::now() + d)
     }

@@ -122,7 +122,11 @@ impl Sender {
 
     #[inline]
     fn port(&mut self) -> Result<&mut TxPort> {
-        self.port.as_mut().ok_or(Error::Closed)
+        // Not `ok_or(Error::Closed)`, which builds and drops an error per call.
+        match self.port.as_mut() {
+            Some(p) => Ok(p),
+            None => Err(Error::Closed),
+        }
     }
 
     /// Counts a committed item and reports progress when due.
