@@ -187,6 +187,11 @@ pub struct Job {
     /// of one), as shmbus publishes whole items.
     #[serde(default)]
     pub whole_writes: bool,
+    /// shmbus bytes with a copy on each side, as typed items have: the
+    /// producer fills its own buffer and sends it (`send_bytes`), the
+    /// consumer reads each item into its own buffer (`io::Read`).
+    #[serde(default)]
+    pub copied: bool,
 }
 
 /// What a peer measured. Absent fields do not apply to the job.

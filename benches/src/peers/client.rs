@@ -103,6 +103,16 @@ fn consume(conn: &Connection, job: &Job) -> Result<(u64, u64, u64, u64, Reply, u
             sum.update(item);
             items += 1;
         }
+    } else if job.copied {
+        let mut own = vec![0u8; job.size];
+        loop {
+            let n = std::io::Read::read(rx, &mut own)?;
+            if n == 0 {
+                break;
+            }
+            sum.update(&own[..n]);
+            items += 1;
+        }
     } else {
         while let Some(item) = rx.recv_in_place()? {
             sum.update(&item);

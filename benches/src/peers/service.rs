@@ -70,10 +70,21 @@ fn stream(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
     sleep_until(job.start_at);
     let end = job.start_at + job.duration_ns;
     let (mut pos, mut n) = (0u64, 0u64);
+    let mut own = vec![0u8; if job.copied { job.size } else { 0 }];
     loop {
-        let mut slot = tx.reserve(job.size)?;
-        fill(&mut slot.buf()[..job.size], pos);
-        slot.commit(job.size)?;
+        if job.copied {
+            // As typed items: queued below FEED_BELOW, sent at once above.
+            fill(&mut own, pos);
+            if job.size < FEED_BELOW {
+                tx.feed_bytes(&own)?;
+            } else {
+                tx.send_bytes(&own)?;
+            }
+        } else {
+            let mut slot = tx.reserve(job.size)?;
+            fill(&mut slot.buf()[..job.size], pos);
+            slot.commit(job.size)?;
+        }
         pos += job.size as u64;
         n += 1;
         if (job.size >= 4096 || n % 64 == 0) && mono_ns() >= end {

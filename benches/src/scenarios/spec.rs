@@ -35,6 +35,9 @@ impl Variant {
         if self.job.typed {
             s.push_str(" typed");
         }
+        if self.job.copied {
+            s.push_str(" copied");
+        }
         if self.job.scenario == Scenario::Latency && self.transport == Transport::Shm {
             s.push(' ');
             s.push_str(self.job.wait.name());
@@ -100,6 +103,7 @@ pub fn job(ctx: &Context, o: &Options, scenario: Scenario, transport: Transport)
         broker_pid: ctx.broker_pid,
         gap_ns: 0,
         whole_writes: false,
+        copied: false,
     }
 }
 

@@ -123,6 +123,13 @@ impl Spec for Throughput {
                         }
                     }
                 }
+                // Bytes with the copies typed items make, to tell the cost
+                // of the copies from the cost of encoding.
+                if o.has(Transport::Shm) && o.typed_sizes.contains(&size) {
+                    let mut v = make(Transport::Shm, false);
+                    v.job.copied = true;
+                    variants.push(v);
+                }
                 for v in baselines(o, |t| make(t, false).job) {
                     if v.transport != Transport::BareRing {
                         variants.push(v);
@@ -154,6 +161,8 @@ impl Spec for Throughput {
         let mut n = vec![
             "one stream, producer and consumer in separate processes; GB/s = 10^9 bytes/s".into(),
             "bytes: Sender::reserve + fill in place + commit per write; consumer recv_in_place"
+                .into(),
+            "shm copied (at the typed sizes): bytes with a copy on each side, as typed items have: the producer fills its own buffer and calls send_bytes, the consumer reads each item into its own buffer (io::Read)"
                 .into(),
         ];
         let mut sizes: Vec<usize> = o.sizes.iter().chain(&o.typed_sizes).copied().collect();
