@@ -376,7 +376,13 @@ pub(crate) struct SockRx {
     peer_closed: bool,
     pub(crate) policy: WaitPolicy,
     deadline: Option<Instant>,
+    /// The last message was large: read the next one's header alone, then
+    /// no further than its end (see [`read_limit`](Self::read_limit)).
+    large: bool,
 }
+
+/// A message at least this long is read no further than its end.
+const LARGE_MESSAGE: usize = 64 * 1024;
 
 impl SockRx {
     /// True when received bytes wait in the buffer.
@@ -396,6 +402,7 @@ impl SockRx {
             buf: vec![0; 64 * 1024],
             start: 0,
             end: 0,
+            large: false,
             batch: None,
             held: None,
             credit: RecvCredit::new(credit),
@@ -458,6 +465,7 @@ impl SockRx {
             if let Some((msg, used)) = decoded {
                 let at = self.start;
                 self.start += used;
+                self.large = used >= LARGE_MESSAGE;
                 let ev = match msg {
                     LinkMessage::Data(_) => {
                         self.batch = Some((at + MESSAGE_HEADER, at + used));
@@ -492,6 +500,31 @@ impl SockRx {
         }
     }
 
+    /// How far the next read may fill the buffer. Messages of a large-item
+    /// stream are read one at a time, the header alone first and then no
+    /// further than the message's end: once the message is consumed the
+    /// buffer is empty and starts over at its beginning, where reading
+    /// past the end would leave part of the next message to be moved to
+    /// the front (a copy of up to a whole item per message).
+    fn read_limit(&self) -> usize {
+        let buffered = self.end - self.start;
+        if buffered < MESSAGE_HEADER {
+            return if self.large {
+                self.start + MESSAGE_HEADER
+            } else {
+                self.buf.len()
+            };
+        }
+        let head = &self.buf[self.start..self.start + 4];
+        let body = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
+        let msg_end = self.start + MESSAGE_HEADER + body;
+        if body >= LARGE_MESSAGE && msg_end > self.end && msg_end <= self.buf.len() {
+            msg_end
+        } else {
+            self.buf.len()
+        }
+    }
+
     /// Reads more bytes; false when none were available without waiting.
     fn read_more(&mut self, block: bool) -> Result<bool> {
         if self.start == self.end {
@@ -510,8 +543,9 @@ impl SockRx {
                     .resize(need.min(self.buf.len() * 2).max(self.end + 64 * 1024), 0);
             }
         }
+        let limit = self.read_limit();
         loop {
-            match (&*self.sock).read(&mut self.buf[self.end..]) {
+            match (&*self.sock).read(&mut self.buf[self.end..limit]) {
                 Ok(0) => {
                     self.peer_closed = true;
                     return Ok(true);
