@@ -94,12 +94,15 @@ pub struct Checksum {
 }
 
 impl Checksum {
-    #[inline]
-    fn block(&mut self, block: &[u8]) {
+    /// Folds one 32-byte block into the lanes `a`, `b` (kept in locals by
+    /// the caller, so a stream of small updates does not store and reload
+    /// them per block).
+    #[inline(always)]
+    fn block(a: &mut [u64; 4], b: &mut [u64; 4], block: &[u8]) {
         for lane in 0..4 {
             let w = u64::from_le_bytes(block[lane * 8..lane * 8 + 8].try_into().expect("8 bytes"));
-            self.a[lane] = self.a[lane].wrapping_add(w);
-            self.b[lane] = self.b[lane].wrapping_add(self.a[lane]);
+            a[lane] = a[lane].wrapping_add(w);
+            b[lane] = b[lane].wrapping_add(a[lane]);
         }
     }
 
@@ -107,6 +110,7 @@ impl Checksum {
     #[inline]
     pub fn update(&mut self, mut data: &[u8]) {
         self.len += data.len() as u64;
+        let (mut a, mut b) = (self.a, self.b);
         if self.held > 0 {
             let take = (32 - self.held).min(data.len());
             copy_small(
@@ -118,14 +122,14 @@ impl Checksum {
             if self.held < 32 {
                 return;
             }
-            let block = self.partial;
-            self.block(&block);
+            Self::block(&mut a, &mut b, &self.partial);
             self.held = 0;
         }
         let mut blocks = data.chunks_exact(32);
         for block in &mut blocks {
-            self.block(block);
+            Self::block(&mut a, &mut b, block);
         }
+        (self.a, self.b) = (a, b);
         let rest = blocks.remainder();
         copy_small(&mut self.partial[..rest.len()], rest);
         self.held = rest.len();
