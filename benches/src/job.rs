@@ -184,7 +184,8 @@ pub struct Job {
     #[serde(default)]
     pub gap_ns: u64,
     /// Bare ring: publish whole writes only (after each write, never part
-    /// of one), as shmbus publishes whole items.
+    /// of one), and release them whole, as shmbus publishes and releases
+    /// whole items.
     #[serde(default)]
     pub whole_writes: bool,
     /// shmbus bytes with a copy on each side, as typed items have: the

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::job::{Outcome, Scenario, Transport};
-use crate::scenarios::{Group, Spec};
+use crate::scenarios::{Group, Spec, Variant};
 use crate::stats::{summarize, Summary};
 
 /// The measurements of one group: `runs[variant][round]`, `None` for a
@@ -26,18 +26,19 @@ impl Measured<'_> {
     }
 
     /// Ratios of variant `v`'s headline figure to each baseline's in the
-    /// group, per round, summarized. Only shmbus variants have ratios. A
-    /// baseline run in several configurations (the bare ring's sizes)
-    /// counts with its best figure of each round.
-    pub fn ratios(&self, spec: &dyn Spec, v: usize) -> Vec<(Transport, Option<Summary>)> {
+    /// group, per round, summarized, by [`base_name`]. Only shmbus variants
+    /// have ratios. A baseline run in several configurations (the bare
+    /// ring's sizes) counts with its best figure of each round; the bare
+    /// ring with a copy on each side is a baseline of its own.
+    pub fn ratios(&self, spec: &dyn Spec, v: usize) -> Vec<(&'static str, Option<Summary>)> {
         if !self.group.variants[v].transport.is_bus() {
             return Vec::new();
         }
         let higher_is_better = matches!(spec.scenario(), Scenario::Throughput | Scenario::Fanout);
-        let mut bases: Vec<Transport> = Vec::new();
+        let mut bases: Vec<&'static str> = Vec::new();
         for b in &self.group.variants {
-            if !b.transport.is_bus() && !bases.contains(&b.transport) {
-                bases.push(b.transport);
+            if !b.transport.is_bus() && !bases.contains(&base_name(b)) {
+                bases.push(base_name(b));
             }
         }
         bases
@@ -51,7 +52,7 @@ impl Measured<'_> {
                             .variants
                             .iter()
                             .enumerate()
-                            .filter(|(_, b)| b.transport == base)
+                            .filter(|(_, b)| !b.transport.is_bus() && base_name(b) == base)
                             .filter_map(|(b, _)| spec.headline(self.runs[b][round].as_ref()?))
                             .reduce(|a, b| if (b > a) == higher_is_better { b } else { a })?;
                         Some(x / best)
@@ -63,15 +64,28 @@ impl Measured<'_> {
     }
 }
 
+/// The name a baseline variant's ratios go by: its transport's, or
+/// `bare_ring_copied` for the bare ring with a copy on each side.
+pub fn base_name(v: &Variant) -> &'static str {
+    if v.transport == Transport::BareRing && v.job.copied {
+        BARE_RING_COPIED
+    } else {
+        v.transport.name()
+    }
+}
+
+/// The bare ring with a copy on each side, as a ratio's baseline.
+pub const BARE_RING_COPIED: &str = "bare_ring_copied";
+
 /// The table of one scenario.
 pub struct Table {
     widths: Vec<usize>,
-    baselines: Vec<Transport>,
+    baselines: Vec<&'static str>,
 }
 
 impl Table {
     /// Prints the scenario's title, notes and column titles.
-    pub fn start(spec: &dyn Spec, notes: &[String], baselines: Vec<Transport>) -> Table {
+    pub fn start(spec: &dyn Spec, notes: &[String], baselines: Vec<&'static str>) -> Table {
         let first = match spec.scenario() {
             Scenario::Fanout => "streams",
             Scenario::Idle => "idle",
@@ -79,7 +93,7 @@ impl Table {
         };
         let mut titles = vec![(first.to_string(), 8), ("transport".to_string(), 15)];
         titles.extend(spec.columns().into_iter().map(|(t, w)| (t.to_string(), w)));
-        titles.extend(baselines.iter().map(|b| (format!("×{}", b.name()), 11)));
+        titles.extend(baselines.iter().map(|b| (format!("×{b}"), 11)));
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "\n== {}", spec.scenario().name());
         for n in notes {
@@ -179,7 +193,7 @@ pub fn records(spec: &dyn Spec, m: &Measured<'_>) -> Vec<Value> {
         let ratios: Map<String, Value> = m
             .ratios(spec, v)
             .into_iter()
-            .filter_map(|(t, s)| Some((t.name().to_string(), Value::from(s?.median))))
+            .filter_map(|(t, s)| Some((t.to_string(), Value::from(s?.median))))
             .collect();
         if !ratios.is_empty() {
             r.insert("ratio_vs".into(), Value::Object(ratios));

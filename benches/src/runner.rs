@@ -14,7 +14,7 @@ use crate::cli::Options;
 use crate::job::{Job, Outcome, Scenario, Side, Transport};
 use crate::os::{self, mono_ns};
 use crate::progress::Progress;
-use crate::report::{self, Measured, Table};
+use crate::report::{self, base_name, Measured, Table, BARE_RING_COPIED};
 use crate::scenarios::{self, Context};
 use crate::svg;
 
@@ -291,9 +291,16 @@ pub fn run(
         .filter(|&t| o.has(t))
         .collect();
     for (spec, groups) in specs.iter().zip(&plans) {
-        let mut bases = baselines.clone();
+        let mut bases: Vec<&'static str> = baselines.iter().map(|t| t.name()).collect();
         if spec.scenario() == Scenario::Setup {
-            bases.retain(|&t| t == Transport::Uds);
+            bases.retain(|&t| t == Transport::Uds.name());
+        }
+        let copied = groups
+            .iter()
+            .flat_map(|g| &g.variants)
+            .any(|v| base_name(v) == BARE_RING_COPIED);
+        if copied {
+            bases.push(BARE_RING_COPIED);
         }
         progress.clear();
         let table = Table::start(spec.as_ref(), &spec.notes(o), bases);

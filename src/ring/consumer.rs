@@ -216,7 +216,8 @@ impl RingConsumer {
                 .store(limit, Ordering::Release);
         }
         let batch = self.ring.capacity as u64 / 4;
-        if granted.is_some() || self.released - self.published >= batch {
+        if granted.is_some() || self.released - self.published >= batch || record.len >= HOT_RECORD
+        {
             return Ok(self.flush_release());
         }
         Ok(false)

@@ -26,7 +26,9 @@
 //! producer that finds the ring empty pads to the end too and starts over at
 //! the beginning, so bursts smaller than the ring reuse memory that is still
 //! cached (with many streams, cycling through every ring would not fit the
-//! caches).
+//! caches). Large records ([`HOT_RECORD`] and up) take turns in the first
+//! two slots of their size for the same reason: the producer waits for the
+//! first slot rather than move on through the ring.
 //! Positions are monotonic byte counts; `position % capacity` is the offset.
 //!
 //! # Trust
@@ -111,6 +113,11 @@ pub const RING_VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes of a record header; also the record alignment.
 pub const RECORD_HEADER: usize = 16;
+/// From this size on (payload bytes), a record is large: the producer
+/// keeps such records in the first two slots of their size, and the
+/// consumer hands each one back as soon as it is released (section 6.4 of
+/// `PROTOCOL.md`).
+pub const HOT_RECORD: usize = 256 << 10;
 /// Smallest data area.
 pub const MIN_CAPACITY: u32 = 4096;
 /// Largest data area.

@@ -145,7 +145,15 @@ impl RingProducer {
         // A ring seen empty starts over at its beginning, so that a stream
         // moving bursts smaller than its ring keeps reusing the same (cached)
         // memory instead of cycling through all of it.
-        let restart = self.write_pos == self.read_pos_cache && off != 0 && total <= off;
+        //
+        // Large records take turns in the first two slots of their size
+        // (double buffering): the producer fills one while the consumer
+        // reads the other, so both stay in memory the caches still hold
+        // instead of cycling through the whole ring.
+        let restart = off != 0
+            && total <= off
+            && (self.write_pos == self.read_pos_cache
+                || (total - RECORD_HEADER as u64 >= HOT_RECORD as u64 && off > total));
         let need = if to_end < total || restart {
             to_end + total
         } else {

@@ -534,6 +534,48 @@ fn a_drained_ring_starts_over_at_its_beginning() {
     assert_ne!(Some(c.data(&rec).as_ptr()), first);
 }
 
+#[test]
+fn large_records_take_turns_in_two_slots_and_wait_for_the_first() {
+    // A 4 MiB ring with credit for eight large records: only the ring's
+    // placement holds the producer back.
+    let len = HOT_RECORD;
+    let (mut p, mut c, _f) = pair(4 << 20, CreditSpec::bytes(16 * len as u64));
+    let payload = vec![5u8; len];
+    let mut starts = Vec::new();
+    // Two in flight: the second goes right after the first.
+    assert_eq!(send(&mut p, &payload, len as u64), Ok(true));
+    assert_eq!(send(&mut p, &payload, len as u64), Ok(true));
+    // The ring has room for eight more, but the third waits for the first
+    // slot rather than moving on to memory the caches no longer hold.
+    assert_eq!(send(&mut p, &payload, len as u64), Err(Blocked::Space));
+    for round in 0..6 {
+        let rec = c.try_next().unwrap().unwrap();
+        assert_eq!(c.data(&rec).len(), len);
+        starts.push(c.data(&rec).as_ptr() as usize);
+        // A large record is handed back at once, not batched.
+        let _ = c.release(&rec).unwrap();
+        assert_eq!(
+            send(&mut p, &payload, len as u64),
+            Ok(true),
+            "round {round}"
+        );
+        assert_eq!(send(&mut p, &payload, len as u64), Err(Blocked::Space));
+    }
+    let (a, b) = (starts[0], starts[1]);
+    assert_eq!(b - a, len + RECORD_HEADER);
+    for (i, &at) in starts.iter().enumerate() {
+        assert_eq!(at, if i % 2 == 0 { a } else { b }, "record {i}");
+    }
+    // Small records are not held to two slots: they fill the ring.
+    let (mut p, _c, _f) = pair(4 << 20, CreditSpec::bytes(4 << 20));
+    let small = vec![1u8; 64 << 10];
+    let mut sent = 0;
+    while send(&mut p, &small, small.len() as u64).is_ok() {
+        sent += 1;
+    }
+    assert!(sent > 32, "sent {sent}");
+}
+
 /// Descriptors this process holds on memfds named `name`.
 fn memfds_named(name: &str) -> usize {
     let link = format!("/memfd:{name} (deleted)");

@@ -9,7 +9,11 @@
 //! the streaming loop calls every few writes, and whenever it waits for
 //! room), and the consumer releases what it read once per batch too, so
 //! neither side pulls the other's cache line for every small write. A
-//! round trip flushes every message. Neither side ever sleeps, so neither
+//! round trip flushes every message. With whole writes (the ceiling for a
+//! transport whose unit is the item), the producer publishes each write
+//! when it is complete and the consumer releases whole writes only; with a
+//! ring of two writes the two sides take turns in its halves, which keeps
+//! large writes in cache better than batches do. Neither side ever sleeps, so neither
 //! ever makes a system call: a ring that sleeps only when its peer sleeps
 //! does no better while data flows.
 //!
@@ -195,17 +199,23 @@ pub struct Consumer {
     released: u64,
     write_cache: u64,
     batch: u64,
+    /// Read bytes are handed back only in multiples of this: 1, or a
+    /// write's size for whole writes.
+    unit: u64,
 }
 
 impl Consumer {
-    /// Maps the ring to consume from it.
-    pub fn open(fd: OwnedFd, capacity: usize) -> io::Result<Self> {
+    /// Maps the ring to consume from it. With `whole_writes` of a size,
+    /// read bytes are handed back whole writes at a time, as a shmbus
+    /// consumer releases whole items.
+    pub fn open(fd: OwnedFd, capacity: usize, whole_writes: Option<usize>) -> io::Result<Self> {
         Ok(Consumer {
             m: Mapping::open(fd, capacity)?,
             read: 0,
             released: 0,
             write_cache: 0,
             batch: batch(capacity) as u64,
+            unit: whole_writes.map_or(1, |w| w.max(1) as u64),
         })
     }
 
@@ -253,13 +263,15 @@ impl Consumer {
         n
     }
 
-    /// Hands everything read so far back to the producer.
+    /// Hands everything read so far back to the producer (whole writes
+    /// only, with `whole_writes`).
     pub fn release(&mut self) {
-        if self.released != self.read {
-            self.released = self.read;
+        let upto = self.read / self.unit * self.unit;
+        if self.released != upto {
+            self.released = upto;
             // SYNC: Release pairs with the Acquire load in `Producer::write_with`:
             // our reads of the pieces happen before the producer reuses them.
-            self.m.atomic(OFF_READ).store(self.read, Ordering::Release);
+            self.m.atomic(OFF_READ).store(upto, Ordering::Release);
         }
     }
 }
@@ -272,7 +284,7 @@ mod tests {
     fn bytes_cross_the_ring_in_order_and_the_end_is_seen() {
         let fd = create(4096).unwrap();
         let mut p = Producer::open(fd.try_clone().unwrap(), 4096, false).unwrap();
-        let mut c = Consumer::open(fd, 4096).unwrap();
+        let mut c = Consumer::open(fd, 4096, None).unwrap();
         let t = std::thread::spawn(move || {
             let mut got = Vec::new();
             while c.read_with(1000, |b| got.extend_from_slice(b)) > 0 {}

@@ -106,7 +106,9 @@ pub fn config(job: &Job) -> serde_json::Value {
             "ring": job.ring,
             "publish_batch": if job.whole_writes { None } else { Some(bare_ring::batch(job.ring as usize)) },
             "flush_every_writes": if latency || job.whole_writes { 1 } else { FLUSH_EVERY },
+            "release": if job.whole_writes { "whole writes" } else { "publish_batch" },
             "wait": "spin, then yield",
+            "copy_each_side": job.copied,
         }),
         Transport::Shm | Transport::Socket => serde_json::json!({
             "ring": job.ring,
@@ -149,6 +151,27 @@ impl Rx {
     fn drain(&mut self, sum: &mut Checksum) -> io::Result<()> {
         while self.read_with(usize::MAX, |b| sum.update(b))? > 0 {}
         Ok(())
+    }
+
+    /// Like [`drain`](Self::drain), but each write is first copied into a
+    /// buffer of this side's own (`size` bytes), as a receiver of owned
+    /// items does, and summed there.
+    fn drain_copied(&mut self, size: usize, sum: &mut Checksum) -> io::Result<()> {
+        let mut own = vec![0u8; size.max(1)];
+        let mut have = 0;
+        loop {
+            let n = self.read_with(own.len() - have, |b| {
+                own[have..have + b.len()].copy_from_slice(b)
+            })?;
+            have += n;
+            if n == 0 || have == own.len() {
+                sum.update(&own[..have]);
+                have = 0;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -258,7 +281,11 @@ fn ends(
         }
         Transport::BareRing => {
             let r = if rx {
-                Some(Rx::Ring(bare_ring::Consumer::open(next()?, cap)?))
+                Some(Rx::Ring(bare_ring::Consumer::open(
+                    next()?,
+                    cap,
+                    job.whole_writes.then_some(job.size),
+                )?))
             } else {
                 None
             };
@@ -315,8 +342,14 @@ fn produce(job: &Job, tx: &mut Tx) -> io::Result<(u64, u64)> {
     sleep_until(job.start_at);
     let end = job.start_at + job.duration_ns;
     let (mut pos, mut n) = (0u64, 0u64);
+    let mut own = vec![0u8; if job.copied { job.size } else { 0 }];
     loop {
-        tx.write_with(job.size, |off, piece| fill(piece, pos + off as u64))?;
+        if job.copied {
+            fill(&mut own, pos);
+            tx.write_bytes(&own)?;
+        } else {
+            tx.write_with(job.size, |off, piece| fill(piece, pos + off as u64))?;
+        }
         pos += job.size as u64;
         n += 1;
         if job.whole_writes || n % FLUSH_EVERY == 0 {
@@ -348,7 +381,11 @@ fn streams(job: &Job, side: Side, ends: Vec<(Option<Rx>, Option<Tx>)>) -> io::Re
                     Side::A => {
                         let mut rx = rx.expect("rx");
                         let mut sum = Checksum::default();
-                        rx.drain(&mut sum)?;
+                        if job.copied {
+                            rx.drain_copied(job.size, &mut sum)?;
+                        } else {
+                            rx.drain(&mut sum)?;
+                        }
                         Ok((sum.len(), sum.value(), mono_ns()))
                     }
                 })

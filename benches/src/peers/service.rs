@@ -67,6 +67,7 @@ fn reply(call: IncomingCall, r: Reply) -> Result<(), BoxError> {
 /// the job's duration.
 fn stream(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
     let tx = call.sender().ok_or("download without a sender")?;
+    tx.set_wait_policy(job.wait.policy());
     sleep_until(job.start_at);
     let end = job.start_at + job.duration_ns;
     let (mut pos, mut n) = (0u64, 0u64);

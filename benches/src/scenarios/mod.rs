@@ -10,7 +10,7 @@ pub mod spec;
 pub mod throughput;
 
 use crate::job::Scenario;
-pub use spec::{Context, Group, Spec};
+pub use spec::{Context, Group, Spec, Variant};
 
 /// Every scenario's definition.
 pub fn definition(s: Scenario) -> Box<dyn Spec> {

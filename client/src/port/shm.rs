@@ -137,7 +137,8 @@ impl ShmTx {
             ));
         }
         let ring = &mut self.ring;
-        let moved = self.spinner.spin(self.policy, || -> Result<Option<()>> {
+        let policy = self.policy.for_record(max_len);
+        let moved = self.spinner.spin(policy, || -> Result<Option<()>> {
             if ring.is_cancelled() {
                 return Ok(Some(()));
             }
@@ -148,7 +149,7 @@ impl ShmTx {
             return Ok(());
         }
         let slept = self.sleep(deadline);
-        self.spinner.woke(self.policy, self.bell.take_rung_at());
+        self.spinner.woke(policy, self.bell.take_rung_at());
         slept
     }
 
@@ -237,6 +238,8 @@ pub(crate) struct ShmRx {
     ring: RingConsumer,
     bell: Doorbell,
     held: Option<Record>,
+    /// The last item's length: what the next wait is likely for.
+    last_len: usize,
     pub(crate) policy: WaitPolicy,
     spinner: Spinner,
 }
@@ -253,6 +256,7 @@ impl ShmRx {
             ring,
             bell: Doorbell::new(link),
             held: None,
+            last_len: 0,
             policy: WaitPolicy::default(),
             spinner: Spinner::default(),
         })
@@ -265,7 +269,10 @@ impl ShmRx {
     #[inline(always)]
     fn event(&mut self, rec: Record) -> RxEvent {
         let ev = match &rec.kind {
-            RecordKind::Data => RxEvent::Item,
+            RecordKind::Data => {
+                self.last_len = rec.len;
+                RxEvent::Item
+            }
             RecordKind::End => RxEvent::End,
             RecordKind::Cancelled => RxEvent::Cancelled,
             RecordKind::Error => RxEvent::Error(self.ring.error_message(&rec)),
@@ -310,7 +317,9 @@ impl ShmRx {
                 continue;
             }
             let ring = &mut self.ring;
-            if let Some(rec) = self.spinner.spin(self.policy, || ring.try_next())? {
+            // The next record is likely the size of the last one.
+            let policy = self.policy.for_record(self.last_len);
+            if let Some(rec) = self.spinner.spin(policy, || ring.try_next())? {
                 return Ok(Some(self.event(rec)));
             }
             if self.ring.prepare_sleep() {
@@ -320,7 +329,7 @@ impl ShmRx {
             } else {
                 self.bell.drain();
             }
-            self.spinner.woke(self.policy, self.bell.take_rung_at());
+            self.spinner.woke(policy, self.bell.take_rung_at());
         }
     }
 
