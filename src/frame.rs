@@ -22,7 +22,7 @@ use crate::credit::CreditSpec;
 use crate::state::StreamState;
 
 /// Version of the control protocol spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Size of the frame header on the wire.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Default upper bound for one frame's body, in bytes.
@@ -161,6 +161,10 @@ pub struct CallRequest {
     pub transport: TransportPreference,
     /// Data bytes of each ring; `None` takes the broker's default.
     pub ring_size: Option<u32>,
+    /// The call's deadline, as the time left when the caller sent it, in
+    /// microseconds; `None` for a call without one. The broker fails the
+    /// call with [`ErrorCode::DeadlineExceeded`] once it passes.
+    pub time_left_us: Option<u64>,
 }
 
 /// The port parameters both peers learn in stream-open.
@@ -219,6 +223,8 @@ pub enum ErrorCode {
     SharedMemoryUnavailable,
     /// The broker is shutting down.
     ShuttingDown,
+    /// The call's deadline passed.
+    DeadlineExceeded,
 }
 
 impl ErrorCode {
@@ -236,6 +242,7 @@ impl ErrorCode {
             ErrorCode::Denied => "denied",
             ErrorCode::SharedMemoryUnavailable => "shared memory unavailable",
             ErrorCode::ShuttingDown => "broker shutting down",
+            ErrorCode::DeadlineExceeded => "deadline exceeded",
         }
     }
 }
@@ -435,6 +442,9 @@ pub enum Frame {
         caller_pid: i32,
         /// Caller's user id, from the socket.
         caller_uid: u32,
+        /// The call's deadline, as the time left when the broker sent this
+        /// frame, in microseconds; `None` for a call without one.
+        time_left_us: Option<u64>,
     },
     /// Broker → caller: the stream's port is ready (stream-open).
     StreamOpen(StreamOpen),

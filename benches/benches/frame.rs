@@ -21,6 +21,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 credit: CreditSpec::items(64),
                 transport: TransportPreference::Auto,
                 ring_size: Some(1 << 20),
+                time_left_us: Some(2_000_000),
             }),
         ),
         ("ack", Frame::Ack { request: 7 }),

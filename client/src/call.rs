@@ -3,6 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,6 +28,7 @@ pub struct CallBuilder {
     request: CallRequest,
     policy: WaitPolicy,
     collect_limit: Option<u64>,
+    deadline: Option<Instant>,
 }
 
 impl Connection {
@@ -67,9 +69,11 @@ impl Connection {
                 credit: CreditSpec::bytes(0),
                 transport: TransportPreference::Auto,
                 ring_size: None,
+                time_left_us: None,
             },
             policy: WaitPolicy::default(),
             collect_limit: None,
+            deadline: None,
         }
     }
 }
@@ -122,6 +126,46 @@ impl CallBuilder {
         self
     }
 
+    /// Gives the call a deadline. The broker fails the call once it
+    /// passes: the service's stream is cancelled and told why
+    /// ([`IncomingCall::deadline`](crate::IncomingCall::deadline) shows it
+    /// the time left), the result is [`Error::DeadlineExceeded`], and so is
+    /// any wait on either side's stream that reaches it. Items already
+    /// received are still there to read. A deadline already past when the
+    /// call is made fails it at once, before the service hears of it.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &shmbus_client::Connection) -> shmbus_client::Result<()> {
+    /// use std::time::{Duration, Instant};
+    /// use shmbus_client::Error;
+    ///
+    /// let call = conn
+    ///     .call("reports", "render")
+    ///     .deadline(Instant::now() + Duration::from_secs(2))
+    ///     .start()?;
+    /// match call.finish() {
+    ///     Ok(pdf) => println!("{} bytes", pdf.len()),
+    ///     Err(Error::DeadlineExceeded) => eprintln!("too slow today"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Gives the call a deadline `timeout` from now: see
+    /// [`deadline`](Self::deadline).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.deadline(deadline),
+            // Beyond what the clock can tell: no deadline at all.
+            None => self,
+        }
+    }
+
     fn send(self) -> Result<Call> {
         Ok(self.send_leading()?.0)
     }
@@ -132,6 +176,11 @@ impl CallBuilder {
         let broker = self.conn.link();
         let id = broker.next_id();
         self.request.call = id;
+        // The broker keeps its own clock: it is told the time left.
+        self.request.time_left_us = self.deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now()).as_micros();
+            u64::try_from(left).unwrap_or(u64::MAX)
+        });
         let events = broker.expect_call(id)?;
         let held = broker.lead();
         if let Err(e) = broker.send(&Frame::Call(self.request)) {
@@ -150,6 +199,7 @@ impl CallBuilder {
             cancelled: Arc::new(AtomicBool::new(false)),
             stop: Arc::new(AtomicBool::new(false)),
             policy: self.policy,
+            deadline: self.deadline,
         };
         Ok((call, held))
     }
@@ -365,6 +415,7 @@ pub struct Call {
     /// Set by a cancel: this side's receivers stop at their next receive.
     stop: Arc<AtomicBool>,
     policy: WaitPolicy,
+    deadline: Option<Instant>,
 }
 
 impl Call {
@@ -375,7 +426,7 @@ impl Call {
                 self.attach(open, fds)?;
                 Ok(true)
             }
-            Ok(CallEvent::Result(Err(e))) => Err(Error::Remote(e)),
+            Ok(CallEvent::Result(Err(e))) => Err(Error::remote(e)),
             Ok(CallEvent::Result(ok)) => {
                 self.outcome = Some(ok);
                 Ok(false)
@@ -396,11 +447,13 @@ impl Call {
                 self.link.clone(),
             );
             s.set_wait_policy(self.policy);
+            s.set_deadline(self.deadline);
             s
         });
         self.receiver = ports.rx.map(|p| {
             let mut r = Receiver::new(p, open.stream, self.link.clone());
             r.set_wait_policy(self.policy);
+            r.set_deadline(self.deadline);
             r.stop_on(self.stop.clone());
             r
         });
@@ -411,6 +464,11 @@ impl Call {
     /// The caller's call id.
     pub fn id(&self) -> CallId {
         self.id
+    }
+
+    /// The call's deadline, if it was given one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Broker-wide stream id, for streaming calls.
@@ -538,7 +596,7 @@ impl Call {
 
     fn finish_holding(mut self, held: Option<HeldReader>) -> Result<Vec<u8>> {
         if let Some(outcome) = self.outcome.take() {
-            return outcome.map_err(Error::Remote);
+            return outcome.map_err(Error::remote);
         }
         if let Some(mut tx) = self.sender.take() {
             if tx.is_open() {
@@ -553,7 +611,7 @@ impl Call {
             while let Ok(Some(_)) = rx.recv_in_place() {}
         }
         match self.link.broker.wait_holding(held, &self.events) {
-            Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::Remote),
+            Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::remote),
             Ok(CallEvent::Open(open, fds)) => {
                 drop(fds);
                 Err(Error::Protocol(format!(

@@ -68,6 +68,10 @@ pub enum Error {
     /// The peer made no progress within the stall timeout.
     #[error("stream stalled: the peer made no progress within the stall timeout")]
     Stalled,
+    /// The call's deadline passed: the broker failed the call (the service
+    /// was told to stop), or a wait on its stream reached the deadline.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// A typed item or argument did not encode or decode: usually the two
     /// peers disagree on the item's type.
     #[error("codec: {0}")]
@@ -101,7 +105,18 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Remote(e) => Some(e.code),
+            Error::DeadlineExceeded => Some(ErrorCode::DeadlineExceeded),
             _ => None,
+        }
+    }
+
+    /// The error for a failed result: [`Error::DeadlineExceeded`] for the
+    /// broker's deadline error, else [`Error::Remote`].
+    pub(crate) fn remote(e: RemoteError) -> Error {
+        if e.code == ErrorCode::DeadlineExceeded {
+            Error::DeadlineExceeded
+        } else {
+            Error::Remote(e)
         }
     }
 
@@ -116,7 +131,7 @@ impl Error {
                     Error::Cancelled => io::ErrorKind::ConnectionAborted,
                     Error::PeerGone(_) | Error::BrokerGone => io::ErrorKind::BrokenPipe,
                     Error::Protocol(_) | Error::Codec(_) => io::ErrorKind::InvalidData,
-                    Error::Stalled => io::ErrorKind::TimedOut,
+                    Error::Stalled | Error::DeadlineExceeded => io::ErrorKind::TimedOut,
                     _ => io::ErrorKind::Other,
                 };
                 io::Error::new(kind, other)

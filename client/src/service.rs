@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use shmbus::frame::{CallId, ErrorCode, Frame, MethodSpec, RemoteError, Transport};
@@ -122,6 +123,7 @@ pub struct IncomingCall {
     peer_result: Option<PeerResult>,
     cancelled: Arc<AtomicBool>,
     answered: bool,
+    deadline: Option<Instant>,
 }
 
 impl IncomingCall {
@@ -133,17 +135,21 @@ impl IncomingCall {
             transport = Some(open.transport);
             peer_result = ports.result;
             sender = ports.tx.map(|p| {
-                Sender::new(
+                let mut s = Sender::new(
                     p,
                     open.stream,
                     open.credit,
                     raw.cancelled.clone(),
                     link.clone(),
-                )
+                );
+                s.set_deadline(raw.deadline);
+                s
             });
-            receiver = ports
-                .rx
-                .map(|p| Receiver::new(p, open.stream, link.clone()));
+            receiver = ports.rx.map(|p| {
+                let mut r = Receiver::new(p, open.stream, link.clone());
+                r.set_deadline(raw.deadline);
+                r
+            });
         }
         Ok(IncomingCall {
             link,
@@ -158,7 +164,23 @@ impl IncomingCall {
             peer_result,
             cancelled: raw.cancelled,
             answered: false,
+            deadline: raw.deadline,
         })
+    }
+
+    /// The caller's deadline, if it gave one, on this process's clock (the
+    /// broker passes on the time left). When it passes, the broker cancels
+    /// the call, the caller's result is
+    /// [`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded) whatever
+    /// this side answers, and this side's stream halves fail with it too.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline: `None` without one, zero once passed.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// The method called.

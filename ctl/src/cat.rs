@@ -32,6 +32,8 @@ pub struct Options {
     pub batch: Option<u64>,
     /// Bytes and rate on stderr.
     pub progress: bool,
+    /// The call's deadline, from when cat starts.
+    pub timeout: Option<Duration>,
 }
 
 /// How long cat waits, once it cancelled its call, for the service's answer.
@@ -70,6 +72,7 @@ enum Stop {
 
 /// `shmbusctl cat NAME`.
 pub fn cat(socket: &Path, name: &str, opts: Options) -> Result<(), Failure> {
+    let deadline = opts.timeout.and_then(|t| Instant::now().checked_add(t));
     let conn = Connection::connect(socket)?;
     let (tx, events) = mpsc::channel();
     let mut signals = Signals::new([SIGINT, SIGTERM])
@@ -86,7 +89,7 @@ pub fn cat(socket: &Path, name: &str, opts: Options) -> Result<(), Failure> {
     let worker = shared.clone();
     let name = name.to_string();
     thread::spawn(move || {
-        let r = run(&conn, &name, &opts, &worker, &tx);
+        let r = run(&conn, &name, &opts, deadline, &worker, &tx);
         let _ = tx.send(Event::Done(r));
     });
     match events.recv() {
@@ -129,6 +132,7 @@ fn run(
     conn: &Connection,
     name: &str,
     opts: &Options,
+    deadline: Option<Instant>,
     shared: &Shared,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), Failure> {
@@ -140,12 +144,15 @@ fn run(
             .and_then(|b| b.try_into().ok().map(u64::from_le_bytes));
         Progress::new(size)
     });
-    let mut call = conn
+    let mut builder = conn
         .call(name, METHOD)
         .mode(StreamMode::Download)
         .transport(opts.transport)
-        .credit(CreditSpec::bytes(1 << 20))
-        .start()?;
+        .credit(CreditSpec::bytes(1 << 20));
+    if let Some(d) = deadline {
+        builder = builder.deadline(d);
+    }
+    let mut call = builder.start()?;
     let mut rx = call
         .take_receiver()
         .ok_or_else(|| Error::Protocol("download call without a receiving half".into()))?;

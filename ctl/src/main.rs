@@ -27,7 +27,7 @@ const SIZE_METHOD: &str = "size";
     about = "Serve and stream files over shmbus, and inspect the broker",
     after_help = "Exit status: 0 success, 1 error, 2 usage (a bad argument, or a FILE that \
                   cannot be served), 3 broker unreachable, 4 no such service, 5 stream error, \
-                  6 cancelled, 7 peer gone, 130 interrupted by SIGINT (143 by SIGTERM; `cat` \
+                  6 cancelled, 7 peer gone, 124 deadline exceeded (`cat --timeout`), 130 interrupted by SIGINT (143 by SIGTERM; `cat` \
                   cancels its call first), 141 standard output closed (no message, as a \
                   command stopped by SIGPIPE; `cat` cancels its call first)."
 )]
@@ -76,6 +76,11 @@ enum Command {
         /// Show bytes and rate on stderr (a progress bar when the size is known).
         #[arg(long)]
         progress: bool,
+        /// Give the call a deadline this long from now (seconds, or with a
+        /// unit: 500ms, 30s, 2m): past it the broker cancels the call and
+        /// cat fails (exit 124), after writing what arrived before it.
+        #[arg(long, value_name = "DURATION", value_parser = size::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Broker version, uptime, connections, services, streams, bytes moved.
     Status {
@@ -150,6 +155,7 @@ fn exit_code(f: &Failure) -> u8 {
             Error::Stream(_) => 5,
             Error::Cancelled => 6,
             Error::PeerGone(_) | Error::BrokerGone => 7,
+            Error::DeadlineExceeded => 124,
             _ => 1,
         },
         Failure::Usage(_) => 2,
@@ -190,6 +196,7 @@ fn main() -> ExitCode {
             batch,
             max_batch,
             progress,
+            timeout,
         } => cat::cat(
             &socket,
             &name,
@@ -197,6 +204,7 @@ fn main() -> ExitCode {
                 transport: transport.into(),
                 batch: batch.then_some(max_batch),
                 progress,
+                timeout,
             },
         ),
         Command::List { json } => inspect::list(&socket, json),

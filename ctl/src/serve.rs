@@ -79,6 +79,9 @@ fn stream_reader(mut reader: impl Read, call: &mut IncomingCall) -> shmbus_clien
             }
         };
         tx.write_all(&buf[..n]).map_err(Error::Io)?;
+        // What one read gave goes out now: a slow source (a FIFO, a
+        // device) must not leave it queued until more comes.
+        tx.flush()?;
     }
     tx.finish()
 }

@@ -1,4 +1,32 @@
-//! Byte sizes: parsing `64M`-style arguments and printing sizes for people.
+//! Byte sizes and durations: parsing `64M`-style and `2.5s`-style
+//! arguments, and printing sizes for people.
+
+use std::time::Duration;
+
+/// Parses a duration: a number of seconds (`2`, `0.5`) or a number with a
+/// unit `ms`, `s`, `m` or `h` (`500ms`, `1.5s`, `2m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(end);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration: expected seconds such as 2.5, or 500ms, 30s, 2m")
+    })?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit {unit:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
 
 /// Parses a byte count with an optional binary suffix: `K`, `M`, `G` or `T`
 /// (powers of 1024), optionally followed by `iB` or `B` (`64M`, `1GiB`,
@@ -48,6 +76,19 @@ pub fn human(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_in_seconds_or_with_a_unit() {
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "-1", "2 weeks", "1.2.3", "5d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_with_and_without_suffixes() {

@@ -214,6 +214,10 @@ impl Server {
                 let left = deadline.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            if let Some(deadline) = self.router.next_deadline() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -262,6 +266,8 @@ impl Server {
             for conn in std::mem::take(&mut self.again) {
                 self.readable(conn, now);
             }
+            let expired = self.router.expire(now);
+            self.apply(expired);
             self.router.ports().refill();
             self.notifier.tick();
             let status = self.status_line();

@@ -261,6 +261,7 @@ impl Harness {
                 let call = input.byte() as u64;
                 let how = input.byte();
                 let sizes = input.byte();
+                let deadline = input.byte();
                 let method = if how & 3 == 3 && how & 4 != 0 {
                     "none"
                 } else {
@@ -305,6 +306,12 @@ impl Harness {
                     },
                     transport,
                     ring_size,
+                    // None, already past, or a few milliseconds.
+                    time_left_us: match deadline & 3 {
+                        0 | 1 => None,
+                        2 => Some(0),
+                        _ => Some(u64::from(deadline) * 100),
+                    },
                 };
                 self.send(slot, &Frame::Call(req));
             }

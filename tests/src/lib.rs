@@ -433,6 +433,15 @@ impl Peer {
             .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()))
     }
 
+    /// Every line read so far, including those arrived and not yet
+    /// looked at.
+    pub fn seen_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -457,3 +457,53 @@ fn batch_cancels_a_stream_beyond_max_batch_and_fails_clearly() {
     }
     drop(servers);
 }
+
+#[test]
+fn cat_with_a_timeout_writes_what_arrived_then_exits_124() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let _server = KillOnDrop(
+        Command::new(bin("shmbusctl"))
+            .arg("--socket")
+            .arg(&broker.socket)
+            .args(["serve", "slow"])
+            .arg(&fifo)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_service(&broker.connect(), "slow");
+    // A writer that sends a line, then holds the FIFO open without more.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        std::io::Write::write_all(&mut f, b"first line\n").unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+    });
+    let started = std::time::Instant::now();
+    let out = ctl_within(
+        &broker,
+        &["cat", "slow", "--timeout", "700ms"],
+        Duration::from_secs(10),
+    );
+    let took = started.elapsed();
+    done_tx.send(()).unwrap();
+    writer.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert_eq!(
+        out.stdout, b"first line\n",
+        "what arrived in time is written"
+    );
+    assert_eq!(err.trim(), "shmbusctl: deadline exceeded");
+    assert!(took >= Duration::from_millis(690), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // A bad duration is a usage error.
+    let out = ctl_within(
+        &broker,
+        &["cat", "slow", "--timeout", "soon"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

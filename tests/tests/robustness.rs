@@ -376,6 +376,7 @@ fn raw_call_frames_are_validated() {
         credit: CreditSpec::items(1),
         transport: TransportPreference::Auto,
         ring_size: None,
+        time_left_us: None,
     };
     c.send(&Frame::Call(req.clone()));
     match c.recv() {

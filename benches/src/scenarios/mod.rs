@@ -1,5 +1,5 @@
 //! The scenarios: which measurements each one makes ([`Group`]s of
-//! [`Variant`](spec::Variant)s run round-robin), how its table reads and what its JSON
+//! [`Variant`]s run round-robin), how its table reads and what its JSON
 //! records hold.
 
 pub mod fanout;

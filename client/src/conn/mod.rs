@@ -49,6 +49,8 @@ pub(crate) struct IncomingRaw {
     pub fds: Vec<OwnedFd>,
     pub caller_pid: i32,
     pub caller_uid: u32,
+    /// The call's deadline on this process's clock.
+    pub deadline: Option<std::time::Instant>,
     pub cancelled: Arc<AtomicBool>,
     /// The broker connection the call arrived on.
     pub origin: Arc<BrokerLink>,
@@ -425,7 +427,13 @@ impl BrokerLink {
                 open,
                 caller_pid,
                 caller_uid,
+                time_left_us,
             } => {
+                // On this process's clock, from the time left the broker
+                // gave: the two never compare clocks.
+                let deadline = time_left_us.and_then(|us| {
+                    std::time::Instant::now().checked_add(Duration::from_micros(us))
+                });
                 let cancelled = Arc::new(AtomicBool::new(false));
                 self.served.lock().unwrap().insert(call, cancelled.clone());
                 let raw = IncomingRaw {
@@ -436,6 +444,7 @@ impl BrokerLink {
                     fds,
                     caller_pid,
                     caller_uid,
+                    deadline,
                     cancelled,
                     origin: self.clone(),
                 };

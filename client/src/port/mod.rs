@@ -12,6 +12,7 @@ pub mod wait;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use shmbus::frame::{Direction, StreamOpen, Transport};
 
@@ -275,6 +276,14 @@ impl TxPort {
         }
     }
 
+    /// The call's deadline, which bounds every wait.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        match self {
+            TxPort::Shm(p) => p.call_deadline = deadline,
+            TxPort::Socket(p) => p.call_deadline = deadline,
+        }
+    }
+
     pub(crate) fn transport(&self) -> Transport {
         match self {
             TxPort::Shm(_) => Transport::SharedMemory,
@@ -350,6 +359,14 @@ impl RxPort {
         match self {
             RxPort::Shm(p) => p.policy = policy,
             RxPort::Socket(p) => p.policy = policy,
+        }
+    }
+
+    /// The call's deadline, which bounds every wait.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        match self {
+            RxPort::Shm(p) => p.call_deadline = deadline,
+            RxPort::Socket(p) => p.call_deadline = deadline,
         }
     }
 

@@ -19,6 +19,8 @@ pub(crate) struct ShmTx {
     slot: Option<Slot>,
     cancelled: Arc<AtomicBool>,
     pub(crate) policy: WaitPolicy,
+    /// The call's deadline: no wait outlasts it.
+    pub(crate) call_deadline: Option<Instant>,
     spinner: Spinner,
 }
 
@@ -37,6 +39,7 @@ impl ShmTx {
             slot: None,
             cancelled,
             policy: WaitPolicy::default(),
+            call_deadline: None,
             spinner: Spinner::default(),
         })
     }
@@ -85,7 +88,7 @@ impl ShmTx {
                 return Ok(self.ring.slot_buf(slot));
             }
             if deadline.is_none() {
-                deadline = self.policy.deadline();
+                deadline = self.policy.deadline_with(self.call_deadline);
             }
             self.wait(max_len, charge, deadline)?;
         }
@@ -203,7 +206,7 @@ impl ShmTx {
             Ending::Error(m) => Control::Error(m),
             Ending::Cancelled => Control::Cancelled,
         };
-        let deadline = self.policy.deadline();
+        let deadline = self.policy.deadline_with(self.call_deadline);
         loop {
             if self.ring.try_write_control(&kind)? {
                 self.publish();
@@ -241,6 +244,8 @@ pub(crate) struct ShmRx {
     /// The last item's length: what the next wait is likely for.
     last_len: usize,
     pub(crate) policy: WaitPolicy,
+    /// The call's deadline: no wait outlasts it.
+    pub(crate) call_deadline: Option<Instant>,
     spinner: Spinner,
 }
 
@@ -258,6 +263,7 @@ impl ShmRx {
             held: None,
             last_len: 0,
             policy: WaitPolicy::default(),
+            call_deadline: None,
             spinner: Spinner::default(),
         })
     }
@@ -291,7 +297,11 @@ impl ShmRx {
     #[inline]
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none(), "release before the next item");
-        let deadline = if block { self.policy.deadline() } else { None };
+        let deadline = if block {
+            self.policy.deadline_with(self.call_deadline)
+        } else {
+            None
+        };
         if !block {
             self.ring.woke();
             self.bell.drain();

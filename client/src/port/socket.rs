@@ -115,6 +115,8 @@ pub(crate) struct SockTx {
     cancelled: Arc<AtomicBool>,
     peer_closed: bool,
     pub(crate) policy: WaitPolicy,
+    /// The call's deadline: no wait outlasts it.
+    pub(crate) call_deadline: Option<Instant>,
     deadline: Option<Instant>,
 }
 
@@ -137,6 +139,7 @@ impl SockTx {
             cancelled,
             peer_closed: false,
             policy: WaitPolicy::default(),
+            call_deadline: None,
             deadline: None,
         })
     }
@@ -235,7 +238,7 @@ impl SockTx {
                 return Ok(true);
             }
             if block && self.deadline.is_none() {
-                self.deadline = self.policy.deadline();
+                self.deadline = self.policy.deadline_with(self.call_deadline);
             }
             if block {
                 self.flush()?;
@@ -314,7 +317,8 @@ impl SockTx {
             sock,
             bytes,
             Some(&mut on_readable),
-            self.deadline.or(self.policy.deadline()),
+            self.deadline
+                .or(self.policy.deadline_with(self.call_deadline)),
         );
         self.rbuf.extend_from_slice(&control);
         self.peer_closed |= closed;
@@ -375,6 +379,8 @@ pub(crate) struct SockRx {
     unsent: Vec<u8>,
     peer_closed: bool,
     pub(crate) policy: WaitPolicy,
+    /// The call's deadline: no wait outlasts it.
+    pub(crate) call_deadline: Option<Instant>,
     deadline: Option<Instant>,
     /// The last message was large: read the next one's header alone, then
     /// no further than its end (see [`read_limit`](Self::read_limit)).
@@ -412,6 +418,7 @@ impl SockRx {
             unsent: Vec::new(),
             peer_closed: false,
             policy: WaitPolicy::default(),
+            call_deadline: None,
             deadline: None,
         })
     }
@@ -446,7 +453,11 @@ impl SockRx {
     pub(crate) fn next(&mut self, block: bool) -> Result<Option<RxEvent>> {
         debug_assert!(self.held.is_none());
         self.flush_control();
-        self.deadline = if block { self.policy.deadline() } else { None };
+        self.deadline = if block {
+            self.policy.deadline_with(self.call_deadline)
+        } else {
+            None
+        };
         loop {
             if let Some((pos, bend)) = self.batch {
                 let len = u32::from_le_bytes(self.buf[pos..pos + 4].try_into().unwrap()) as usize;

@@ -75,6 +75,18 @@ impl WaitPolicy {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.stall.map(|d| Instant::now() + d)
     }
+
+    /// When a wait starting now must give up, in a call whose deadline is
+    /// `call`: the stall limit or the call's deadline, whichever is first.
+    /// A wait ended by either reports [`Error::Stalled`](crate::Error::Stalled);
+    /// the stream half tells the two apart by the clock.
+    #[inline]
+    pub(crate) fn deadline_with(&self, call: Option<Instant>) -> Option<Instant> {
+        match (self.deadline(), call) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Default for WaitPolicy {

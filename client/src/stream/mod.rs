@@ -61,3 +61,8 @@ fn close(life: &mut StreamLifecycle, cause: CloseCause) {
     let r = life.close(cause);
     debug_assert!(r.is_ok(), "stream half closed from an invalid state: {r:?}");
 }
+
+/// Whether `deadline` is set and has passed.
+pub(crate) fn passed(deadline: Option<std::time::Instant>) -> bool {
+    deadline.is_some_and(|d| std::time::Instant::now() >= d)
+}

@@ -4,6 +4,7 @@ use std::io::{self, BufRead, Read};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use shmbus::state::{CloseCause, StreamLifecycle, StreamState};
 
 use super::progress::Progress;
 use super::TryRecv;
-use super::{close, lifecycle_opened};
+use super::{close, lifecycle_opened, passed};
 use crate::conn::CallLink;
 use crate::error::{decode, Error, Result};
 use crate::port::wait::WaitPolicy;
@@ -31,6 +32,7 @@ enum FailKind {
     PeerGone(String),
     Protocol(String),
     Stalled,
+    DeadlineExceeded,
 }
 
 impl FailKind {
@@ -41,6 +43,7 @@ impl FailKind {
             FailKind::PeerGone(m) => Error::PeerGone(m.clone()),
             FailKind::Protocol(m) => Error::Protocol(m.clone()),
             FailKind::Stalled => Error::Stalled,
+            FailKind::DeadlineExceeded => Error::DeadlineExceeded,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct Receiver {
     /// Set by the call's [`CancelHandle`](crate::CancelHandle): the next
     /// receive cancels.
     stop: Option<Arc<AtomicBool>>,
+    /// The call's deadline.
+    deadline: Option<Instant>,
 }
 
 impl Receiver {
@@ -92,7 +97,22 @@ impl Receiver {
             // is reported by its sender alone.
             announced: false,
             stop: None,
+            deadline: None,
         }
+    }
+
+    /// Bounds every wait by the call's deadline.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+        if let Some(p) = &mut self.port {
+            p.set_deadline(deadline);
+        }
+    }
+
+    /// The call's deadline, if it has one: a receive that must wait past
+    /// it fails with [`Error::DeadlineExceeded`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Makes the next receive cancel the stream once `stop` is set.
@@ -182,6 +202,17 @@ impl Receiver {
     }
 
     fn fail_port(&mut self, e: Error) -> Error {
+        if matches!(e, Error::Stalled | Error::Cancelled) && passed(self.deadline) {
+            // Tell the sender to stop (the broker cancels the call too).
+            if let Some(p) = self.port.as_mut() {
+                p.cancel();
+            }
+            self.finish_with(
+                Finished::Failed(FailKind::DeadlineExceeded),
+                CloseCause::Failed("deadline exceeded".into()),
+            );
+            return Error::DeadlineExceeded;
+        }
         let kind = match &e {
             Error::PeerGone(m) => FailKind::PeerGone(m.clone()),
             Error::Cancelled => FailKind::Cancelled,

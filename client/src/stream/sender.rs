@@ -4,6 +4,7 @@ use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use shmbus::credit::{max_charge, CreditSpec, SizeStrategy};
@@ -11,7 +12,7 @@ use shmbus::frame::{StreamId, Transport};
 use shmbus::state::{CloseCause, StreamLifecycle, StreamState};
 
 use super::progress::Progress;
-use super::{close, lifecycle_opened};
+use super::{close, lifecycle_opened, passed};
 use crate::conn::CallLink;
 use crate::error::{Error, Result};
 use crate::port::wait::WaitPolicy;
@@ -42,6 +43,8 @@ pub struct Sender {
     /// The open reservation's length and charge (a [`SendSlot`] is only a
     /// borrow of its sender, one word that moves in a register).
     reserved: (usize, u64),
+    /// The call's deadline.
+    deadline: Option<Instant>,
 }
 
 impl Sender {
@@ -63,7 +66,22 @@ impl Sender {
             scratch: Vec::new(),
             progress: Progress::new(conn, stream),
             reserved: (0, 0),
+            deadline: None,
         }
+    }
+
+    /// Bounds every wait by the call's deadline.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+        if let Some(p) = &mut self.port {
+            p.set_deadline(deadline);
+        }
+    }
+
+    /// The call's deadline, if it has one: a send that must wait past it
+    /// fails with [`Error::DeadlineExceeded`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Broker-wide stream id.
@@ -151,6 +169,13 @@ impl Sender {
     /// Maps a port failure onto the stream: a cancellation is acknowledged
     /// with stream-cancel; other failures close the port.
     fn failed(&mut self, e: Error) -> Error {
+        if matches!(e, Error::Stalled | Error::Cancelled) && passed(self.deadline) {
+            // The broker cancels the call at its deadline too: the receiver
+            // learns it from either.
+            self.cancelled.store(true, Ordering::Release);
+            self.abort("the call's deadline passed");
+            return Error::DeadlineExceeded;
+        }
         match e {
             Error::Cancelled => {
                 self.cancelled.store(true, Ordering::Release);

@@ -49,6 +49,16 @@ impl<P: PortMaker> Router<P> {
         if self.by_caller.contains_key(&(conn, req.call)) {
             return violation(conn, format!("call id {} reused while live", req.call));
         }
+        if req.time_left_us == Some(0) {
+            return self.refuse_call(
+                conn,
+                req.call,
+                remote(
+                    ErrorCode::DeadlineExceeded,
+                    "the call's deadline passed before the broker routed it",
+                ),
+            );
+        }
         let admitted = match self.check_call(conn, &req, now) {
             Ok(admitted) => admitted,
             Err(error) => return self.refuse_call(conn, req.call, error),
@@ -61,7 +71,7 @@ impl<P: PortMaker> Router<P> {
                 Err(error) => return self.refuse_call(conn, req.call, error),
             }
         };
-        self.route_call(conn, req, admitted, stream)
+        self.route_call(conn, req, admitted, stream, now)
     }
 
     /// The error `result` refusing call `call` of `conn`. A connection
@@ -294,6 +304,7 @@ impl<P: PortMaker> Router<P> {
         req: CallRequest,
         call: Admitted,
         stream: Option<OpenedStream>,
+        now: Instant,
     ) -> Vec<Output> {
         let broker_call = self.next_call;
         self.next_call += 1;
@@ -307,6 +318,9 @@ impl<P: PortMaker> Router<P> {
             service_conn: call.service_conn,
             stream: None,
             charge: None,
+            deadline: req
+                .time_left_us
+                .map(|us| now + std::time::Duration::from_micros(us)),
         };
         let mut out = Vec::with_capacity(2 + self.monitors.len());
         // The caller's stream-open goes out after the service's incoming: the
@@ -359,6 +373,9 @@ impl<P: PortMaker> Router<P> {
                 open: service_open,
                 caller_pid,
                 caller_uid,
+                // Routed in the turn the call arrived: the time left is
+                // the caller's.
+                time_left_us: req.time_left_us,
             },
             fds: service_fds,
         });
@@ -370,6 +387,9 @@ impl<P: PortMaker> Router<P> {
             out.extend(self.event(&live, kind));
         }
         self.by_caller.insert((conn, req.call), broker_call);
+        if let Some(at) = live.deadline {
+            self.deadlines.insert((at, broker_call));
+        }
         self.calls.insert(broker_call, live);
         if let Some(p) = self.peers.get_mut(&conn) {
             p.live_calls += 1;
@@ -408,7 +428,7 @@ impl<P: PortMaker> Router<P> {
         let Some(live) = self.calls.remove(&call) else {
             return Vec::new();
         };
-        self.forget(&live);
+        self.forget(call, &live);
         let mut out = Vec::new();
         if let Some(s) = &live.stream {
             let why = match &outcome {
@@ -475,9 +495,12 @@ impl<P: PortMaker> Router<P> {
         }
     }
 
-    /// Drops a finished call's bookkeeping and gives back its quota.
-    pub(super) fn forget(&mut self, live: &LiveCall) {
+    /// Drops finished call `id`'s bookkeeping and gives back its quota.
+    pub(super) fn forget(&mut self, id: CallId, live: &LiveCall) {
         self.by_caller.remove(&(live.caller, live.caller_call));
+        if let Some(at) = live.deadline {
+            self.deadlines.remove(&(at, id));
+        }
         if let Some(p) = self.peers.get_mut(&live.caller) {
             p.live_calls -= 1;
         }

@@ -4,7 +4,9 @@
 //!
 //! - **inputs** are method calls: [`Router::connect`], [`Router::handle`] (a
 //!   frame from a connection), [`Router::disconnect`],
-//!   [`Router::fds_delivered`], [`Router::drain`] and [`Router::abort_all`];
+//!   [`Router::fds_delivered`], [`Router::drain`], [`Router::abort_all`]
+//!   and [`Router::expire`] (the deadlines due, at
+//!   [`Router::next_deadline`]);
 //! - **outputs** are the [`Output`]s they return (frames, with descriptors,
 //!   to send to a connection; connections to close), which the event loop
 //!   ([`crate::server`]) carries out in order;
@@ -24,6 +26,8 @@
 //!   quota ledger and the log limiter; connecting, the handshake and the
 //!   dispatch of each frame kind, registration, disconnects, `list` and
 //!   `status`, drain and abort;
+//! - `deadlines.rs`: calls whose deadline passed, failed with
+//!   `DeadlineExceeded` (the event loop asks when the next one is due);
 //! - `calls.rs`: a call's life. A `call` frame is checked (service, method,
 //!   mode, policy, the connection's live calls), its stream opened (credit,
 //!   ring size, the caller's stream quota, the port and its transport, the
@@ -54,6 +58,7 @@ use crate::log_limit::LogLimit;
 use crate::quota::{Ledger, Resource, Usage};
 
 mod calls;
+mod deadlines;
 mod port_maker;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -124,6 +129,8 @@ struct LiveCall {
     stream: Option<StreamInfo>,
     /// The stream quota charged: (uid, ring bytes).
     charge: Option<(u32, u64)>,
+    /// When the call fails with `DeadlineExceeded`, if it has a deadline.
+    deadline: Option<Instant>,
 }
 
 /// The broker's routing table. `P` makes the stream ports.
@@ -150,6 +157,8 @@ pub struct Router<P> {
     refused: HashSet<ConnId>,
     /// Keeps a user's refused requests from flooding the log.
     log_limit: LogLimit,
+    /// Live calls with a deadline, soonest first.
+    deadlines: BTreeSet<(Instant, CallId)>,
 }
 
 /// Running totals.
@@ -185,6 +194,7 @@ impl<P: PortMaker> Router<P> {
             ports,
             refused: HashSet::new(),
             log_limit: LogLimit::default(),
+            deadlines: BTreeSet::new(),
         }
     }
 
@@ -547,7 +557,7 @@ impl<P: PortMaker> Router<P> {
         affected.sort_unstable();
         for id in affected {
             let live = self.calls.remove(&id).expect("listed");
-            self.forget(&live);
+            self.forget(id, &live);
             let gone = remote(ErrorCode::PeerGone, "the service disconnected");
             if let Some(s) = &live.stream {
                 // The service's result will never come: the end is logged here.

@@ -180,6 +180,7 @@ pub fn request(call: CallId, service: &str, method: &str) -> CallRequest {
         credit: CreditSpec::bytes(0),
         transport: TransportPreference::Auto,
         ring_size: None,
+        time_left_us: None,
     }
 }
 
@@ -288,6 +289,13 @@ impl Bus {
     /// `conn` went away.
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Out> {
         let out = self.router.disconnect(conn);
+        self.carry(out)
+    }
+
+    /// The event loop's turn at [`Bus::now`]: the calls whose deadline
+    /// passed.
+    pub fn expire(&mut self) -> Vec<Out> {
+        let out = self.router.expire(self.now);
         self.carry(out)
     }
 

@@ -11,7 +11,10 @@
 //!   items then stream-error, then fails the call (or answers `fine`);
 //! - `endless NAME`: method `endless` (download) sends until cancelled;
 //! - `unary NAME`: method `add` (unary) returns the sum of two u64;
-//! - `consume NAME METHOD TRANSPORT`: calls NAME.METHOD and reads the stream.
+//! - `consume NAME METHOD TRANSPORT`: calls NAME.METHOD and reads the stream;
+//! - `deadlines NAME`: methods for calls with a deadline (`serve_deadlines`),
+//!   each printing `incoming METHOD`, `time-left-ms N` (or `time-left none`)
+//!   and how it ended.
 
 use std::io::Write;
 use std::time::Duration;
@@ -58,6 +61,7 @@ fn main() {
         }
         "unary" => serve(&conn, &name, "add", StreamMode::Unary, add),
         "seq" => serve_seq(&conn, &name),
+        "deadlines" => serve_deadlines(&conn, &name),
         "consume" => consume(&conn, &name, &args[2], &args[3]),
         "call-add" => conn
             .call(&name, "add")
@@ -86,6 +90,99 @@ fn main() {
         say(format!("error {e}"));
         std::process::exit(1);
     }
+}
+
+/// Methods for deadlines, each on its own thread. Arguments are
+/// `(count, delay_ms)`:
+/// - `drip` (download): `count` u64 items, `delay_ms` apart, then the
+///   answer `done`; prints `send-failed E` if a send fails;
+/// - `late` (download): `count` items at once, stream-end, then the answer
+///   `late` after `delay_ms`;
+/// - `flood` (download): items until a send fails (the caller reads none),
+///   printing `send-failed E`;
+/// - `drain` (upload): sleeps `delay_ms` before reading, then reads to the
+///   end, printing `recv-ended E` or `recv-ended ok N`;
+/// - `nap` (unary): answers `awake` after `delay_ms`.
+fn serve_deadlines(conn: &Connection, name: &str) -> shmbus_client::Result<()> {
+    let service = conn.register(
+        name,
+        &[
+            MethodSpec::new("drip", StreamMode::Download),
+            MethodSpec::new("late", StreamMode::Download),
+            MethodSpec::new("flood", StreamMode::Download),
+            MethodSpec::new("drain", StreamMode::Upload),
+            MethodSpec::new("nap", StreamMode::Unary),
+        ],
+    )?;
+    say("ready".into());
+    while let Some(mut call) = service.next()? {
+        std::thread::spawn(move || {
+            let method = call.method().to_string();
+            say(format!("incoming {method}"));
+            match call.time_left() {
+                Some(left) => say(format!("time-left-ms {}", left.as_millis())),
+                None => say("time-left none".into()),
+            }
+            let (count, delay_ms): (u64, u64) = call.args_typed().unwrap_or((0, 0));
+            let delay = Duration::from_millis(delay_ms);
+            let r = match method.as_str() {
+                "drip" | "late" | "flood" => {
+                    let tx = call.sender().expect("download");
+                    let mut i = 0u64;
+                    let failed = loop {
+                        if method != "flood" && i == count {
+                            break None;
+                        }
+                        if let Err(e) = tx.send(&i) {
+                            break Some(e);
+                        }
+                        i += 1;
+                        if method == "drip" {
+                            std::thread::sleep(delay);
+                        }
+                    };
+                    match failed {
+                        Some(e) => say(format!("send-failed {e}")),
+                        None => {
+                            let _ = tx.finish();
+                            say("stream-finished".into());
+                        }
+                    }
+                    if method == "late" {
+                        std::thread::sleep(delay);
+                    }
+                    call.reply(method.into_bytes())
+                }
+                "drain" => {
+                    std::thread::sleep(delay);
+                    let rx = call.receiver().expect("upload");
+                    let mut n = 0u64;
+                    loop {
+                        match rx.recv::<u64>() {
+                            Ok(Some(_)) => n += 1,
+                            Ok(None) => {
+                                say(format!("recv-ended ok {n}"));
+                                break;
+                            }
+                            Err(e) => {
+                                say(format!("recv-ended {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    call.reply(Vec::new())
+                }
+                _ => {
+                    std::thread::sleep(delay);
+                    call.reply(b"awake".to_vec())
+                }
+            };
+            if let Err(e) = r {
+                say(format!("reply-failed {e}"));
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Methods `down` (streams the sequence the arguments describe) and `up`

@@ -20,6 +20,7 @@ fn unary_call_goes_to_the_service_and_its_result_back_under_the_callers_id() {
                 open: None,
                 caller_pid: 1001,
                 caller_uid: UID,
+                time_left_us: None,
             }
         )]
     );

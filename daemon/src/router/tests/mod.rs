@@ -73,6 +73,7 @@ fn incoming(call: CallId, method: &str, caller: ConnId, open: Option<StreamOpen>
         open,
         caller_pid: Bus::creds(caller, UID).pid,
         caller_uid: UID,
+        time_left_us: None,
     }
 }
 
@@ -132,6 +133,7 @@ fn quota(f: impl FnOnce(&mut Quota)) -> Limits {
     limits
 }
 
+mod deadlines;
 mod flows;
 mod hostile;
 mod log_limit;
