@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Starts this binary as a private broker on `socket` (it stops when its
-/// standard input closes) and waits until it listens.
+/// standard input closes) and waits until it answers a handshake. A socket
+/// that merely accepts is not enough: the broker binds it before it sets
+/// up its event loop and stop handle, so descriptor counts taken then would
+/// miss those (a fault scenario would see them appear later as a leak).
 pub fn start(socket: &Path) -> Result<Child, String> {
     let mut child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .args(["--role", "broker", "--socket"])
@@ -16,7 +19,7 @@ pub fn start(socket: &Path) -> Result<Child, String> {
         .spawn()
         .map_err(|e| format!("cannot start the broker: {e}"))?;
     let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+    while shmbus_client::Connection::connect(socket).is_err() {
         if t.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
             let _ = child.wait();

@@ -42,6 +42,21 @@ impl Broker {
         shmbus::sys::open_fd_count(self.pid).unwrap_or(0)
     }
 
+    /// What the broker's descriptors refer to (`socket:[…]`,
+    /// `/memfd:… (deleted)`, …), sorted: to tell what a leak is.
+    pub fn fd_targets(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .map(|t| t.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     /// The broker's resident memory, KiB.
     pub fn rss_kib(&self) -> u64 {
         crate::os::rss_kib(self.pid).unwrap_or(0)

@@ -23,6 +23,7 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let broker = Broker::start()?;
     let (fds_start, rss_start) = (broker.fds(), broker.rss_kib());
+    let targets_start = broker.fd_targets();
     let conn = Connection::connect(&broker.socket).map_err(|e| e.to_string())?;
     let mut rng = fastrand::Rng::with_seed(0x50a4);
 
@@ -160,6 +161,12 @@ pub fn run(o: &FaultOptions) -> Result<(Vec<Value>, usize), String> {
     drop(legit);
     drop(conn);
     let fds_end = broker.settle_fds(fds_start, 5 * SEC);
+    if fds_end > fds_start {
+        println!(
+            "  broker descriptors at the start: {targets_start:?}; at the end: {:?}",
+            broker.fd_targets()
+        );
+    }
     let rss_end = broker.rss_kib();
     delays.sort_unstable();
 
