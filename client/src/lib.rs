@@ -42,8 +42,12 @@
 //! # }
 //! ```
 
-#![forbid(unsafe_code)]
+// One block of unsafe code, in `async_stream`: registering a descriptor
+// with tokio's reactor (its safety argument is beside it).
+#![deny(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+mod async_stream;
 mod call;
 mod conn;
 mod error;
@@ -51,6 +55,8 @@ mod port;
 mod service;
 mod stream;
 
+#[cfg(feature = "tokio")]
+pub use async_stream::{AsyncReceiver, AsyncSender};
 pub use call::{Call, CallBuilder, CancelHandle};
 pub use conn::{default_socket_path, ConnectOptions, Connection, SOCKET_ENV};
 pub use error::{Error, Result};

@@ -260,6 +260,44 @@ impl TxPort {
         }
     }
 
+    /// Makes committed items visible without ever waiting: true once they
+    /// are (a socket may take only part of a batch now).
+    pub(crate) fn try_flush(&mut self) -> Result<bool> {
+        match self {
+            TxPort::Shm(p) => {
+                p.publish();
+                Ok(true)
+            }
+            TxPort::Socket(p) => p.try_flush(),
+        }
+    }
+
+    /// One step of closing that never waits; true once the closing message
+    /// is out. Repeat with the same `how` after waiting for readiness.
+    pub(crate) fn try_close(&mut self, how: &Ending) -> Result<bool> {
+        match self {
+            TxPort::Shm(p) => p.try_close(how),
+            TxPort::Socket(p) => p.try_close(how),
+        }
+    }
+
+    /// Whether the port waits for its descriptor to turn writable (a
+    /// socket with bytes it has not taken yet), besides readable.
+    pub(crate) fn wants_write(&self) -> bool {
+        match self {
+            TxPort::Shm(_) => false,
+            TxPort::Socket(p) => p.wants_write(),
+        }
+    }
+
+    /// Never blocks in a write (`true`): for a port an event loop drives.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn set_nonblocking(&mut self, nonblocking: bool) {
+        if let TxPort::Socket(p) = self {
+            p.nonblocking = nonblocking;
+        }
+    }
+
     /// Like `begin` but never waits: `None` when blocked; the pollable
     /// descriptor then turns readable once it is worth trying again.
     pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
@@ -367,6 +405,16 @@ impl RxPort {
         match self {
             RxPort::Shm(p) => p.call_deadline = deadline,
             RxPort::Socket(p) => p.call_deadline = deadline,
+        }
+    }
+
+    /// Whether the port waits for its descriptor to turn writable (a
+    /// socket with credit it has not sent yet), besides readable.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wants_write(&self) -> bool {
+        match self {
+            RxPort::Shm(_) => false,
+            RxPort::Socket(p) => p.wants_write(),
         }
     }
 

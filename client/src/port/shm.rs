@@ -225,6 +225,35 @@ impl ShmTx {
         }
     }
 
+    /// One attempt at the closing record that never waits: true once it
+    /// is written and published; false with the sleep flag armed, so the
+    /// doorbell turns readable when the consumer makes room.
+    pub(crate) fn try_close(&mut self, how: &Ending) -> Result<bool> {
+        let kind = match how {
+            Ending::End => Control::End,
+            Ending::Error(m) => Control::Error(m),
+            Ending::Cancelled => Control::Cancelled,
+        };
+        self.ring.woke();
+        self.bell.drain();
+        for _ in 0..2 {
+            if self.ring.try_write_control(&kind)? {
+                self.publish();
+                return Ok(true);
+            }
+            self.publish();
+            if self.bell.peer_closed() {
+                return Err(Error::PeerGone(
+                    "the receiving peer closed the stream".into(),
+                ));
+            }
+            if self.ring.prepare_sleep() {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+
     pub(crate) fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
         self.bell.fd()
     }

@@ -118,6 +118,11 @@ pub(crate) struct SockTx {
     /// The call's deadline: no wait outlasts it.
     pub(crate) call_deadline: Option<Instant>,
     deadline: Option<Instant>,
+    /// Never block in a write (an event loop drives this port): a full
+    /// batch waits in the encoder for [`try_flush`](Self::try_flush).
+    pub(crate) nonblocking: bool,
+    /// The closing message is in the encoder.
+    closing: bool,
 }
 
 impl SockTx {
@@ -141,6 +146,8 @@ impl SockTx {
             policy: WaitPolicy::default(),
             call_deadline: None,
             deadline: None,
+            nonblocking: false,
+            closing: false,
         })
     }
 
@@ -257,8 +264,13 @@ impl SockTx {
         }
     }
 
-    /// Like [`begin`](Self::begin) but never waits.
+    /// Like [`begin`](Self::begin) but never waits. A full batch that the
+    /// socket does not take now blocks it too: [`wants_write`](Self::wants_write)
+    /// then says the socket must turn writable first.
     pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
+        if self.enc.len() >= self.geometry.window && !self.try_flush()? {
+            return Ok(None);
+        }
         if !self.wait_credit(max_len, charge, false)? {
             return Ok(None);
         }
@@ -269,9 +281,62 @@ impl SockTx {
         self.enc.finish_item(len, charge);
         self.credit.charge(charge);
         if self.enc.len() >= self.geometry.window {
-            self.flush()?;
+            if self.nonblocking {
+                self.try_flush()?;
+            } else {
+                self.flush()?;
+            }
         }
         Ok(())
+    }
+
+    /// Writes what the socket takes now and reads the control messages
+    /// that came; true once nothing is left to write.
+    pub(crate) fn try_flush(&mut self) -> Result<bool> {
+        while !self.enc.is_empty() {
+            match sys::send_with_fds(self.sock.as_fd(), self.enc.bytes(), &[], false) {
+                Ok(n) => self.enc.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if gone(&e) => {
+                    self.peer_closed = true;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.read_control(false)?;
+        if self.cancelled_by_peer {
+            return Err(Error::Cancelled);
+        }
+        if self.enc.is_empty() {
+            return Ok(true);
+        }
+        if self.peer_closed {
+            return Err(Error::PeerGone(
+                "the receiving peer closed the stream".into(),
+            ));
+        }
+        Ok(false)
+    }
+
+    /// Bytes are waiting for the socket to take them: an event loop waits
+    /// for it to turn writable (as well as readable, for control messages).
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.enc.is_empty()
+    }
+
+    /// One step of closing that never waits: the closing message goes into
+    /// the encoder once, then out as the socket takes it. True once sent.
+    pub(crate) fn try_close(&mut self, how: &Ending) -> Result<bool> {
+        if !self.closing {
+            self.closing = true;
+            match how {
+                Ending::End => self.enc.end(),
+                Ending::Error(m) => self.enc.error(m),
+                Ending::Cancelled => self.enc.cancelled(),
+            }
+        }
+        self.try_flush()
     }
 
     pub(crate) fn reserved(&mut self) -> Option<&mut [u8]> {
@@ -421,6 +486,13 @@ impl SockRx {
             call_deadline: None,
             deadline: None,
         })
+    }
+
+    /// Credit or cancel messages wait for the socket to take them: an
+    /// event loop waits for it to turn writable too.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.unsent.is_empty()
     }
 
     /// Writes pending credit and cancel messages without ever waiting: a

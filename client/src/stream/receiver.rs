@@ -203,15 +203,7 @@ impl Receiver {
 
     fn fail_port(&mut self, e: Error) -> Error {
         if matches!(e, Error::Stalled | Error::Cancelled) && passed(self.deadline) {
-            // Tell the sender to stop (the broker cancels the call too).
-            if let Some(p) = self.port.as_mut() {
-                p.cancel();
-            }
-            self.finish_with(
-                Finished::Failed(FailKind::DeadlineExceeded),
-                CloseCause::Failed("deadline exceeded".into()),
-            );
-            return Error::DeadlineExceeded;
+            return self.expire();
         }
         let kind = match &e {
             Error::PeerGone(m) => FailKind::PeerGone(m.clone()),
@@ -377,6 +369,45 @@ impl Receiver {
         }
     }
 
+    /// Moves to the next item without waiting and holds it: `Some(true)`
+    /// for an item (read it with [`InPlace::for_held`] or
+    /// [`decode_held`](Self::decode_held)), `Some(false)` at stream-end,
+    /// `None` when nothing is there yet (the pollable descriptor then turns
+    /// readable once something is).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn try_advance(&mut self) -> Result<Option<bool>> {
+        self.advance(false)
+    }
+
+    /// Fails the half because its call's deadline passed (an event loop's
+    /// timer saw it): the sender is told to stop.
+    pub(crate) fn expire(&mut self) -> Error {
+        // Tell the sender to stop (the broker cancels the call too).
+        if let Some(p) = self.port.as_mut() {
+            p.cancel();
+        }
+        self.finish_with(
+            Finished::Failed(FailKind::DeadlineExceeded),
+            CloseCause::Failed("deadline exceeded".into()),
+        );
+        Error::DeadlineExceeded
+    }
+
+    /// Whether a non-blocking receive that found nothing waits for the
+    /// port's descriptor to turn writable (credit the socket has not taken
+    /// yet) as well as readable.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wants_write(&self) -> bool {
+        self.port.as_ref().is_some_and(|p| p.wants_write())
+    }
+
+    /// Decodes the held item from a copy, releasing it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn decode_held<'a, T: Deserialize<'a>>(&'a mut self) -> Result<T> {
+        self.copy_held();
+        decode(&self.scratch)
+    }
+
     /// True once stream-end was seen.
     pub fn is_finished(&self) -> bool {
         matches!(self.finished, Some(Finished::End))
@@ -512,6 +543,14 @@ impl Drop for Receiver {
 /// the details).
 pub struct InPlace<'a> {
     rx: &'a mut Receiver,
+}
+
+impl<'a> InPlace<'a> {
+    /// The item [`Receiver::try_advance`] holds.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn for_held(rx: &'a mut Receiver) -> Self {
+        InPlace { rx }
+    }
 }
 
 impl InPlace<'_> {

@@ -166,15 +166,19 @@ impl Sender {
         self.progress.bytes
     }
 
+    /// Fails the half because its call's deadline passed: the receiver is
+    /// told why (the broker cancels the call at its deadline too).
+    pub(crate) fn expire(&mut self) -> Error {
+        self.cancelled.store(true, Ordering::Release);
+        self.abort("the call's deadline passed");
+        Error::DeadlineExceeded
+    }
+
     /// Maps a port failure onto the stream: a cancellation is acknowledged
     /// with stream-cancel; other failures close the port.
     fn failed(&mut self, e: Error) -> Error {
         if matches!(e, Error::Stalled | Error::Cancelled) && passed(self.deadline) {
-            // The broker cancels the call at its deadline too: the receiver
-            // learns it from either.
-            self.cancelled.store(true, Ordering::Release);
-            self.abort("the call's deadline passed");
-            return Error::DeadlineExceeded;
+            return self.expire();
         }
         match e {
             Error::Cancelled => {
@@ -255,17 +259,34 @@ impl Sender {
 
     /// Queues a typed item, encoded with postcard straight into the port.
     pub fn feed<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.feed_typed(value, true).map(|_| ())
+    }
+
+    /// Like [`feed`](Self::feed) but never waits: `Ok(false)` when credit
+    /// or room is short (nothing was queued). [`pollable_fd`](Self::pollable_fd)
+    /// then turns readable once it is worth trying again.
+    pub fn try_feed<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<bool> {
+        self.feed_typed(value, false)
+    }
+
+    /// Encodes `value` into the port, waiting for room with `block`;
+    /// false when it would have had to wait.
+    fn feed_typed<T: Serialize + ?Sized>(&mut self, value: &T, block: bool) -> Result<bool> {
         if self.credit.strategy == SizeStrategy::Custom {
             let mut scratch = std::mem::take(&mut self.scratch);
             scratch.clear();
             let scratch = postcard::to_extend(value, scratch)?;
-            let r = self.feed_bytes(&scratch);
+            let r = if block {
+                self.feed_bytes(&scratch).map(|()| true)
+            } else {
+                self.try_feed_bytes(&scratch)
+            };
             self.scratch = scratch;
             return r;
         }
         let credit = self.credit;
         let hwm = credit.high_water_mark;
-        let r = (|| -> Result<usize> {
+        let r = (|| -> Result<Option<usize>> {
             loop {
                 let max_item = self.port()?.max_item();
                 let guess = self.typed_guess.min(max_item);
@@ -273,7 +294,14 @@ impl Sender {
                 // credit than any one item may take.
                 let charge = item_charge(&credit, None, guess, None).min(max_charge(hwm));
                 let port = self.port()?;
-                let buf = port.begin(guess, charge)?;
+                let buf = if block {
+                    port.begin(guess, charge)?
+                } else {
+                    match port.try_begin(guess, charge)? {
+                        Some(buf) => buf,
+                        None => return Ok(None),
+                    }
+                };
                 match postcard::to_slice(value, buf) {
                     Ok(used) => {
                         let len = used.len();
@@ -286,7 +314,7 @@ impl Sender {
                         }
                         port.commit(len, actual)?;
                         port.after_commit();
-                        return Ok(len);
+                        return Ok(Some(len));
                     }
                     Err(postcard::Error::SerializeBufferFull) => {
                         port.abandon();
@@ -305,10 +333,11 @@ impl Sender {
             }
         })();
         match r {
-            Ok(len) => {
+            Ok(Some(len)) => {
                 self.sent(len);
-                Ok(())
+                Ok(true)
             }
+            Ok(None) => Ok(false),
             Err(e) => Err(self.failed(e)),
         }
     }
@@ -375,6 +404,77 @@ impl Sender {
         Ok(SendSlot { sender: self })
     }
 
+    /// Like [`reserve`](Self::reserve) but never waits: `Ok(None)` when
+    /// credit or room is short. [`pollable_fd`](Self::pollable_fd) then
+    /// turns readable once it is worth trying again.
+    pub fn try_reserve(&mut self, len: usize) -> Result<Option<SendSlot<'_>>> {
+        Ok(self
+            .try_begin_slot(len)?
+            .then_some(SendSlot { sender: self }))
+    }
+
+    /// Reserves room for [`SendSlot::for_reserved`] without waiting; false
+    /// when credit or room is short.
+    pub(crate) fn try_begin_slot(&mut self, len: usize) -> Result<bool> {
+        let charge = item_charge(&self.credit, self.size_fn.as_ref(), len, None);
+        match self
+            .port()
+            .and_then(|p| p.try_begin(len, charge).map(|b| b.is_some()))
+        {
+            Ok(true) => {
+                self.reserved = (len, charge);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Makes everything queued visible to the receiver without waiting:
+    /// `Ok(false)` when a socket port could not take all of it yet (see
+    /// [`wants_write`](Self::wants_write)).
+    pub fn try_flush(&mut self) -> Result<bool> {
+        match self.port.as_mut() {
+            Some(p) => p.try_flush().map_err(|e| self.failed(e)),
+            None if self.life.cause() == Some(&CloseCause::Cancel) => Err(Error::Cancelled),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Ends the stream normally (stream-end) without waiting: `Ok(false)`
+    /// when the closing message could not go out yet; call again once
+    /// [`pollable_fd`](Self::pollable_fd) is ready ([`wants_write`](Self::wants_write)
+    /// says whether writable, else readable).
+    pub fn try_finish(&mut self) -> Result<bool> {
+        let port = self.port_to_end()?;
+        match port.try_close(&Ending::End) {
+            Ok(false) => Ok(false),
+            Ok(true) => {
+                self.port = None;
+                close(&mut self.life, CloseCause::End);
+                self.progress.report(self.life.state(), 0);
+                Ok(true)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// True when a non-blocking call returned "not now" because the port
+    /// waits for its descriptor to turn writable (a socket port with bytes
+    /// it has not taken yet); otherwise it waits for it to turn readable.
+    pub fn wants_write(&self) -> bool {
+        self.port.as_ref().is_some_and(|p| p.wants_write())
+    }
+
+    /// Never blocks in a write, even when a batch fills (`true`): for a
+    /// sender an event loop drives.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn set_nonblocking(&mut self, nonblocking: bool) {
+        if let Some(p) = &mut self.port {
+            p.set_nonblocking(nonblocking);
+        }
+    }
+
     /// Makes everything queued visible to the receiver.
     pub fn flush(&mut self) -> Result<()> {
         match self.port.as_mut() {
@@ -393,20 +493,24 @@ impl Sender {
         self.progress.report(self.life.state(), 0);
     }
 
-    /// Ends the stream normally (stream-end).
-    pub fn finish(&mut self) -> Result<()> {
-        let Some(port) = self.port.as_mut() else {
-            return Err(if self.life.cause() == Some(&CloseCause::Cancel) {
-                Error::Cancelled
-            } else {
-                Error::Closed
-            });
+    /// The port, to write stream-end to: an error when the stream already
+    /// ended, or was cancelled (acknowledged here).
+    fn port_to_end(&mut self) -> Result<&mut TxPort> {
+        let cancelled = match self.port.as_ref() {
+            None if self.life.cause() == Some(&CloseCause::Cancel) => return Err(Error::Cancelled),
+            None => return Err(Error::Closed),
+            Some(port) => port.is_cancelled(),
         };
-        if port.is_cancelled() {
+        if cancelled {
             self.close_with(Ending::Cancelled, CloseCause::Cancel, false);
             return Err(Error::Cancelled);
         }
-        let r = port.close(&Ending::End, true);
+        self.port()
+    }
+
+    /// Ends the stream normally (stream-end).
+    pub fn finish(&mut self) -> Result<()> {
+        let r = self.port_to_end()?.close(&Ending::End, true);
         self.port = None;
         close(&mut self.life, CloseCause::End);
         self.progress.report(self.life.state(), 0);
@@ -518,6 +622,14 @@ impl Write for Sender {
 /// receives.
 pub struct SendSlot<'a> {
     sender: &'a mut Sender,
+}
+
+impl<'a> SendSlot<'a> {
+    /// The slot [`Sender::try_begin_slot`] reserved.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn for_reserved(sender: &'a mut Sender) -> Self {
+        SendSlot { sender }
+    }
 }
 
 impl SendSlot<'_> {

@@ -6,7 +6,8 @@
 //! - `numbers NAME [--delay-us N]`: method `numbers` (download) streams u64
 //!   0..count (count = args), printing `sent i` after each send;
 //! - `echo NAME`: method `echo` (bidirectional) answers each item with `Echo: item`;
-//! - `sink NAME`: method `sink` (upload) replies with `count,fnv` of all bytes;
+//! - `sink NAME [--delay-us N]`: method `sink` (upload) replies with
+//!   `count,fnv` of all bytes, pausing after each item with the flag;
 //! - `failing NAME [--answer-ok 1]`: method `fail` (download) sends `args`
 //!   items then stream-error, then fails the call (or answers `fine`);
 //! - `endless NAME`: method `endless` (download) sends until cancelled;
@@ -46,7 +47,12 @@ fn main() {
             })
         }
         "echo" => serve(&conn, &name, "echo", StreamMode::Bidirectional, echo),
-        "sink" => serve(&conn, &name, "sink", StreamMode::Upload, sink),
+        "sink" => {
+            let delay = flag(&args, "--delay-us").map(Duration::from_micros);
+            serve(&conn, &name, "sink", StreamMode::Upload, move |c| {
+                sink(c, delay)
+            })
+        }
         "failing" => {
             let answer_ok = flag(&args, "--answer-ok").is_some_and(|v| v != 0);
             serve(&conn, &name, "fail", StreamMode::Download, move |c| {
@@ -300,12 +306,16 @@ fn echo(mut call: IncomingCall) -> shmbus_client::Result<()> {
     call.reply(Vec::new())
 }
 
-fn sink(mut call: IncomingCall) -> shmbus_client::Result<()> {
+fn sink(mut call: IncomingCall, delay: Option<Duration>) -> shmbus_client::Result<()> {
     let rx = call.receiver().expect("upload receives");
     let (mut count, mut hash) = (0u64, 0u64);
     while let Some(item) = rx.recv_in_place()? {
         count += item.len() as u64;
         hash = fnv1a(hash, &item);
+        drop(item);
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
     }
     let history = format!("{:?}", rx.history());
     say(format!("history {history}"));

@@ -1,0 +1,159 @@
+//! [`AsyncReceiver`]: a [`Receiver`] driven by tokio.
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::{DeadlineTimer, Readiness, Want};
+use crate::error::Result;
+use crate::stream::{InPlace, Receiver, TryRecv};
+
+/// The receiving half of a stream direction, for tokio: the async twin of
+/// [`Receiver`]. Make one with [`AsyncReceiver::new`] inside a runtime,
+/// from a receiver taken from a call (either side, either transport);
+/// [`into_inner`](Self::into_inner) gives the blocking half back.
+///
+/// Every receive waits without blocking the thread, and is cancel safe:
+/// dropped while it waits, it has taken nothing out of the stream (the
+/// next receive gets the item it would have got). Over shared memory, as
+/// with [`Receiver::recv_in_place`], an in-place view is the ring's memory.
+///
+/// ```no_run
+/// # async fn demo(call: &mut shmbus_client::Call) -> shmbus_client::Result<()> {
+/// use shmbus_client::AsyncReceiver;
+///
+/// let mut rx = AsyncReceiver::new(call.take_receiver().expect("a download"))?;
+/// let mut sum = 0u64;
+/// while let Some(n) = rx.recv::<u64>().await? {
+///     sum += n;
+/// }
+/// # let _ = sum;
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncReceiver {
+    ready: Option<Readiness>,
+    timer: DeadlineTimer,
+    rx: Receiver,
+}
+
+impl AsyncReceiver {
+    /// Registers the receiver's port with the current tokio runtime (which
+    /// must have its I/O driver, and its time driver for calls with a
+    /// deadline). Fails outside a runtime.
+    pub fn new(rx: Receiver) -> Result<AsyncReceiver> {
+        let ready = match rx.pollable_fd() {
+            Some(fd) => Some(Readiness::new(fd)?),
+            // An ended half: every receive answers at once.
+            None => None,
+        };
+        Ok(AsyncReceiver {
+            ready,
+            timer: DeadlineTimer::new(),
+            rx,
+        })
+    }
+
+    /// The blocking half, to use it as such again.
+    pub fn into_inner(self) -> Receiver {
+        self.rx
+    }
+
+    /// The blocking half, for what needs no waiting (state, counters,
+    /// [`Receiver::cancel`]).
+    pub fn get_mut(&mut self) -> &mut Receiver {
+        &mut self.rx
+    }
+
+    /// Moves to the next item (held) or the end: `Ready(true)` for an
+    /// item, `Ready(false)` at stream-end.
+    fn poll_advance(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool>> {
+        let Some(ready) = &self.ready else {
+            return Poll::Ready(self.rx.try_advance().map(|r| r.unwrap_or(false)));
+        };
+        let rx = &mut self.rx;
+        let attempt = || -> Result<std::result::Result<bool, Want>> {
+            Ok(match rx.try_advance()? {
+                Some(item) => Ok(item),
+                None if rx.wants_write() => Err(Want::Writable),
+                None => Err(Want::Readable),
+            })
+        };
+        if let Poll::Ready(r) = ready.poll(cx, attempt) {
+            return Poll::Ready(r);
+        }
+        let deadline = self.rx.deadline();
+        match self.timer.poll(cx, deadline) {
+            Poll::Ready(()) => Poll::Ready(Err(self.rx.expire())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The next typed item, decoded from a copy (as [`Receiver::recv`]);
+    /// `None` at stream-end.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) as a poll function, for hand-written futures
+    /// and streams.
+    pub fn poll_recv<T: DeserializeOwned>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<T>>> {
+        match self.poll_advance(cx) {
+            Poll::Ready(Ok(true)) => Poll::Ready(self.rx.decode_held().map(Some)),
+            Poll::Ready(Ok(false)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The next item's bytes, copied out once; `None` at stream-end.
+    pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(self.recv_in_place().await?.map(|item| item.to_vec()))
+    }
+
+    /// The next item in place (zero copy, as [`Receiver::recv_in_place`]),
+    /// released when the view is dropped; `None` at stream-end.
+    pub async fn recv_in_place(&mut self) -> Result<Option<InPlace<'_>>> {
+        if poll_fn(|cx| self.poll_advance(cx)).await? {
+            Ok(Some(InPlace::for_held(&mut self.rx)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The next typed item, decoded from the receiver's own copy and
+    /// borrowing from it (as [`Receiver::recv_borrowed`]); `None` at
+    /// stream-end.
+    pub async fn recv_borrowed<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Option<T>> {
+        if poll_fn(|cx| self.poll_advance(cx)).await? {
+            self.rx.decode_held().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Like [`Receiver::try_recv`]: never waits.
+    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<TryRecv<T>> {
+        self.rx.try_recv()
+    }
+}
+
+impl From<AsyncReceiver> for Receiver {
+    fn from(a: AsyncReceiver) -> Receiver {
+        a.into_inner()
+    }
+}
+
+impl std::fmt::Debug for AsyncReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncReceiver")
+            .field("stream", &self.rx.stream_id())
+            .field("state", &self.rx.state())
+            .finish()
+    }
+}

@@ -1,0 +1,162 @@
+//! [`AsyncSender`]: a [`Sender`] driven by tokio.
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use serde::Serialize;
+
+use super::{DeadlineTimer, Readiness, Want};
+use crate::error::{Error, Result};
+use crate::stream::{SendSlot, Sender};
+
+/// The sending half of a stream direction, for tokio: the async twin of
+/// [`Sender`]. Make one with [`AsyncSender::new`] inside a runtime, from a
+/// sender taken from a call (either side, either transport);
+/// [`into_inner`](Self::into_inner) gives the blocking half back.
+///
+/// Credit is the backpressure, as with [`Sender`]: a send waits, without
+/// blocking the thread, until the receiver has granted enough. Cancel
+/// safety: an item is queued whole or not at all, so a send or reserve
+/// dropped while it waits has sent nothing; a flush or finish dropped
+/// midway leaves what it wrote written, and calling it again goes on
+/// where it stopped. The port never blocks in a write, even over the
+/// socket: a batch the socket does not take yet waits for it to turn
+/// writable.
+///
+/// ```no_run
+/// # async fn demo(call: &mut shmbus_client::IncomingCall) -> shmbus_client::Result<()> {
+/// use shmbus_client::AsyncSender;
+///
+/// let mut tx = AsyncSender::new(call.take_sender().expect("a download"))?;
+/// for i in 0..1000u64 {
+///     tx.send(&i).await?;
+/// }
+/// tx.finish().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncSender {
+    ready: Option<Readiness>,
+    timer: DeadlineTimer,
+    tx: Sender,
+}
+
+impl AsyncSender {
+    /// Registers the sender's port with the current tokio runtime (which
+    /// must have its I/O driver, and its time driver for calls with a
+    /// deadline). Fails outside a runtime.
+    pub fn new(mut tx: Sender) -> Result<AsyncSender> {
+        tx.set_nonblocking(true);
+        let ready = match tx.pollable_fd() {
+            Some(fd) => Some(Readiness::new(fd)?),
+            None => None,
+        };
+        Ok(AsyncSender {
+            ready,
+            timer: DeadlineTimer::new(),
+            tx,
+        })
+    }
+
+    /// The blocking half, to use it as such again.
+    pub fn into_inner(mut self) -> Sender {
+        self.tx.set_nonblocking(false);
+        self.tx
+    }
+
+    /// The blocking half, for what needs no waiting (state, counters,
+    /// [`Sender::fail`]).
+    pub fn get_mut(&mut self) -> &mut Sender {
+        &mut self.tx
+    }
+
+    /// Drives `attempt` (a non-blocking step of the sender) until it is
+    /// done, or the call's deadline passes.
+    fn drive<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut attempt: impl FnMut(&mut Sender) -> Result<Option<T>>,
+    ) -> Poll<Result<T>> {
+        let Some(ready) = &self.ready else {
+            // An ended half: the step reports how it ended.
+            return Poll::Ready(attempt(&mut self.tx).and_then(|r| r.ok_or(Error::Closed)));
+        };
+        let tx = &mut self.tx;
+        let step = || -> Result<std::result::Result<T, Want>> {
+            Ok(match attempt(tx)? {
+                Some(v) => Ok(v),
+                None if tx.wants_write() => Err(Want::Writable),
+                None => Err(Want::Readable),
+            })
+        };
+        if let Poll::Ready(r) = ready.poll(cx, step) {
+            return Poll::Ready(r);
+        }
+        let deadline = self.tx.deadline();
+        match self.timer.poll(cx, deadline) {
+            Poll::Ready(()) => Poll::Ready(Err(self.tx.expire())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Queues a typed item (postcard, encoded straight into the port),
+    /// waiting for credit or room; it becomes visible to the receiver when
+    /// a batch fills or at [`flush`](Self::flush).
+    pub async fn feed<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_feed(value)?.then_some(())))).await
+    }
+
+    /// Sends a typed item and makes it visible now.
+    pub async fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.feed(value).await?;
+        self.flush().await
+    }
+
+    /// Queues an item's bytes (copied into the port), waiting for credit or
+    /// room.
+    pub async fn feed_bytes(&mut self, data: &[u8]) -> Result<()> {
+        poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_feed_bytes(data)?.then_some(())))).await
+    }
+
+    /// Sends an item's bytes and makes them visible now.
+    pub async fn send_bytes(&mut self, data: &[u8]) -> Result<()> {
+        self.feed_bytes(data).await?;
+        self.flush().await
+    }
+
+    /// Reserves `len` bytes in the port to fill in place (zero copy, as
+    /// [`Sender::reserve`]), waiting for credit or room. Dropped before it
+    /// returns, it reserved nothing; the slot, dropped uncommitted, sends
+    /// nothing.
+    pub async fn reserve(&mut self, len: usize) -> Result<SendSlot<'_>> {
+        poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_begin_slot(len)?.then_some(())))).await?;
+        Ok(SendSlot::for_reserved(&mut self.tx))
+    }
+
+    /// Makes everything queued visible to the receiver; over the socket,
+    /// waits until the socket took it.
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_flush()?.then_some(())))).await
+    }
+
+    /// Ends the stream normally (stream-end), waiting for room for the
+    /// closing record (or for the socket to take it).
+    pub async fn finish(&mut self) -> Result<()> {
+        poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_finish()?.then_some(())))).await
+    }
+}
+
+impl From<AsyncSender> for Sender {
+    fn from(a: AsyncSender) -> Sender {
+        a.into_inner()
+    }
+}
+
+impl std::fmt::Debug for AsyncSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncSender")
+            .field("stream", &self.tx.stream_id())
+            .field("state", &self.tx.state())
+            .finish()
+    }
+}
