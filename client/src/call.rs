@@ -2,7 +2,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -13,10 +13,13 @@ use shmbus::frame::{
     Transport, TransportPreference,
 };
 
-use crate::conn::{CallEvent, CallLink, Connection, HeldReader};
+use crate::conn::{CallEvent, CallLink, Connection, HeldReader, Mailbox};
 use crate::error::{decode, Error, Result};
 use crate::port::{self, wait::WaitPolicy, PeerResult, Role};
 use crate::stream::{Receiver, Sender};
+
+#[cfg(feature = "tokio")]
+mod asynchronous;
 
 /// Describes a call before it is made. Get one from [`Connection::call`],
 /// then make it with [`start`](Self::start) (a streaming call),
@@ -404,7 +407,7 @@ impl CancelHandle {
 pub struct Call {
     link: CallLink,
     id: CallId,
-    events: mpsc::Receiver<CallEvent>,
+    events: Mailbox<CallEvent>,
     open: Option<StreamOpen>,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
@@ -421,17 +424,24 @@ pub struct Call {
 impl Call {
     /// Waits for stream-open; false when the call answered without a stream.
     fn wait_open(&mut self, held: Option<HeldReader>) -> Result<bool> {
-        match self.link.broker.wait_holding(held, &self.events) {
-            Ok(CallEvent::Open(open, fds)) => {
+        let event = self.link.broker.wait_holding(held, &self.events).ok();
+        self.opened(event)
+    }
+
+    /// What the first event (`None`: the connection closed) makes of the
+    /// call: its halves attached (true), or its outcome in (false).
+    fn opened(&mut self, event: Option<CallEvent>) -> Result<bool> {
+        match event {
+            Some(CallEvent::Open(open, fds)) => {
                 self.attach(open, fds)?;
                 Ok(true)
             }
-            Ok(CallEvent::Result(Err(e))) => Err(Error::remote(e)),
-            Ok(CallEvent::Result(ok)) => {
+            Some(CallEvent::Result(Err(e))) => Err(Error::remote(e)),
+            Some(CallEvent::Result(ok)) => {
                 self.outcome = Some(ok);
                 Ok(false)
             }
-            Err(_) => Err(Error::BrokerGone),
+            None => Err(Error::BrokerGone),
         }
     }
 
@@ -610,17 +620,24 @@ impl Call {
             // answer; a failed stream shows in the result, or not at all.
             while let Ok(Some(_)) = rx.recv_in_place() {}
         }
-        match self.link.broker.wait_holding(held, &self.events) {
-            Ok(CallEvent::Result(outcome)) => outcome.map_err(Error::remote),
-            Ok(CallEvent::Open(open, fds)) => {
+        let event = self.link.broker.wait_holding(held, &self.events).ok();
+        self.result(event)
+    }
+
+    /// The call's outcome from its last event (`None`: the connection
+    /// closed, and the service's copy on the port is what is left).
+    fn result(&self, event: Option<CallEvent>) -> Result<Vec<u8>> {
+        match event {
+            Some(CallEvent::Result(outcome)) => outcome.map_err(Error::remote),
+            Some(CallEvent::Open(open, fds)) => {
                 drop(fds);
                 Err(Error::Protocol(format!(
                     "unexpected stream-open for stream {}",
                     open.stream
                 )))
             }
-            Err(_) => match &self.peer_result {
-                Some(peer) => peer.wait(self.policy.stall)?.map_err(Error::Remote),
+            None => match &self.peer_result {
+                Some(peer) => peer.wait(self.policy.stall)?.map_err(Error::remote),
                 None => Err(Error::BrokerGone),
             },
         }

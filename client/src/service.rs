@@ -2,16 +2,19 @@
 //! [`Connection::register`], and the [`IncomingCall`]s it receives.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use shmbus::frame::{CallId, ErrorCode, Frame, MethodSpec, RemoteError, Transport};
 
-use crate::conn::{CallLink, Connection, IncomingRaw};
+use crate::conn::{CallLink, Connection, IncomingRaw, Mailbox};
 use crate::error::{decode, Error, Result};
 use crate::port::{self, PeerResult, Role};
 use crate::stream::{Receiver, Sender};
+
+#[cfg(feature = "tokio")]
+mod asynchronous;
 
 impl Connection {
     /// Registers a service with its methods. Calls arrive through
@@ -50,7 +53,7 @@ impl Connection {
 pub struct Service {
     conn: Connection,
     name: String,
-    incoming: mpsc::Receiver<IncomingRaw>,
+    incoming: Mailbox<IncomingRaw>,
 }
 
 impl Service {
@@ -90,20 +93,28 @@ impl Service {
             let Ok(raw) = self.conn.link().wait_for(&self.incoming) else {
                 return Ok(None);
             };
-            let (call, origin) = (raw.call, raw.origin.clone());
-            match IncomingCall::new(&self.conn, raw) {
-                Ok(c) => return Ok(Some(c)),
-                Err(e) => {
-                    // The port could not be set up: fail this call, keep serving.
-                    let _ = origin.send(&Frame::Result {
-                        call,
-                        outcome: Err(RemoteError {
-                            code: ErrorCode::ProtocolViolation,
-                            message: format!("service could not open the stream port: {e}"),
-                        }),
-                    });
-                    origin.forget_served(call);
-                }
+            if let Some(call) = self.accept(raw) {
+                return Ok(Some(call));
+            }
+        }
+    }
+
+    /// Opens an arrived call's ports; a call whose ports cannot be set up
+    /// is failed here (`None`), and the service keeps serving.
+    fn accept(&self, raw: IncomingRaw) -> Option<IncomingCall> {
+        let (call, origin) = (raw.call, raw.origin.clone());
+        match IncomingCall::new(&self.conn, raw) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let _ = origin.send(&Frame::Result {
+                    call,
+                    outcome: Err(RemoteError {
+                        code: ErrorCode::ProtocolViolation,
+                        message: format!("service could not open the stream port: {e}"),
+                    }),
+                });
+                origin.forget_served(call);
+                None
             }
         }
     }

@@ -715,3 +715,25 @@ macro_rules! both_transports {
         }
     };
 }
+
+/// The two tokio runtimes the async tests run on: multi-thread with two
+/// workers, and current-thread, each with its I/O and time drivers.
+pub fn tokio_runtimes() -> Vec<(&'static str, tokio::runtime::Runtime)> {
+    vec![
+        (
+            "multi-thread",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a multi-thread runtime"),
+        ),
+        (
+            "current-thread",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime"),
+        ),
+    ]
+}

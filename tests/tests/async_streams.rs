@@ -11,33 +11,13 @@ use shmbus_client::{
     AsyncReceiver, AsyncSender, Connection, CreditSpec, Error, MethodSpec, StreamMode, Transport,
     TransportPreference,
 };
-use shmbus_tests::{fnv1a, pattern, Broker, Peer};
+use shmbus_tests::{fnv1a, pattern, tokio_runtimes, Broker, Peer};
 
 const SEC: Duration = Duration::from_secs(1);
 const TRANSPORTS: [TransportPreference; 2] = [
     TransportPreference::SharedMemory,
     TransportPreference::Socket,
 ];
-
-fn runtimes() -> Vec<(&'static str, tokio::runtime::Runtime)> {
-    vec![
-        (
-            "multi-thread",
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
-        ),
-        (
-            "current-thread",
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-        ),
-    ]
-}
 
 /// Starts a call on a blocking thread (the connection's calls block).
 async fn start(
@@ -74,7 +54,7 @@ fn an_async_caller_downloads_from_a_blocking_service_everywhere() {
     let broker = Broker::start();
     let _peer = Peer::serve(&broker, &["deadlines", "dl"]);
     let conn = broker.connect();
-    for (name, rt) in runtimes() {
+    for (name, rt) in tokio_runtimes() {
         for transport in TRANSPORTS {
             rt.block_on(async {
                 // Few credits: the receiver waits, and the sender waits on it.
@@ -112,7 +92,7 @@ fn an_async_caller_uploads_to_a_blocking_service_everywhere() {
     let conn = broker.connect();
     let data = pattern(7, 6 << 20);
     let expected = format!("{},{}", data.len(), fnv1a(0, &data));
-    for (name, rt) in runtimes() {
+    for (name, rt) in tokio_runtimes() {
         for transport in TRANSPORTS {
             rt.block_on(async {
                 let mut call = start(
@@ -156,7 +136,7 @@ fn a_blocking_caller_downloads_from_an_async_service() {
     let service = conn
         .register("gen", &[MethodSpec::new("numbers", StreamMode::Download)])
         .unwrap();
-    for (name, rt) in runtimes() {
+    for (name, rt) in tokio_runtimes() {
         for arg in ["shm", "socket"] {
             let mut caller = Peer::start(&broker, &["consume", "gen", "numbers", arg]);
             let mut call = service.next().unwrap().unwrap();
@@ -182,7 +162,7 @@ fn both_halves_of_a_bidirectional_call_run_concurrently() {
     let broker = Broker::start();
     let _peer = Peer::serve(&broker, &["echo", "e"]);
     let conn = broker.connect();
-    for (name, rt) in runtimes() {
+    for (name, rt) in tokio_runtimes() {
         for transport in TRANSPORTS {
             rt.block_on(async {
                 let mut call =
@@ -218,7 +198,7 @@ fn futures_dropped_while_waiting_lose_and_duplicate_nothing() {
     let _peer = Peer::serve(&broker, &["numbers", "slow", "--delay-us", "3000"]);
     let _sink = Peer::serve(&broker, &["sink", "store", "--delay-us", "3000"]);
     let conn = broker.connect();
-    for (name, rt) in runtimes() {
+    for (name, rt) in tokio_runtimes() {
         for transport in TRANSPORTS {
             rt.block_on(async {
                 let conn2 = conn.clone();
@@ -291,7 +271,7 @@ fn a_deadline_ends_an_async_wait_the_peer_never_ends() {
     let broker = Broker::start();
     let _peer = Peer::serve(&broker, &["deadlines", "dl"]);
     let conn = broker.connect();
-    for (name, rt) in runtimes() {
+    for (name, rt) in tokio_runtimes() {
         for transport in TRANSPORTS {
             rt.block_on(async {
                 let conn2 = conn.clone();

@@ -144,6 +144,12 @@ impl AsyncSender {
     pub async fn finish(&mut self) -> Result<()> {
         poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_finish()?.then_some(())))).await
     }
+
+    /// Ends the stream with stream-error: the receiver gets every item sent
+    /// before it, then `message`.
+    pub async fn fail(&mut self, message: &str) -> Result<()> {
+        poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_fail(message)?.then_some(())))).await
+    }
 }
 
 impl From<AsyncSender> for Sender {

@@ -9,6 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
+use super::mailbox::Mailbox;
 use super::reader::{FrameReader, Next};
 use super::BrokerLink;
 
@@ -55,7 +56,7 @@ impl BrokerLink {
     /// until its own reply is in; else the reader reads and hands it over.
     pub(crate) fn wait_for<T>(
         self: &Arc<Self>,
-        rx: &mpsc::Receiver<T>,
+        rx: &Mailbox<T>,
     ) -> std::result::Result<T, mpsc::RecvError> {
         self.wait_holding(None, rx)
     }
@@ -78,10 +79,10 @@ impl BrokerLink {
     pub(crate) fn wait_holding<T>(
         self: &Arc<Self>,
         held: Option<HeldReader>,
-        rx: &mpsc::Receiver<T>,
+        rx: &Mailbox<T>,
     ) -> std::result::Result<T, mpsc::RecvError> {
         let held = held.and_then(|mut h| h.reader.take());
-        let take = |rx: &mpsc::Receiver<T>| match rx.try_recv() {
+        let take = |rx: &Mailbox<T>| match rx.try_recv() {
             Ok(v) => Some(Ok(v)),
             Err(mpsc::TryRecvError::Disconnected) => Some(Err(mpsc::RecvError)),
             Err(mpsc::TryRecvError::Empty) => None,

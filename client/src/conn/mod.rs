@@ -22,10 +22,15 @@ use shmbus::sys;
 
 use crate::error::{Error, Result};
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod leader;
+mod mailbox;
 mod reader;
 
 pub(crate) use leader::HeldReader;
+pub(crate) use mailbox::Mailbox;
+use mailbox::{mailbox, Post};
 
 use leader::{read_loop, ReadToken};
 use reader::FrameReader;
@@ -75,9 +80,9 @@ pub(crate) struct BrokerLink {
     token: Mutex<ReadToken>,
     /// Wakes the reader thread when input waits and nobody else reads.
     watch: sys::Watch,
-    calls: Mutex<HashMap<CallId, mpsc::Sender<CallEvent>>>,
-    requests: Mutex<HashMap<RequestId, mpsc::Sender<Reply>>>,
-    services: Mutex<HashMap<String, mpsc::Sender<IncomingRaw>>>,
+    calls: Mutex<HashMap<CallId, Post<CallEvent>>>,
+    requests: Mutex<HashMap<RequestId, Post<Reply>>>,
+    services: Mutex<HashMap<String, Post<IncomingRaw>>>,
     served: Mutex<HashMap<CallId, Arc<AtomicBool>>>,
     monitor: Mutex<Option<mpsc::Sender<MonitorEvent>>>,
     next_id: AtomicU64,
@@ -125,7 +130,7 @@ pub(crate) struct ConnectionState {
 }
 
 /// A service registered on this connection: name, methods, and where its calls go.
-type Registration = (String, Vec<frame::MethodSpec>, mpsc::Sender<IncomingRaw>);
+type Registration = (String, Vec<frame::MethodSpec>, Post<IncomingRaw>);
 
 /// The broker link a call, service call or stream was made on: they keep
 /// talking to that link (never to a later one after a reconnect), and keep
@@ -241,8 +246,8 @@ impl Connection {
         &self,
         service: &str,
         methods: Vec<frame::MethodSpec>,
-    ) -> Result<mpsc::Receiver<IncomingRaw>> {
-        let (tx, rx) = mpsc::channel();
+    ) -> Result<Mailbox<IncomingRaw>> {
+        let (tx, rx) = mailbox();
         self.link()
             .services
             .lock()
@@ -355,14 +360,14 @@ impl BrokerLink {
     }
 
     /// Registers a waiter for a call's events.
-    pub(crate) fn expect_call(&self, call: CallId) -> Result<mpsc::Receiver<CallEvent>> {
+    pub(crate) fn expect_call(&self, call: CallId) -> Result<Mailbox<CallEvent>> {
         if self.draining.load(Ordering::Acquire) {
             return Err(Error::Remote(RemoteError {
                 code: ErrorCode::ShuttingDown,
                 message: "the broker is shutting down".into(),
             }));
         }
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mailbox();
         self.calls.lock().unwrap().insert(call, tx);
         if self.closed.load(Ordering::Acquire) {
             self.calls.lock().unwrap().remove(&call);
@@ -381,7 +386,7 @@ impl BrokerLink {
 
     fn request(self: &Arc<Self>, make: impl FnOnce(RequestId) -> Frame) -> Result<Reply> {
         let id = self.next_id();
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mailbox();
         self.requests.lock().unwrap().insert(id, tx);
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::BrokerGone);

@@ -446,12 +446,26 @@ impl Sender {
     /// [`pollable_fd`](Self::pollable_fd) is ready ([`wants_write`](Self::wants_write)
     /// says whether writable, else readable).
     pub fn try_finish(&mut self) -> Result<bool> {
+        self.try_end(Ending::End, CloseCause::End)
+    }
+
+    /// Ends the stream with stream-error without waiting, as
+    /// [`try_finish`](Self::try_finish) ends it normally: `Ok(false)` when
+    /// the message could not go out yet.
+    pub fn try_fail(&mut self, message: &str) -> Result<bool> {
+        self.try_end(
+            Ending::Error(message.to_string()),
+            CloseCause::Error(message.to_string()),
+        )
+    }
+
+    fn try_end(&mut self, how: Ending, cause: CloseCause) -> Result<bool> {
         let port = self.port_to_end()?;
-        match port.try_close(&Ending::End) {
+        match port.try_close(&how) {
             Ok(false) => Ok(false),
             Ok(true) => {
                 self.port = None;
-                close(&mut self.life, CloseCause::End);
+                close(&mut self.life, cause);
                 self.progress.report(self.life.state(), 0);
                 Ok(true)
             }

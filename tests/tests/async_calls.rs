@@ -1,0 +1,214 @@
+//! Calls and services for tokio (feature `tokio`): `start_async`,
+//! `unary_async`, `collect_async`, `finish_async`, `Service::next_async`
+//! and `reply_async`, across real processes and a real broker, on both
+//! runtimes; call futures dropped midway cancel their call and leave no
+//! descriptor behind.
+
+use std::time::Duration;
+
+use shmbus_client::{
+    AsyncReceiver, AsyncSender, Connection, CreditSpec, Error, ErrorCode, MethodSpec, StreamMode,
+    TransportPreference,
+};
+use shmbus_tests::{fnv1a, pattern, tokio_runtimes, Broker, Peer};
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn every_flow_with_an_async_caller() {
+    let broker = Broker::start();
+    let _numbers = Peer::serve(&broker, &["numbers", "nums"]);
+    let _sink = Peer::serve(&broker, &["sink", "store"]);
+    let _echo = Peer::serve(&broker, &["echo", "e"]);
+    let _math = Peer::serve(&broker, &["unary", "math"]);
+    let _failing = Peer::serve(&broker, &["failing", "bad"]);
+    let socket = broker.socket.clone();
+    for (name, rt) in tokio_runtimes() {
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            for transport in [
+                TransportPreference::SharedMemory,
+                TransportPreference::Socket,
+            ] {
+                // Download.
+                let mut call = conn
+                    .call("nums", "numbers")
+                    .args_typed(&5000u64)
+                    .unwrap()
+                    .transport(transport)
+                    .credit(CreditSpec::items(16))
+                    .start_async()
+                    .await
+                    .unwrap();
+                let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                let mut n = 0u64;
+                while let Some(i) = rx.recv::<u64>().await.unwrap() {
+                    assert_eq!(i, n, "{name}");
+                    n += 1;
+                }
+                assert_eq!(n, 5000);
+                call.finish_async().await.unwrap();
+                // Upload.
+                let data = pattern(3, 1 << 20);
+                let mut call = conn
+                    .call("store", "sink")
+                    .transport(transport)
+                    .start_async()
+                    .await
+                    .unwrap();
+                let mut tx = AsyncSender::new(call.take_sender().unwrap()).unwrap();
+                for chunk in data.chunks(10_000) {
+                    tx.feed_bytes(chunk).await.unwrap();
+                }
+                tx.finish().await.unwrap();
+                let got = call.finish_async().await.unwrap();
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    format!("{},{}", data.len(), fnv1a(0, &data))
+                );
+                // Bidirectional, the sender left in the call for finish_async.
+                let mut call = conn
+                    .call("e", "echo")
+                    .transport(transport)
+                    .start_async()
+                    .await
+                    .unwrap();
+                let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                let mut tx = AsyncSender::new(call.take_sender().unwrap()).unwrap();
+                tx.send_bytes(b"hi").await.unwrap();
+                let item = rx.recv_bytes().await.unwrap().unwrap();
+                assert_eq!(item, b"Echo: hi");
+                tx.finish().await.unwrap();
+                assert_eq!(rx.recv_bytes().await.unwrap(), None);
+                call.finish_async().await.unwrap();
+                // Stream-error after items, and a failed call.
+                let mut call = conn
+                    .call("bad", "fail")
+                    .args_typed(&3u64)
+                    .unwrap()
+                    .transport(transport)
+                    .start_async()
+                    .await
+                    .unwrap();
+                let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                for i in 0..3u64 {
+                    assert_eq!(rx.recv::<u64>().await.unwrap(), Some(i));
+                }
+                let e = rx.recv::<u64>().await.unwrap_err();
+                assert!(
+                    matches!(&e, Error::Stream(m) if m == "Processing failed"),
+                    "{e}"
+                );
+                let e = call.finish_async().await.unwrap_err();
+                assert_eq!(e.code(), Some(ErrorCode::Failed));
+            }
+            // Unary, and a batch.
+            let sum = conn
+                .call("math", "add")
+                .args_typed(&(40u64, 2u64))
+                .unwrap()
+                .unary_async()
+                .await
+                .unwrap();
+            assert_eq!(sum, 42u64.to_le_bytes());
+            let all: Vec<u64> = conn
+                .call("nums", "numbers")
+                .args_typed(&100u64)
+                .unwrap()
+                .collect_async()
+                .await
+                .unwrap();
+            assert_eq!(all, (0..100).collect::<Vec<_>>());
+            // A clear error for an unknown service.
+            let e = conn.call("nobody", "x").unary_async().await.unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::NoSuchService));
+        });
+    }
+}
+
+#[test]
+fn an_async_service_answers_blocking_callers() {
+    let broker = Broker::start();
+    let socket = broker.socket.clone();
+    for (name, rt) in tokio_runtimes() {
+        let service_name = format!("gen-{name}");
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            let service = conn
+                .register_async(
+                    &service_name,
+                    &[
+                        MethodSpec::new("numbers", StreamMode::Download),
+                        MethodSpec::new("add", StreamMode::Unary),
+                    ],
+                )
+                .await
+                .unwrap();
+            let mut consumer = Peer::start(&broker, &["consume", &service_name, "numbers", "shm"]);
+            let mut adder = Peer::start(&broker, &["call-add", &service_name]);
+            for _ in 0..2 {
+                let mut call = service.next_async().await.unwrap().unwrap();
+                let job = tokio::spawn(async move {
+                    if call.method() == "add" {
+                        let (a, b): (u64, u64) = call.args_typed()?;
+                        return call.reply_async((a + b).to_le_bytes().to_vec()).await;
+                    }
+                    let mut tx = AsyncSender::new(call.take_sender().unwrap())?;
+                    for i in 0..20_000u64 {
+                        tx.feed(&i).await?;
+                    }
+                    tx.finish().await?;
+                    call.reply_async(Vec::new()).await
+                });
+                job.await.unwrap().unwrap();
+            }
+            assert_eq!(adder.expect_line("result", 10 * SEC), "5", "{name}");
+            assert_eq!(consumer.expect_line("done", 10 * SEC), "20000", "{name}");
+        });
+    }
+}
+
+#[test]
+fn dropped_call_futures_cancel_their_call_and_leak_nothing() {
+    let broker = Broker::start();
+    let mut endless = Peer::serve(&broker, &["endless", "inf"]);
+    let _slow = Peer::serve(&broker, &["deadlines", "dl"]);
+    let socket = broker.socket.clone();
+    let baseline = broker.fd_baseline();
+    for (name, rt) in tokio_runtimes() {
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            // finish_async dropped while it drains an endless stream: the
+            // call is cancelled, and the service hears of it.
+            let call = conn
+                .call("inf", "endless")
+                .credit(CreditSpec::items(8))
+                .start_async()
+                .await
+                .unwrap();
+            let r = tokio::time::timeout(Duration::from_millis(100), call.finish_async()).await;
+            assert!(r.is_err(), "{name}: an endless stream cannot finish");
+            endless.expect_line("cancelled-after", 10 * SEC);
+            // unary_async dropped while the service naps: cancelled too.
+            let nap = conn
+                .call("dl", "nap")
+                .args_typed(&(0u64, 300u64))
+                .unwrap()
+                .unary_async();
+            assert!(tokio::time::timeout(Duration::from_millis(50), nap)
+                .await
+                .is_err());
+            // start_async dropped at once, many times.
+            for _ in 0..50 {
+                let start = conn
+                    .call("inf", "endless")
+                    .credit(CreditSpec::items(2))
+                    .start_async();
+                let _ = tokio::time::timeout(Duration::from_micros(1), start).await;
+            }
+            drop(conn);
+        });
+    }
+    // Every call, stream and connection is gone from the broker.
+    broker.wait_fds(baseline);
+}
