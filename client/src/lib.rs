@@ -56,7 +56,7 @@ mod service;
 mod stream;
 
 #[cfg(feature = "tokio")]
-pub use async_stream::{AsyncReceiver, AsyncSender};
+pub use async_stream::{AsyncReceiver, AsyncSender, RecvStream, SendSink};
 pub use call::{Call, CallBuilder, CancelHandle};
 pub use conn::{default_socket_path, ConnectOptions, Connection, SOCKET_ENV};
 pub use error::{Error, Result};

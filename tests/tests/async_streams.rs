@@ -300,3 +300,170 @@ fn a_deadline_ends_an_async_wait_the_peer_never_ends() {
         }
     }
 }
+
+#[test]
+fn the_standard_traits_move_every_byte_and_item() {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = Broker::start();
+    let _dl = Peer::serve(&broker, &["deadlines", "dl"]);
+    let _sink = Peer::serve(&broker, &["sink", "store"]);
+    let conn = broker.connect();
+    let n = 3000u64;
+    let encoded: Vec<u8> = (0..n)
+        .flat_map(|i| postcard::to_stdvec(&i).unwrap())
+        .collect();
+    for (name, rt) in tokio_runtimes() {
+        for transport in TRANSPORTS {
+            rt.block_on(async {
+                // AsyncRead: the typed items' bytes, in order.
+                let mut call =
+                    start(&conn, "dl", "drip", (n, 0), transport, CreditSpec::items(8)).await;
+                let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                let mut all = Vec::new();
+                rx.read_to_end(&mut all).await.unwrap();
+                assert_eq!(all, encoded, "{name} {transport:?}");
+                finish(call).await.unwrap();
+                // Stream: the typed items themselves.
+                let mut call =
+                    start(&conn, "dl", "drip", (n, 0), transport, CreditSpec::items(8)).await;
+                let rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                let items: Vec<u64> = rx.into_stream::<u64>().map(|r| r.unwrap()).collect().await;
+                assert_eq!(items, (0..n).collect::<Vec<_>>());
+                finish(call).await.unwrap();
+                // AsyncWrite: bytes to the sink, byte-exact.
+                let data = pattern(11, 3 << 20);
+                let mut call = start(
+                    &conn,
+                    "store",
+                    "sink",
+                    (0, 0),
+                    transport,
+                    CreditSpec::bytes(128 << 10),
+                )
+                .await;
+                let mut tx = AsyncSender::new(call.take_sender().unwrap()).unwrap();
+                tx.write_all(&data).await.unwrap();
+                tx.shutdown().await.unwrap();
+                let got = String::from_utf8(finish(call).await.unwrap()).unwrap();
+                assert_eq!(got, format!("{},{}", data.len(), fnv1a(0, &data)));
+                // Sink: typed items, whose encodings the sink hashes.
+                let mut call = start(
+                    &conn,
+                    "store",
+                    "sink",
+                    (0, 0),
+                    transport,
+                    CreditSpec::items(4),
+                )
+                .await;
+                let tx = AsyncSender::new(call.take_sender().unwrap()).unwrap();
+                let mut sink = tx.into_sink::<u64>();
+                for i in 0..n {
+                    sink.feed(i).await.unwrap();
+                }
+                sink.close().await.unwrap();
+                let got = String::from_utf8(finish(call).await.unwrap()).unwrap();
+                assert_eq!(got, format!("{},{}", encoded.len(), fnv1a(0, &encoded)));
+            });
+        }
+    }
+}
+
+/// User plus system CPU time of `pid` (`self` for this process), in
+/// clock ticks of 10 ms (`/proc/PID/stat`, fields 14 and 15).
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    f[11] + f[12]
+}
+
+#[test]
+fn a_thousand_streams_on_two_workers_are_byte_exact_and_idle_for_free() {
+    const STREAMS: usize = 1000;
+    let broker = Broker::start();
+    let peer = Peer::serve(&broker, &["deadlines", "dl"]);
+    let conn = broker.connect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Every stream: an item now, the next after 3 s of silence. The
+        // calls start 50 at a time, so that all are open well within that.
+        let started = std::time::Instant::now();
+        let mut streams = Vec::new();
+        for batch in 0..STREAMS / 50 {
+            let starts = (0..50).map(|k| {
+                let transport = if (batch * 50 + k) % 10 == 0 {
+                    TransportPreference::Socket
+                } else {
+                    TransportPreference::SharedMemory
+                };
+                conn.call("dl", "drip")
+                    .args_typed(&(2u64, 3000u64))
+                    .unwrap()
+                    .transport(transport)
+                    .ring_size(64 << 10)
+                    .credit(CreditSpec::items(4))
+                    .start_async()
+            });
+            for call in futures::future::join_all(starts).await {
+                let mut call = call.unwrap();
+                let rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                streams.push((call, rx));
+            }
+        }
+        let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(STREAMS);
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|(call, mut rx)| {
+                let first_tx = first_tx.clone();
+                tokio::spawn(async move {
+                    let mut next = 0u64;
+                    while let Some(n) = rx.recv::<u64>().await.unwrap() {
+                        assert_eq!(n, next);
+                        if next == 0 {
+                            first_tx.send(()).await.unwrap();
+                        }
+                        next += 1;
+                    }
+                    assert_eq!(next, 2);
+                    drop(rx);
+                    call.finish_async().await
+                })
+            })
+            .collect();
+        for _ in 0..STREAMS {
+            first_rx.recv().await.unwrap();
+        }
+        let opened = started.elapsed();
+        assert!(
+            opened < Duration::from_millis(2000),
+            "opening {STREAMS} streams took {opened:?}: too slow to see them idle"
+        );
+        // All 1000 wait for their next item: this process, its runtime's
+        // workers included, and the broker spend nothing meanwhile.
+        let (me, broker_pid) = (cpu_ticks("self"), cpu_ticks(&broker.pid().to_string()));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (me, broker_pid) = (
+            cpu_ticks("self") - me,
+            cpu_ticks(&broker.pid().to_string()) - broker_pid,
+        );
+        assert!(me <= 2, "{me} ticks of CPU in this process while idle");
+        assert_eq!(
+            broker_pid, 0,
+            "the broker used CPU while the streams were idle"
+        );
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    drop(peer);
+}

@@ -30,8 +30,8 @@ use tokio::io::Interest;
 mod receiver;
 mod sender;
 
-pub use receiver::AsyncReceiver;
-pub use sender::AsyncSender;
+pub use receiver::{AsyncReceiver, RecvStream};
+pub use sender::{AsyncSender, SendSink};
 
 /// A duplicate of a half's pollable descriptor, registered with the
 /// runtime's reactor. Its own descriptor: the half may close its port

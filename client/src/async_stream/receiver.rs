@@ -157,3 +157,102 @@ impl std::fmt::Debug for AsyncReceiver {
             .finish()
     }
 }
+
+/// Bytes in order, item boundaries ignored (as [`Receiver`]'s `BufRead`):
+/// `poll_fill_buf` hands out the rest of the current item in place, which
+/// over shared memory is ring memory a hostile sender can change while it
+/// is held (see [`Receiver::recv_in_place`]). End of file at stream-end.
+impl tokio::io::AsyncBufRead for AsyncReceiver {
+    fn poll_fill_buf(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        // Past empty items, to the next byte or the end.
+        while this.rx.unread().is_none() {
+            match this.poll_advance(cx) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(&[])),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into_io())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(this.rx.unread().unwrap_or_default()))
+    }
+
+    fn consume(self: std::pin::Pin<&mut Self>, amt: usize) {
+        std::io::BufRead::consume(&mut self.get_mut().rx, amt);
+    }
+}
+
+/// Copies each item's bytes once into the caller's buffer (as
+/// [`Receiver`]'s `Read`). Cancel safe: nothing is consumed until it is
+/// copied.
+impl tokio::io::AsyncRead for AsyncReceiver {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        use tokio::io::AsyncBufRead;
+        let avail = match self.as_mut().poll_fill_buf(cx) {
+            Poll::Ready(Ok(avail)) => avail,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let n = avail.len().min(buf.remaining());
+        buf.put_slice(&avail[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Typed items as a [`futures_core::Stream`]: made by
+/// [`AsyncReceiver::into_stream`].
+pub struct RecvStream<T> {
+    rx: AsyncReceiver,
+    done: bool,
+    _items: std::marker::PhantomData<fn() -> T>,
+}
+
+impl AsyncReceiver {
+    /// The typed items as a stream (`Result<T>` each, ending at
+    /// stream-end, or after the first error).
+    pub fn into_stream<T: DeserializeOwned>(self) -> RecvStream<T> {
+        RecvStream {
+            rx: self,
+            done: false,
+            _items: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> RecvStream<T> {
+    /// The receiver back.
+    pub fn into_inner(self) -> AsyncReceiver {
+        self.rx
+    }
+}
+
+impl<T: DeserializeOwned> futures_core::Stream for RecvStream<T> {
+    type Item = Result<T>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv::<T>(cx) {
+            Poll::Ready(Ok(Some(v))) => Poll::Ready(Some(Ok(v))),
+            Poll::Ready(Ok(None)) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -166,3 +166,120 @@ impl std::fmt::Debug for AsyncSender {
             .finish()
     }
 }
+
+/// Bytes in order (as [`Sender`]'s `Write`): each write becomes one item of
+/// at most a quarter of the credit; `poll_flush` makes them visible and
+/// `poll_shutdown` ends the stream (stream-end). Cancel safe: a write is
+/// queued whole or not at all.
+impl tokio::io::AsyncWrite for AsyncSender {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = self.get_mut();
+        let n = this.tx.write_chunk(buf.len());
+        this.drive(cx, |tx| Ok(tx.try_feed_bytes(&buf[..n])?.then_some(n)))
+            .map_err(Error::into_io)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut()
+            .drive(cx, |tx| Ok(tx.try_flush()?.then_some(())))
+            .map_err(Error::into_io)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.tx.state() == shmbus::state::StreamState::Closed {
+            return Poll::Ready(Ok(()));
+        }
+        this.drive(cx, |tx| Ok(tx.try_finish()?.then_some(())))
+            .map_err(Error::into_io)
+    }
+}
+
+/// Typed items as a [`futures_sink::Sink`]: made by
+/// [`AsyncSender::into_sink`]. An item given to `start_send` is encoded at
+/// once and goes into the port at the next `poll_ready`, `poll_flush` or
+/// `poll_close`; `poll_close` ends the stream (stream-end).
+pub struct SendSink<T> {
+    tx: AsyncSender,
+    pending: Option<Vec<u8>>,
+    _items: std::marker::PhantomData<fn(T)>,
+}
+
+impl AsyncSender {
+    /// The sender as a sink of typed items.
+    pub fn into_sink<T: Serialize>(self) -> SendSink<T> {
+        SendSink {
+            tx: self,
+            pending: None,
+            _items: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> SendSink<T> {
+    /// The sender back (an item still pending is dropped).
+    pub fn into_inner(self) -> AsyncSender {
+        self.tx
+    }
+
+    /// Moves the pending item into the port.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let Some(item) = &self.pending else {
+            return Poll::Ready(Ok(()));
+        };
+        match self
+            .tx
+            .drive(cx, |tx| Ok(tx.try_feed_bytes(item)?.then_some(())))
+        {
+            Poll::Ready(Ok(())) => {
+                self.pending = None;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: Serialize> futures_sink::Sink<T> for SendSink<T> {
+    type Error = Error;
+
+    fn poll_ready(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_pending(cx)
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, item: T) -> Result<()> {
+        let this = self.get_mut();
+        debug_assert!(this.pending.is_none(), "start_send without poll_ready");
+        this.pending = Some(postcard::to_stdvec(&item)?);
+        Ok(())
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        match this.poll_pending(cx) {
+            Poll::Ready(Ok(())) => this.tx.drive(cx, |tx| Ok(tx.try_flush()?.then_some(()))),
+            other => other,
+        }
+    }
+
+    fn poll_close(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        match this.poll_pending(cx) {
+            Poll::Ready(Ok(())) => this.tx.drive(cx, |tx| Ok(tx.try_finish()?.then_some(()))),
+            other => other,
+        }
+    }
+}

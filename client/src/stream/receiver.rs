@@ -374,6 +374,13 @@ impl Receiver {
     /// [`decode_held`](Self::decode_held)), `Some(false)` at stream-end,
     /// `None` when nothing is there yet (the pollable descriptor then turns
     /// readable once something is).
+    /// The unread rest of the held item, if any (for a buffered reader).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn unread(&self) -> Option<&[u8]> {
+        let held = self.held();
+        (self.holding && self.offset < held.len()).then(|| &held[self.offset..])
+    }
+
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn try_advance(&mut self) -> Result<Option<bool>> {
         self.advance(false)

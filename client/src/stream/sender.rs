@@ -560,7 +560,8 @@ impl Sender {
         self.port.is_some()
     }
 
-    fn write_chunk(&self, len: usize) -> usize {
+    /// How much of a `len`-byte write one item takes (for writers).
+    pub(crate) fn write_chunk(&self, len: usize) -> usize {
         let max = self.max_item().clamp(1, 1 << 20);
         let mut chunk = len.min(max);
         if self.credit.strategy == SizeStrategy::Bytes {
