@@ -87,6 +87,11 @@ pub struct Cli {
     /// Transports and baselines to run, comma-separated [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub transports: Vec<Transport>,
+    /// shmbus's APIs to measure, comma-separated [default: sync,async]:
+    /// async runs the throughput scenario's shm rows at 64 KiB and 1 MiB
+    /// (bytes) and 64 B (typed) again with the tokio API on both peers.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub api: Vec<Api>,
     /// Write sizes, comma-separated, with K/M suffixes [default: 64,4K,64K,1M,4M].
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     pub sizes: Vec<usize>,
@@ -182,6 +187,17 @@ pub struct Options {
     pub throughput_ring: Option<u32>,
     /// setup: pause before each call, in nanoseconds.
     pub setup_gap_ns: u64,
+    /// Also measure the tokio API.
+    pub asynchronous: bool,
+}
+
+/// Which of shmbus's APIs a measurement uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// The blocking API.
+    Sync,
+    /// The tokio API (feature `tokio`), on a current-thread runtime.
+    Async,
 }
 
 impl Options {
@@ -243,6 +259,7 @@ impl Options {
             fanout_ring: cli.ring.unwrap_or(FANOUT_RING),
             throughput_ring: cli.ring,
             setup_gap_ns: cli.gap.map_or(0, |us| u64::from(us) * 1000),
+            asynchronous: cli.api.is_empty() || cli.api.contains(&Api::Async),
             fault: FaultOptions {
                 trials: cli
                     .trials

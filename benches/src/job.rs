@@ -193,6 +193,10 @@ pub struct Job {
     /// consumer reads each item into its own buffer (`io::Read`).
     #[serde(default)]
     pub copied: bool,
+    /// shmbus through its tokio API on both peers (a current-thread
+    /// runtime each), rather than the blocking one.
+    #[serde(default)]
+    pub asynchronous: bool,
 }
 
 /// What a peer measured. Absent fields do not apply to the job.

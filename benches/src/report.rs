@@ -41,7 +41,7 @@ impl Measured<'_> {
                 bases.push(base_name(b));
             }
         }
-        bases
+        let mut out: Vec<(&'static str, Option<Summary>)> = bases
             .into_iter()
             .map(|base| {
                 let per_round: Vec<f64> = (0..self.runs[v].len())
@@ -60,9 +60,33 @@ impl Measured<'_> {
                     .collect();
                 (base, summarize(&per_round))
             })
-            .collect()
+            .collect();
+        // The tokio API against the blocking one, same row otherwise.
+        let me = &self.group.variants[v];
+        if me.job.asynchronous {
+            let twin = self.group.variants.iter().position(|b| {
+                b.transport == me.transport
+                    && !b.job.asynchronous
+                    && b.job.typed == me.job.typed
+                    && b.job.copied == me.job.copied
+            });
+            if let Some(t) = twin {
+                let per_round: Vec<f64> = (0..self.runs[v].len())
+                    .filter_map(|round| {
+                        let x = spec.headline(self.runs[v][round].as_ref()?)?;
+                        let y = spec.headline(self.runs[t].get(round)?.as_ref()?)?;
+                        Some(x / y)
+                    })
+                    .collect();
+                out.push((SYNC, summarize(&per_round)));
+            }
+        }
+        out
     }
 }
+
+/// The blocking API's row, as the tokio API's ratio's baseline.
+pub const SYNC: &str = "sync";
 
 /// The name a baseline variant's ratios go by: its transport's, or
 /// `bare_ring_copied` for the bare ring with a copy on each side.

@@ -302,6 +302,13 @@ pub fn run(
         if copied {
             bases.push(BARE_RING_COPIED);
         }
+        if groups
+            .iter()
+            .flat_map(|g| &g.variants)
+            .any(|v| v.job.asynchronous)
+        {
+            bases.push(report::SYNC);
+        }
         progress.clear();
         let table = Table::start(spec.as_ref(), &spec.notes(o), bases);
         for group in groups {

@@ -91,6 +91,17 @@ fn consume(conn: &Connection, job: &Job) -> Result<(u64, u64, u64, u64, Reply, u
     };
     let mut call = start(conn, job, name, StreamMode::Download)?;
     let opened = mono_ns();
+    if job.asynchronous {
+        let rx = call.take_receiver().ok_or("download without a receiver")?;
+        let (sum, items) = consume_async(rx, job)?;
+        let end = mono_ns();
+        let bytes = if job.typed {
+            items * typed_encoded(job.size) as u64
+        } else {
+            sum.len()
+        };
+        return Ok((bytes, items, sum.value(), end, finish(call)?, opened));
+    }
     let rx = call.receiver().ok_or("download without a receiver")?;
     let mut sum = Checksum::default();
     let mut items = 0u64;
@@ -126,6 +137,37 @@ fn consume(conn: &Connection, job: &Job) -> Result<(u64, u64, u64, u64, Reply, u
         sum.len()
     };
     Ok((bytes, items, sum.value(), end, finish(call)?, opened))
+}
+
+/// The stream through the tokio API, on a current-thread runtime:
+/// `recv_in_place` for bytes, `recv_borrowed` for typed items.
+fn consume_async(rx: shmbus_client::Receiver, job: &Job) -> Result<(Checksum, u64), BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut rx = shmbus_client::AsyncReceiver::new(rx)?;
+        let mut sum = Checksum::default();
+        let mut items = 0u64;
+        if job.typed {
+            let want = typed_payload(job.size);
+            while let Some(item) = rx.recv_borrowed::<&serde_bytes::Bytes>().await? {
+                if item.len() != want {
+                    return Err(
+                        format!("typed item of {} bytes, {want} expected", item.len()).into(),
+                    );
+                }
+                sum.update(item);
+                items += 1;
+            }
+        } else {
+            while let Some(item) = rx.recv_in_place().await? {
+                sum.update(&item);
+                items += 1;
+            }
+        }
+        Ok((sum, items))
+    })
 }
 
 /// Fan-out: one thread per stream on one connection; aggregate throughput,

@@ -66,6 +66,9 @@ fn reply(call: IncomingCall, r: Reply) -> Result<(), BoxError> {
 /// Bytes: reserve, generate in place, commit, from the common start for
 /// the job's duration.
 fn stream(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    if job.asynchronous {
+        return produce_async(call, job);
+    }
     let tx = call.sender().ok_or("download without a sender")?;
     tx.set_wait_policy(job.wait.policy());
     sleep_until(job.start_at);
@@ -104,6 +107,9 @@ fn stream(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
 /// Typed items: postcard-encoded byte payloads, `feed` below
 /// [`FEED_BELOW`] (flushed at the end), `send` otherwise.
 fn typed(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    if job.asynchronous {
+        return produce_async(call, job);
+    }
     let tx = call.sender().ok_or("download without a sender")?;
     let mut payload = vec![0u8; typed_payload(job.size)];
     sleep_until(job.start_at);
@@ -127,6 +133,65 @@ fn typed(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
     tx.finish()?;
     let r = Reply {
         bytes: n * typed_encoded(job.size) as u64,
+        checksum: Checksum::of_pattern(pos).value(),
+        cpu_ns: None,
+    };
+    reply(call, r)
+}
+
+/// Bytes or typed items through the tokio API, on a current-thread
+/// runtime: `reserve` + fill + `commit` for bytes; `feed` below
+/// [`FEED_BELOW`] (flushed at the end), `send` above, for typed items.
+fn produce_async(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    let tx = call.take_sender().ok_or("download without a sender")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (pos, bytes) = rt.block_on(async {
+        let mut tx = shmbus_client::AsyncSender::new(tx)?;
+        sleep_until(job.start_at);
+        let end = job.start_at + job.duration_ns;
+        let (mut pos, mut n) = (0u64, 0u64);
+        let mut payload = vec![
+            0u8;
+            if job.typed {
+                typed_payload(job.size)
+            } else {
+                0
+            }
+        ];
+        loop {
+            if job.typed {
+                fill(&mut payload, pos);
+                let item = serde_bytes::Bytes::new(&payload);
+                if job.size < FEED_BELOW {
+                    tx.feed(item).await?;
+                } else {
+                    tx.send(item).await?;
+                }
+                pos += payload.len() as u64;
+            } else {
+                let mut slot = tx.reserve(job.size).await?;
+                fill(&mut slot.buf()[..job.size], pos);
+                slot.commit(job.size)?;
+                pos += job.size as u64;
+            }
+            n += 1;
+            if (job.size >= 4096 || n % 64 == 0) && mono_ns() >= end {
+                break;
+            }
+        }
+        tx.flush().await?;
+        tx.finish().await?;
+        let bytes = if job.typed {
+            n * typed_encoded(job.size) as u64
+        } else {
+            pos
+        };
+        Ok::<_, shmbus_client::Error>((pos, bytes))
+    })?;
+    let r = Reply {
+        bytes,
         checksum: Checksum::of_pattern(pos).value(),
         cpu_ns: None,
     };

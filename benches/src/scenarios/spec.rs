@@ -38,6 +38,9 @@ impl Variant {
         if self.job.copied {
             s.push_str(" copied");
         }
+        if self.job.asynchronous {
+            s.push_str(" async");
+        }
         if self.job.scenario == Scenario::Latency && self.transport == Transport::Shm {
             s.push(' ');
             s.push_str(self.job.wait.name());
@@ -104,6 +107,7 @@ pub fn job(ctx: &Context, o: &Options, scenario: Scenario, transport: Transport)
         gap_ns: 0,
         whole_writes: false,
         copied: false,
+        asynchronous: false,
     }
 }
 

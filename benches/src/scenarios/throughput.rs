@@ -127,6 +127,22 @@ impl Spec for Throughput {
                         }
                     }
                 }
+                // The tokio API on both peers, where its targets are.
+                if o.asynchronous && o.has(Transport::Shm) {
+                    for typed in [false, true] {
+                        let listed = if typed { &o.typed_sizes } else { &o.sizes };
+                        let wanted = if typed {
+                            size == 64
+                        } else {
+                            size == 64 << 10 || size == 1 << 20
+                        };
+                        if wanted && listed.contains(&size) {
+                            let mut v = make(Transport::Shm, typed);
+                            v.job.asynchronous = true;
+                            variants.push(v);
+                        }
+                    }
+                }
                 // Bytes with the copies typed items make, to tell the cost
                 // of the copies from the cost of encoding.
                 if o.has(Transport::Shm) && o.typed_sizes.contains(&size) {
@@ -177,6 +193,8 @@ impl Spec for Throughput {
             "bytes: Sender::reserve + fill in place + commit per write; consumer recv_in_place"
                 .into(),
             "shm copied (at the typed sizes): bytes with a copy on each side, as typed items have: the producer fills its own buffer and calls send_bytes, the consumer reads each item into its own buffer (io::Read)"
+                .into(),
+            "async (bytes at 64 KiB and 1 MiB, typed at 64 B; --api): the tokio API on both peers, each on a current-thread runtime: AsyncSender::reserve + fill + commit (typed: feed, send above 4 KiB), AsyncReceiver::recv_in_place (typed: recv_borrowed); ×sync is against the same row with the blocking API"
                 .into(),
         ];
         let mut sizes: Vec<usize> = o.sizes.iter().chain(&o.typed_sizes).copied().collect();
@@ -242,6 +260,12 @@ impl Spec for Throughput {
             "kind".into(),
             (if v.job.typed { "typed" } else { "bytes" }).into(),
         );
+        if v.transport.is_bus() {
+            m.insert(
+                "api".into(),
+                (if v.job.asynchronous { "async" } else { "sync" }).into(),
+            );
+        }
         put(&mut m, "bytes_per_sec", median_u64(runs, bytes_per_sec));
         put(&mut m, "items_per_sec", median_u64(runs, items_per_sec));
         m

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -75,6 +75,7 @@ impl Readiness {
     fn poll<T>(
         &self,
         cx: &mut Context<'_>,
+        spin: Duration,
         mut attempt: impl FnMut() -> crate::Result<Result<T, Want>>,
     ) -> Poll<crate::Result<T>> {
         let mut want = match attempt() {
@@ -82,6 +83,25 @@ impl Readiness {
             Ok(Err(w)) => w,
             Err(e) => return Poll::Ready(Err(e)),
         };
+        // As the blocking API does, try again for the half's spin before
+        // waiting on the reactor: a peer that keeps up answers within it,
+        // and a wake-up through the kernel costs more than the spin.
+        if !spin.is_zero() {
+            let start = Instant::now();
+            let mut round = 0u32;
+            loop {
+                std::hint::spin_loop();
+                match attempt() {
+                    Ok(Ok(v)) => return Poll::Ready(Ok(v)),
+                    Ok(Err(w)) => want = w,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                round += 1;
+                if round.is_multiple_of(16) && start.elapsed() >= spin {
+                    break;
+                }
+            }
+        }
         loop {
             let ready = match want {
                 Want::Readable => self.fd.poll_read_ready(cx),

@@ -73,6 +73,7 @@ impl AsyncReceiver {
         let Some(ready) = &self.ready else {
             return Poll::Ready(self.rx.try_advance().map(|r| r.unwrap_or(false)));
         };
+        let spin = self.rx.wait_spin();
         let rx = &mut self.rx;
         let attempt = || -> Result<std::result::Result<bool, Want>> {
             Ok(match rx.try_advance()? {
@@ -81,7 +82,7 @@ impl AsyncReceiver {
                 None => Err(Want::Readable),
             })
         };
-        if let Poll::Ready(r) = ready.poll(cx, attempt) {
+        if let Poll::Ready(r) = ready.poll(cx, spin, attempt) {
             return Poll::Ready(r);
         }
         let deadline = self.rx.deadline();

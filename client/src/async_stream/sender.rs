@@ -39,6 +39,9 @@ pub struct AsyncSender {
     ready: Option<Readiness>,
     timer: DeadlineTimer,
     tx: Sender,
+    /// The length of the item the current operation waits to queue (0
+    /// when unknown): a wait for a large one spins longer.
+    len: usize,
 }
 
 impl AsyncSender {
@@ -55,6 +58,7 @@ impl AsyncSender {
             ready,
             timer: DeadlineTimer::new(),
             tx,
+            len: 0,
         })
     }
 
@@ -81,6 +85,7 @@ impl AsyncSender {
             // An ended half: the step reports how it ended.
             return Poll::Ready(attempt(&mut self.tx).and_then(|r| r.ok_or(Error::Closed)));
         };
+        let spin = self.tx.wait_spin(self.len);
         let tx = &mut self.tx;
         let step = || -> Result<std::result::Result<T, Want>> {
             Ok(match attempt(tx)? {
@@ -89,7 +94,7 @@ impl AsyncSender {
                 None => Err(Want::Readable),
             })
         };
-        if let Poll::Ready(r) = ready.poll(cx, step) {
+        if let Poll::Ready(r) = ready.poll(cx, spin, step) {
             return Poll::Ready(r);
         }
         let deadline = self.tx.deadline();
@@ -103,6 +108,7 @@ impl AsyncSender {
     /// waiting for credit or room; it becomes visible to the receiver when
     /// a batch fills or at [`flush`](Self::flush).
     pub async fn feed<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.len = 0;
         poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_feed(value)?.then_some(())))).await
     }
 
@@ -115,6 +121,7 @@ impl AsyncSender {
     /// Queues an item's bytes (copied into the port), waiting for credit or
     /// room.
     pub async fn feed_bytes(&mut self, data: &[u8]) -> Result<()> {
+        self.len = data.len();
         poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_feed_bytes(data)?.then_some(())))).await
     }
 
@@ -129,6 +136,7 @@ impl AsyncSender {
     /// returns, it reserved nothing; the slot, dropped uncommitted, sends
     /// nothing.
     pub async fn reserve(&mut self, len: usize) -> Result<SendSlot<'_>> {
+        self.len = len;
         poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_begin_slot(len)?.then_some(())))).await?;
         Ok(SendSlot::for_reserved(&mut self.tx))
     }

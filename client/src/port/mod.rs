@@ -290,6 +290,16 @@ impl TxPort {
         }
     }
 
+    /// How long an event loop re-tries an item of `len` bytes before it
+    /// waits: over shared memory, the policy's spin (stretched for a large
+    /// item); over the socket, none (the kernel's wake-up is the wait).
+    pub(crate) fn wait_spin(&self, len: usize) -> std::time::Duration {
+        match self {
+            TxPort::Shm(p) => p.policy.for_record(len).spin,
+            TxPort::Socket(_) => std::time::Duration::ZERO,
+        }
+    }
+
     /// Never blocks in a write (`true`): for a port an event loop drives.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn set_nonblocking(&mut self, nonblocking: bool) {
@@ -405,6 +415,15 @@ impl RxPort {
         match self {
             RxPort::Shm(p) => p.call_deadline = deadline,
             RxPort::Socket(p) => p.call_deadline = deadline,
+        }
+    }
+
+    /// How long an event loop re-tries before it waits (see
+    /// [`TxPort::wait_spin`]), for an item like the last one.
+    pub(crate) fn wait_spin(&self) -> std::time::Duration {
+        match self {
+            RxPort::Shm(p) => p.policy.for_record(p.last_len()).spin,
+            RxPort::Socket(_) => std::time::Duration::ZERO,
         }
     }
 

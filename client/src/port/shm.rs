@@ -22,6 +22,9 @@ pub(crate) struct ShmTx {
     /// The call's deadline: no wait outlasts it.
     pub(crate) call_deadline: Option<Instant>,
     spinner: Spinner,
+    /// A non-blocking call left the sleep flag set: the next one clears
+    /// it and drains the doorbell (otherwise neither is needed).
+    armed: bool,
 }
 
 impl ShmTx {
@@ -41,6 +44,7 @@ impl ShmTx {
             policy: WaitPolicy::default(),
             call_deadline: None,
             spinner: Spinner::default(),
+            armed: false,
         })
     }
 
@@ -174,8 +178,7 @@ impl ShmTx {
     /// consumer makes room or credit (for event loops).
     pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
         self.slot = None;
-        self.ring.woke();
-        self.bell.drain();
+        self.disarm();
         for _ in 0..2 {
             if self.is_cancelled() {
                 return Err(Error::Cancelled);
@@ -191,10 +194,21 @@ impl ShmTx {
             }
             self.publish();
             if self.ring.prepare_sleep() {
+                self.armed = true;
                 return Ok(None);
             }
         }
         Ok(None)
+    }
+
+    /// Clears the sleep flag and drains the doorbell that a non-blocking
+    /// call armed, if one did: a per-item system call otherwise.
+    #[inline]
+    fn disarm(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            self.ring.woke();
+            self.bell.drain();
+        }
     }
 
     /// Writes the closing record (end, error or cancel acknowledgement).
@@ -234,8 +248,7 @@ impl ShmTx {
             Ending::Error(m) => Control::Error(m),
             Ending::Cancelled => Control::Cancelled,
         };
-        self.ring.woke();
-        self.bell.drain();
+        self.disarm();
         for _ in 0..2 {
             if self.ring.try_write_control(&kind)? {
                 self.publish();
@@ -248,6 +261,7 @@ impl ShmTx {
                 ));
             }
             if self.ring.prepare_sleep() {
+                self.armed = true;
                 return Ok(false);
             }
         }
@@ -276,6 +290,9 @@ pub(crate) struct ShmRx {
     /// The call's deadline: no wait outlasts it.
     pub(crate) call_deadline: Option<Instant>,
     spinner: Spinner,
+    /// A non-blocking call left the sleep flag set: the next one clears
+    /// it and drains the doorbell (otherwise neither is needed).
+    armed: bool,
 }
 
 impl ShmRx {
@@ -294,6 +311,7 @@ impl ShmRx {
             policy: WaitPolicy::default(),
             call_deadline: None,
             spinner: Spinner::default(),
+            armed: false,
         })
     }
 
@@ -316,6 +334,11 @@ impl ShmRx {
         ev
     }
 
+    /// The last item's length.
+    pub(crate) fn last_len(&self) -> usize {
+        self.last_len
+    }
+
     /// True when the sender published a record not yet read. A ring that
     /// fails validation counts as pending: the next read reports it.
     pub(crate) fn has_pending(&mut self) -> bool {
@@ -331,7 +354,7 @@ impl ShmRx {
         } else {
             None
         };
-        if !block {
+        if !block && std::mem::take(&mut self.armed) {
             self.ring.woke();
             self.bell.drain();
         }
@@ -351,6 +374,7 @@ impl ShmRx {
             if !block {
                 // Arm the flag so the doorbell turns readable when data comes.
                 if self.ring.prepare_sleep() {
+                    self.armed = true;
                     return Ok(None);
                 }
                 continue;

@@ -408,6 +408,16 @@ impl Receiver {
         self.port.as_ref().is_some_and(|p| p.wants_write())
     }
 
+    /// How long an event loop re-tries before it waits on the reactor:
+    /// the wait policy's spin, stretched for a large last item as the
+    /// blocking wait does; none over the socket.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_spin(&self) -> std::time::Duration {
+        self.port
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |p| p.wait_spin())
+    }
+
     /// Decodes the held item from a copy, releasing it.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn decode_held<'a, T: Deserialize<'a>>(&'a mut self) -> Result<T> {

@@ -480,6 +480,15 @@ impl Sender {
         self.port.as_ref().is_some_and(|p| p.wants_write())
     }
 
+    /// How long an event loop re-tries an item of `len` bytes before it
+    /// waits on the reactor (see [`Receiver::wait_spin`](crate::Receiver)).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_spin(&self, len: usize) -> std::time::Duration {
+        self.port
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |p| p.wait_spin(len))
+    }
+
     /// Never blocks in a write, even when a batch fills (`true`): for a
     /// sender an event loop drives.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
