@@ -69,6 +69,7 @@ impl Measured<'_> {
                     && !b.job.asynchronous
                     && b.job.typed == me.job.typed
                     && b.job.copied == me.job.copied
+                    && b.job.wait == me.job.wait
             });
             if let Some(t) = twin {
                 let per_round: Vec<f64> = (0..self.runs[v].len())

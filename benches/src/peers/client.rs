@@ -225,6 +225,9 @@ fn fanout(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
 /// in place, for the job's duration.
 fn latency(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
     let mut call = start(conn, job, method::ECHO, StreamMode::Bidirectional)?;
+    if job.asynchronous {
+        return latency_async(call, job);
+    }
     let mut tx = call.take_sender().ok_or("no sender")?;
     let mut rx = call.take_receiver().ok_or("no receiver")?;
     let (mut sent, mut got, mut lat) = (Checksum::default(), Checksum::default(), Latencies::new());
@@ -272,8 +275,70 @@ fn latency(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
     })
 }
 
+/// Latency through the tokio API, on a current-thread runtime: the same
+/// round trips as [`latency`], each awaited.
+fn latency_async(mut call: Call, job: &Job) -> Result<Outcome, BoxError> {
+    let tx = call.take_sender().ok_or("no sender")?;
+    let rx = call.take_receiver().ok_or("no receiver")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (sent, got, lat, begin) = rt.block_on(async {
+        let mut tx = shmbus_client::AsyncSender::new(tx)?;
+        let mut rx = shmbus_client::AsyncReceiver::new(rx)?;
+        let (mut sent, mut got, mut lat) =
+            (Checksum::default(), Checksum::default(), Latencies::new());
+        let begin = mono_ns();
+        let (warm, end) = (begin + job.duration_ns / 10, begin + job.duration_ns);
+        let mut pos = 0u64;
+        loop {
+            let t0 = Instant::now();
+            let mut slot = tx.reserve(job.size).await?;
+            let buf = &mut slot.buf()[..job.size];
+            fill(buf, pos);
+            sent.update(buf);
+            slot.commit(job.size)?;
+            tx.flush().await?;
+            {
+                let item = rx.recv_in_place().await?.ok_or("echo ended early")?;
+                got.update(&item);
+            }
+            let dt = t0.elapsed().as_nanos() as u64;
+            pos += job.size as u64;
+            let now = mono_ns();
+            if now >= warm {
+                lat.record(dt);
+            }
+            if now >= end {
+                break;
+            }
+        }
+        tx.finish().await?;
+        while let Some(item) = rx.recv_in_place().await? {
+            got.update(&item);
+        }
+        Ok::<_, BoxError>((sent, got, lat, begin))
+    })?;
+    let reply = finish(call)?;
+    if (reply.checksum, reply.bytes) != (sent.value(), sent.len()) {
+        return Err("the echo service saw other bytes than were sent".into());
+    }
+    Ok(Outcome {
+        bytes: got.len(),
+        items: lat.count(),
+        secs: (mono_ns() - begin) as f64 / 1e9,
+        checksum: got.value(),
+        peer: Some((sent.value(), sent.len())),
+        latency_ns: Some(lat.percentiles()),
+        ..Outcome::default()
+    })
+}
+
 /// Setup: a new call, timed until its first item arrives, for the duration.
 fn setup(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
+    if job.asynchronous {
+        return setup_async(conn, job);
+    }
     let (mut got, mut lat) = (Checksum::default(), Latencies::new());
     let begin = mono_ns();
     let (warm, end) = (begin + job.duration_ns / 10, begin + job.duration_ns);
@@ -310,6 +375,65 @@ fn setup(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
         peer: Some((got.value(), calls)),
         latency_ns: Some(lat.percentiles()),
         ..Outcome::default()
+    })
+}
+
+/// Setup through the tokio API, on a current-thread runtime: each call's
+/// `start_async`, its receiver's registration with the reactor and its
+/// first item, timed as the blocking setup is.
+fn setup_async(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (mut got, mut lat) = (Checksum::default(), Latencies::new());
+        let begin = mono_ns();
+        let (warm, end) = (begin + job.duration_ns / 10, begin + job.duration_ns);
+        let mut calls = 0u64;
+        loop {
+            if job.gap_ns > 0 {
+                tokio::time::sleep(Duration::from_nanos(job.gap_ns)).await;
+            }
+            let t0 = Instant::now();
+            let mut call = conn
+                .call(&job.service, method::FIRST)
+                .mode(StreamMode::Download)
+                .args_typed(job)?
+                .transport(preference(job.transport))
+                .ring_size(job.ring)
+                .credit(job.credit)
+                .wait_policy(job.wait.policy())
+                .start_async()
+                .await?;
+            let rx = call.take_receiver().ok_or("no receiver")?;
+            let mut rx = shmbus_client::AsyncReceiver::new(rx)?;
+            {
+                let item = rx
+                    .recv_in_place()
+                    .await?
+                    .ok_or("stream ended before its first item")?;
+                let dt = t0.elapsed().as_nanos() as u64;
+                got.update(&item);
+                if mono_ns() >= warm {
+                    lat.record(dt);
+                }
+            }
+            while rx.recv_in_place().await?.is_some() {}
+            call.finish_async().await?;
+            calls += 1;
+            if mono_ns() >= end {
+                break;
+            }
+        }
+        Ok(Outcome {
+            bytes: got.len(),
+            items: lat.count(),
+            secs: (mono_ns() - begin) as f64 / 1e9,
+            checksum: got.value(),
+            peer: Some((got.value(), calls)),
+            latency_ns: Some(lat.percentiles()),
+            ..Outcome::default()
+        })
     })
 }
 

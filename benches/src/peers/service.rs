@@ -200,6 +200,9 @@ fn produce_async(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
 
 /// Echo: every item read in place, checksummed, and sent straight back.
 fn echo(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    if job.asynchronous {
+        return echo_async(call, job);
+    }
     let mut rx = call.take_receiver().ok_or("no receiver")?;
     rx.set_wait_policy(job.wait.policy());
     let tx = call.sender().ok_or("no sender")?;
@@ -210,6 +213,34 @@ fn echo(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
         tx.send_bytes(&item)?;
     }
     tx.finish()?;
+    let r = Reply {
+        bytes: sum.len(),
+        checksum: sum.value(),
+        cpu_ns: None,
+    };
+    reply(call, r)
+}
+
+/// Echo through the tokio API, on a current-thread runtime.
+fn echo_async(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
+    let mut rx = call.take_receiver().ok_or("no receiver")?;
+    rx.set_wait_policy(job.wait.policy());
+    let mut tx = call.take_sender().ok_or("no sender")?;
+    tx.set_wait_policy(job.wait.policy());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sum = rt.block_on(async {
+        let mut rx = shmbus_client::AsyncReceiver::new(rx)?;
+        let mut tx = shmbus_client::AsyncSender::new(tx)?;
+        let mut sum = Checksum::default();
+        while let Some(item) = rx.recv_in_place().await? {
+            sum.update(&item);
+            tx.send_bytes(&item).await?;
+        }
+        tx.finish().await?;
+        Ok::<_, shmbus_client::Error>(sum)
+    })?;
     let r = Reply {
         bytes: sum.len(),
         checksum: sum.value(),

@@ -49,6 +49,11 @@ impl Spec for Latency {
                 if o.has(Transport::Shm) {
                     variants.push(make(Transport::Shm, Wait::Blocking));
                     variants.push(make(Transport::Shm, Wait::Spin));
+                    if o.asynchronous {
+                        let mut v = make(Transport::Shm, Wait::Blocking);
+                        v.job.asynchronous = true;
+                        variants.push(v);
+                    }
                 }
                 if o.has(Transport::Socket) {
                     variants.push(make(Transport::Socket, Wait::Blocking));
@@ -66,6 +71,7 @@ impl Spec for Latency {
         vec![
             "round trip: caller writes a message (reserve + fill + commit + flush), the echo peer reads it in place, checksums it and sends it back".into(),
             "shm blocking = WaitPolicy::BLOCKING (spin 20 µs, then sleep), shm spin = WaitPolicy::SPIN (spin 1 ms) on both peers; socket waits in the kernel".into(),
+            "shm async blocking (--api): the same round trips through the tokio API on both peers (current-thread runtimes), WaitPolicy::BLOCKING; ×sync against shm blocking".into(),
             "baselines: uds (one socket pair), pipe (two pipes), bare_ring (two rings of shmbus's size, both peers spinning, each message published at once); first 10% of each run discarded as warm-up".into(),
             "ratios compare p50 (below 1: shmbus is faster)".into(),
         ]

@@ -21,7 +21,7 @@ impl Spec for Setup {
     }
 
     fn groups(&self, o: &Options, ctx: &Context) -> Vec<Group> {
-        let variants = [Transport::Shm, Transport::Socket, Transport::Uds]
+        let mut variants: Vec<Variant> = [Transport::Shm, Transport::Socket, Transport::Uds]
             .into_iter()
             .filter(|&t| o.has(t))
             .map(|t| Variant {
@@ -32,6 +32,20 @@ impl Spec for Setup {
                 },
             })
             .collect();
+        // The tokio API's call setup, against the blocking one.
+        if o.asynchronous && o.has(Transport::Shm) {
+            variants.insert(
+                1,
+                Variant {
+                    transport: Transport::Shm,
+                    job: Job {
+                        gap_ns: o.setup_gap_ns,
+                        asynchronous: true,
+                        ..job(ctx, o, Scenario::Setup, Transport::Shm)
+                    },
+                },
+            );
+        }
         vec![Group {
             title: "1 B".into(),
             variants,
@@ -41,6 +55,7 @@ impl Spec for Setup {
     fn notes(&self, o: &Options) -> Vec<String> {
         let mut notes = vec![
             "shm, socket: Connection::call(...).start() on an open broker connection until the first (1-byte) item is received; default ring and credit".to_string(),
+            "shm async (--api): the same with start_async, AsyncReceiver::recv_in_place and finish_async on a current-thread runtime; ×sync against shm".into(),
             "uds: connect(2) to a listener in another process + 1-byte ping + 1-byte pong, a new connection each time".into(),
             "ratios compare p50 (below 1: shmbus is faster)".into(),
         ];
