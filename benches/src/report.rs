@@ -90,14 +90,20 @@ impl Measured<'_> {
 pub const SYNC: &str = "sync";
 
 /// The name a baseline variant's ratios go by: its transport's, or
-/// `bare_ring_copied` for the bare ring with a copy on each side.
+/// `bare_ring_copied` for the bare ring with a copy on each side, or
+/// `uds_tokio` for the Unix socket driven by tokio.
 pub fn base_name(v: &Variant) -> &'static str {
     if v.transport == Transport::BareRing && v.job.copied {
         BARE_RING_COPIED
+    } else if v.transport == Transport::Uds && v.job.asynchronous {
+        UDS_TOKIO
     } else {
         v.transport.name()
     }
 }
+
+/// The Unix socket driven by tokio, as a ratio's baseline.
+pub const UDS_TOKIO: &str = "uds_tokio";
 
 /// The bare ring with a copy on each side, as a ratio's baseline.
 pub const BARE_RING_COPIED: &str = "bare_ring_copied";

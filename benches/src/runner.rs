@@ -305,6 +305,13 @@ pub fn run(
         if groups
             .iter()
             .flat_map(|g| &g.variants)
+            .any(|v| base_name(v) == report::UDS_TOKIO)
+        {
+            bases.push(report::UDS_TOKIO);
+        }
+        if groups
+            .iter()
+            .flat_map(|g| &g.variants)
             .any(|v| v.job.asynchronous)
         {
             bases.push(report::SYNC);

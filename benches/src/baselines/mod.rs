@@ -6,6 +6,7 @@
 
 pub mod bare_ring;
 pub mod pipe;
+pub mod tokio_uds;
 pub mod uds;
 
 use std::fs::File;
@@ -316,6 +317,15 @@ pub fn run(job: &Job, side: Side, fds: Vec<OwnedFd>) -> io::Result<Outcome> {
                 ends_.push(ends(job, &mut fds, side == Side::A, side == Side::B)?);
             }
             streams(job, side, ends_)
+        }
+        (Scenario::Latency, side) if job.asynchronous && job.transport == Transport::Uds => {
+            let sock = fds
+                .next()
+                .ok_or_else(|| io::Error::other("too few descriptors"))?;
+            match side {
+                Side::A => tokio_uds::ping(job, sock),
+                Side::B => tokio_uds::pong(sock),
+            }
         }
         (Scenario::Latency | Scenario::Idle, side) => {
             let (rx, tx) = ends(job, &mut fds, true, true)?;

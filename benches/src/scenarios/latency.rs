@@ -59,6 +59,12 @@ impl Spec for Latency {
                     variants.push(make(Transport::Socket, Wait::Blocking));
                 }
                 variants.extend(baselines(o, |t| make(t, Wait::Blocking).job));
+                // The async API's ceiling: the same socket pair, through tokio.
+                if o.asynchronous && o.has(Transport::Uds) {
+                    let mut v = make(Transport::Uds, Wait::Blocking);
+                    v.job.asynchronous = true;
+                    variants.push(v);
+                }
                 Group {
                     title: human_size(size),
                     variants,
@@ -73,6 +79,7 @@ impl Spec for Latency {
             "shm blocking = WaitPolicy::BLOCKING (spin 20 µs, then sleep), shm spin = WaitPolicy::SPIN (spin 1 ms) on both peers; socket waits in the kernel".into(),
             "shm async blocking (--api): the same round trips through the tokio API on both peers (current-thread runtimes), WaitPolicy::BLOCKING; ×sync against shm blocking".into(),
             "baselines: uds (one socket pair), pipe (two pipes), bare_ring (two rings of shmbus's size, both peers spinning, each message published at once); first 10% of each run discarded as warm-up".into(),
+            "uds async (--api): the same socket pair through tokio::net::UnixStream on a current-thread runtime in each process (write_all, read_exact), ×uds_tokio".into(),
             "ratios compare p50 (below 1: shmbus is faster)".into(),
         ]
     }
