@@ -212,3 +212,168 @@ fn dropped_call_futures_cancel_their_call_and_leak_nothing() {
     // Every call, stream and connection is gone from the broker.
     broker.wait_fds(baseline);
 }
+
+#[test]
+fn deadlines_under_tokio_on_both_sides() {
+    let broker = Broker::start();
+    let mut dl = Peer::serve(&broker, &["deadlines", "dl"]);
+    let socket = broker.socket.clone();
+    for (name, rt) in tokio_runtimes() {
+        let service_name = format!("adl-{name}");
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            // Past before it was routed.
+            let r = conn
+                .call("dl", "nap")
+                .args_typed(&(0u64, 0u64))
+                .unwrap()
+                .deadline(std::time::Instant::now() - Duration::from_millis(1))
+                .unary_async()
+                .await;
+            assert!(matches!(r, Err(Error::DeadlineExceeded)), "{name}: {r:?}");
+            // Mid-stream, at the async caller.
+            let mut call = conn
+                .call("dl", "drip")
+                .args_typed(&(1000u64, 20u64))
+                .unwrap()
+                .timeout(Duration::from_millis(300))
+                .start_async()
+                .await
+                .unwrap();
+            let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+            let mut got = 0u64;
+            let e = loop {
+                match rx.recv::<u64>().await {
+                    Ok(Some(i)) => {
+                        assert_eq!(i, got);
+                        got += 1;
+                    }
+                    Ok(None) => panic!("ended"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(e, Error::DeadlineExceeded), "{name}: {e}");
+            assert!(got >= 3);
+            assert!(matches!(
+                call.finish_async().await,
+                Err(Error::DeadlineExceeded)
+            ));
+            assert_eq!(dl.expect_line("send-failed", 10 * SEC), "deadline exceeded");
+            // While the result is on its way.
+            let mut call = conn
+                .call("dl", "late")
+                .args_typed(&(3u64, 800u64))
+                .unwrap()
+                .timeout(Duration::from_millis(300))
+                .start_async()
+                .await
+                .unwrap();
+            let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+            let mut items = Vec::new();
+            while let Some(i) = rx.recv::<u64>().await.unwrap() {
+                items.push(i);
+            }
+            assert_eq!(items, [0, 1, 2]);
+            assert!(matches!(
+                call.finish_async().await,
+                Err(Error::DeadlineExceeded)
+            ));
+            // At an async service blocked on credit: its send fails at the
+            // deadline the caller (another process) gave.
+            let service = conn
+                .register_async(
+                    &service_name,
+                    &[MethodSpec::new("flood", StreamMode::Download)],
+                )
+                .await
+                .unwrap();
+            let mut caller =
+                Peer::start(&broker, &["call-deadline", &service_name, "flood", "300"]);
+            let mut call = service.next_async().await.unwrap().unwrap();
+            let left = call.time_left().unwrap();
+            assert!(left <= Duration::from_millis(300) && left > Duration::from_millis(100));
+            let mut tx = AsyncSender::new(call.take_sender().unwrap()).unwrap();
+            let mut sent = 0u64;
+            let e = loop {
+                match tx.send(&sent).await {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(e, Error::DeadlineExceeded), "{name}: {e}");
+            assert_eq!(sent, 2, "credit for two items");
+            call.reply_async(Vec::new()).await.unwrap();
+            assert_eq!(caller.expect_line("finish", 10 * SEC), "deadline exceeded");
+        });
+    }
+}
+
+/// Descriptors this process holds.
+fn own_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn reserves_and_sends_dropped_at_random_leave_the_stream_whole_and_nothing_open() {
+    let broker = Broker::start();
+    let _sink = Peer::serve(&broker, &["sink", "store", "--delay-us", "2000"]);
+    let socket = broker.socket.clone();
+    let broker_fds = broker.fd_baseline();
+    for (name, rt) in tokio_runtimes() {
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            let fds = own_fds();
+            for transport in [
+                TransportPreference::SharedMemory,
+                TransportPreference::Socket,
+            ] {
+                let mut call = conn
+                    .call("store", "sink")
+                    .transport(transport)
+                    .credit(CreditSpec::items(2))
+                    .start_async()
+                    .await
+                    .unwrap();
+                let mut tx = AsyncSender::new(call.take_sender().unwrap()).unwrap();
+                let (mut sent, mut hash, mut bytes, mut dropped) = (0u64, 0u64, 0u64, 0u32);
+                while sent < 150 {
+                    let item = pattern(sent, 100 + (sent as usize % 7) * 1000);
+                    let wait = Duration::from_millis(1 + sent % 3);
+                    let done = if sent % 2 == 0 {
+                        match tokio::time::timeout(wait, tx.reserve(item.len())).await {
+                            Err(_) => false,
+                            Ok(slot) => {
+                                let mut slot = slot.unwrap();
+                                slot.buf()[..item.len()].copy_from_slice(&item);
+                                slot.commit(item.len()).unwrap();
+                                true
+                            }
+                        }
+                    } else {
+                        match tokio::time::timeout(wait, tx.send_bytes(&item)).await {
+                            Err(_) => false,
+                            Ok(r) => {
+                                r.unwrap();
+                                true
+                            }
+                        }
+                    };
+                    if done {
+                        hash = fnv1a(hash, &item);
+                        bytes += item.len() as u64;
+                        sent += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                tx.finish().await.unwrap();
+                assert!(dropped > 20, "{name}: only {dropped} waits were dropped");
+                let got = String::from_utf8(call.finish_async().await.unwrap()).unwrap();
+                assert_eq!(got, format!("{bytes},{hash}"), "{name} {transport:?}");
+            }
+            // Every port closed again in this process.
+            assert_eq!(own_fds(), fds, "{name}: descriptors left open");
+        });
+    }
+    broker.wait_fds(broker_fds);
+}

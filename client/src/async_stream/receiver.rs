@@ -82,14 +82,18 @@ impl AsyncReceiver {
                 None => Err(Want::Readable),
             })
         };
-        if let Poll::Ready(r) = ready.poll(cx, spin, attempt) {
-            return Poll::Ready(r);
+        let r = match ready.poll(cx, spin, attempt) {
+            Poll::Ready(r) => r,
+            Poll::Pending => match self.timer.poll(cx, self.rx.deadline()) {
+                Poll::Ready(()) => Err(self.rx.expire()),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        if self.rx.pollable_fd().is_none() {
+            // The half closed its port: let the peer see it closed too.
+            self.ready = None;
         }
-        let deadline = self.rx.deadline();
-        match self.timer.poll(cx, deadline) {
-            Poll::Ready(()) => Poll::Ready(Err(self.rx.expire())),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Ready(r)
     }
 
     /// The next typed item, decoded from a copy (as [`Receiver::recv`]);

@@ -94,14 +94,18 @@ impl AsyncSender {
                 None => Err(Want::Readable),
             })
         };
-        if let Poll::Ready(r) = ready.poll(cx, spin, step) {
-            return Poll::Ready(r);
+        let r = match ready.poll(cx, spin, step) {
+            Poll::Ready(r) => r,
+            Poll::Pending => match self.timer.poll(cx, self.tx.deadline()) {
+                Poll::Ready(()) => Err(self.tx.expire()),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        if self.tx.pollable_fd().is_none() {
+            // The half closed its port: let the peer see it closed too.
+            self.ready = None;
         }
-        let deadline = self.tx.deadline();
-        match self.timer.poll(cx, deadline) {
-            Poll::Ready(()) => Poll::Ready(Err(self.tx.expire())),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Ready(r)
     }
 
     /// Queues a typed item (postcard, encoded straight into the port),

@@ -293,6 +293,7 @@ impl TxPort {
     /// How long an event loop re-tries an item of `len` bytes before it
     /// waits: over shared memory, the policy's spin (stretched for a large
     /// item); over the socket, none (the kernel's wake-up is the wait).
+    #[inline]
     pub(crate) fn wait_spin(&self, len: usize) -> std::time::Duration {
         match self {
             TxPort::Shm(p) => p.policy.for_record(len).spin,
@@ -310,6 +311,7 @@ impl TxPort {
 
     /// Like `begin` but never waits: `None` when blocked; the pollable
     /// descriptor then turns readable once it is worth trying again.
+    #[inline]
     pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
         match self {
             TxPort::Shm(p) => p.try_begin(max_len, charge),
@@ -420,6 +422,7 @@ impl RxPort {
 
     /// How long an event loop re-tries before it waits (see
     /// [`TxPort::wait_spin`]), for an item like the last one.
+    #[inline]
     pub(crate) fn wait_spin(&self) -> std::time::Duration {
         match self {
             RxPort::Shm(p) => p.policy.for_record(p.last_len()).spin,

@@ -176,7 +176,20 @@ impl ShmTx {
     /// Like [`begin`](Self::begin) but never waits: `None` when blocked, with
     /// the sleep flag armed so the doorbell becomes readable when the
     /// consumer makes room or credit (for event loops).
+    #[inline]
     pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
+        // The common case inline, as in `begin`: nothing armed, room there.
+        if !self.armed && !self.ring.cancelled_state()? && !self.cancelled.load(Ordering::Acquire) {
+            if let Ok(slot) = self.ring.try_reserve(max_len, charge)? {
+                let slot = self.slot.insert(slot);
+                return Ok(Some(self.ring.slot_buf(slot)));
+            }
+        }
+        self.try_begin_slow(max_len, charge)
+    }
+
+    #[inline(never)]
+    fn try_begin_slow(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
         self.slot = None;
         self.disarm();
         for _ in 0..2 {

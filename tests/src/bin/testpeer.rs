@@ -13,6 +13,9 @@
 //! - `endless NAME`: method `endless` (download) sends until cancelled;
 //! - `unary NAME`: method `add` (unary) returns the sum of two u64;
 //! - `consume NAME METHOD TRANSPORT`: calls NAME.METHOD and reads the stream;
+//! - `call-deadline NAME METHOD MS`: a download call with a deadline MS
+//!   from now and items credit 2, whose receiver reads nothing; prints
+//!   `finish E` with the call's outcome;
 //! - `deadlines NAME`: methods for calls with a deadline (`serve_deadlines`),
 //!   each printing `incoming METHOD`, `time-left-ms N` (or `time-left none`)
 //!   and how it ended.
@@ -79,6 +82,7 @@ fn main() {
                     u64::from_le_bytes(r.try_into().unwrap_or_default())
                 ))
             }),
+        "call-deadline" => call_deadline(&conn, &name, &args[2], args[3].parse().unwrap_or(300)),
         "hold" => hold(
             &conn,
             &name,
@@ -187,6 +191,29 @@ fn serve_deadlines(conn: &Connection, name: &str) -> shmbus_client::Result<()> {
                 say(format!("reply-failed {e}"));
             }
         });
+    }
+    Ok(())
+}
+
+/// A download call with a deadline whose receiver never reads: the
+/// service fills its credit and waits until the deadline ends the call.
+fn call_deadline(
+    conn: &Connection,
+    name: &str,
+    method: &str,
+    ms: u64,
+) -> shmbus_client::Result<()> {
+    let call = conn
+        .call(name, method)
+        .mode(StreamMode::Download)
+        .credit(CreditSpec::items(2))
+        .timeout(Duration::from_millis(ms))
+        .start()?;
+    say("open".into());
+    std::thread::sleep(Duration::from_millis(ms + 200));
+    match call.finish() {
+        Ok(_) => say("finish ok".into()),
+        Err(e) => say(format!("finish {e}")),
     }
     Ok(())
 }
