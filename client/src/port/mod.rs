@@ -311,7 +311,6 @@ impl TxPort {
 
     /// Like `begin` but never waits: `None` when blocked; the pollable
     /// descriptor then turns readable once it is worth trying again.
-    #[inline]
     pub(crate) fn try_begin(&mut self, max_len: usize, charge: u64) -> Result<Option<&mut [u8]>> {
         match self {
             TxPort::Shm(p) => p.try_begin(max_len, charge),

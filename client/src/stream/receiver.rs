@@ -382,7 +382,6 @@ impl Receiver {
     }
 
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    #[inline]
     pub(crate) fn try_advance(&mut self) -> Result<Option<bool>> {
         self.advance(false)
     }
@@ -405,7 +404,6 @@ impl Receiver {
     /// port's descriptor to turn writable (credit the socket has not taken
     /// yet) as well as readable.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    #[inline]
     pub(crate) fn wants_write(&self) -> bool {
         self.port.as_ref().is_some_and(|p| p.wants_write())
     }
@@ -414,7 +412,6 @@ impl Receiver {
     /// the wait policy's spin, stretched for a large last item as the
     /// blocking wait does; none over the socket.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    #[inline]
     pub(crate) fn wait_spin(&self) -> std::time::Duration {
         self.port
             .as_ref()
@@ -423,7 +420,6 @@ impl Receiver {
 
     /// Decodes the held item from a copy, releasing it.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    #[inline]
     pub(crate) fn decode_held<'a, T: Deserialize<'a>>(&'a mut self) -> Result<T> {
         self.copy_held();
         decode(&self.scratch)

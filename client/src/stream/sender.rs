@@ -265,14 +265,12 @@ impl Sender {
     /// Like [`feed`](Self::feed) but never waits: `Ok(false)` when credit
     /// or room is short (nothing was queued). [`pollable_fd`](Self::pollable_fd)
     /// then turns readable once it is worth trying again.
-    #[inline]
     pub fn try_feed<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<bool> {
         self.feed_typed(value, false)
     }
 
     /// Encodes `value` into the port, waiting for room with `block`;
     /// false when it would have had to wait.
-    #[inline]
     fn feed_typed<T: Serialize + ?Sized>(&mut self, value: &T, block: bool) -> Result<bool> {
         if self.credit.strategy == SizeStrategy::Custom {
             let mut scratch = std::mem::take(&mut self.scratch);
@@ -478,7 +476,6 @@ impl Sender {
     /// True when a non-blocking call returned "not now" because the port
     /// waits for its descriptor to turn writable (a socket port with bytes
     /// it has not taken yet); otherwise it waits for it to turn readable.
-    #[inline]
     pub fn wants_write(&self) -> bool {
         self.port.as_ref().is_some_and(|p| p.wants_write())
     }
@@ -486,7 +483,6 @@ impl Sender {
     /// How long an event loop re-tries an item of `len` bytes before it
     /// waits on the reactor (see [`Receiver::wait_spin`](crate::Receiver)).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    #[inline]
     pub(crate) fn wait_spin(&self, len: usize) -> std::time::Duration {
         self.port
             .as_ref()
