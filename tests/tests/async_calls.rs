@@ -377,3 +377,48 @@ fn reserves_and_sends_dropped_at_random_leave_the_stream_whole_and_nothing_open(
     }
     broker.wait_fds(broker_fds);
 }
+
+#[test]
+fn a_caller_cancels_under_tokio_and_the_result_is_call_aborted() {
+    let broker = Broker::start();
+    let mut endless = Peer::serve(&broker, &["endless", "inf"]);
+    let socket = broker.socket.clone();
+    for (name, rt) in tokio_runtimes() {
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            for transport in [
+                TransportPreference::SharedMemory,
+                TransportPreference::Socket,
+            ] {
+                let mut call = conn
+                    .call("inf", "endless")
+                    .transport(transport)
+                    .credit(CreditSpec::items(8))
+                    .start_async()
+                    .await
+                    .unwrap();
+                let handle = call.cancel_handle();
+                let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                for i in 0..100u64 {
+                    assert_eq!(rx.recv::<u64>().await.unwrap(), Some(i));
+                }
+                // Cancelled from another task while this one receives.
+                tokio::spawn(async move { handle.cancel() })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let e = loop {
+                    match rx.recv::<u64>().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => panic!("{name}: the stream ended instead"),
+                        Err(e) => break e,
+                    }
+                };
+                assert!(matches!(e, Error::Cancelled), "{name} {transport:?}: {e}");
+                let e = call.finish_async().await.unwrap_err();
+                assert_eq!(e.code(), Some(ErrorCode::Aborted), "{name} {transport:?}");
+                endless.expect_line("cancelled-after", 10 * SEC);
+            }
+        });
+    }
+}
