@@ -236,3 +236,25 @@ impl Outcome {
         );
     }
 }
+
+impl Outcome {
+    /// A timed loop's outcome (round trips, call setups): the bytes and
+    /// checksum it received, its latencies, its duration from `begin`
+    /// ([`crate::os::mono_ns`]), and what the peer says it sent.
+    pub fn timed(
+        got: &crate::checksum::Checksum,
+        lat: &crate::stats::Latencies,
+        begin: u64,
+        peer: (u64, u64),
+    ) -> Outcome {
+        Outcome {
+            bytes: got.len(),
+            items: lat.count(),
+            secs: (crate::os::mono_ns() - begin) as f64 / 1e9,
+            checksum: got.value(),
+            peer: Some(peer),
+            latency_ns: Some(lat.percentiles()),
+            ..Outcome::default()
+        }
+    }
+}

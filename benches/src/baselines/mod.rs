@@ -452,15 +452,12 @@ fn ping(job: &Job, mut rx: Rx, mut tx: Tx) -> io::Result<Outcome> {
     }
     tx.close();
     rx.drain(&mut got)?;
-    Ok(Outcome {
-        bytes: got.len(),
-        items: lat.count(),
-        secs: (mono_ns() - begin) as f64 / 1e9,
-        checksum: got.value(),
-        peer: Some((sent.value(), sent.len())),
-        latency_ns: Some(lat.percentiles()),
-        ..Outcome::default()
-    })
+    Ok(Outcome::timed(
+        &got,
+        &lat,
+        begin,
+        (sent.value(), sent.len()),
+    ))
 }
 
 /// Latency, side B: echo every byte back as it arrives.

@@ -54,15 +54,12 @@ pub fn ping(job: &Job, fd: OwnedFd) -> io::Result<Outcome> {
             }
         }
         sock.shutdown().await?;
-        Ok(Outcome {
-            bytes: got.len(),
-            items: lat.count(),
-            secs: (mono_ns() - begin) as f64 / 1e9,
-            checksum: got.value(),
-            peer: Some((sent.value(), sent.len())),
-            latency_ns: Some(lat.percentiles()),
-            ..Outcome::default()
-        })
+        Ok(Outcome::timed(
+            &got,
+            &lat,
+            begin,
+            (sent.value(), sent.len()),
+        ))
     })
 }
 

@@ -264,15 +264,12 @@ fn latency(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
     if (reply.checksum, reply.bytes) != (sent.value(), sent.len()) {
         return Err("the echo service saw other bytes than were sent".into());
     }
-    Ok(Outcome {
-        bytes: got.len(),
-        items: lat.count(),
-        secs: (mono_ns() - begin) as f64 / 1e9,
-        checksum: got.value(),
-        peer: Some((sent.value(), sent.len())),
-        latency_ns: Some(lat.percentiles()),
-        ..Outcome::default()
-    })
+    Ok(Outcome::timed(
+        &got,
+        &lat,
+        begin,
+        (sent.value(), sent.len()),
+    ))
 }
 
 /// Latency through the tokio API, on a current-thread runtime: the same
@@ -323,15 +320,12 @@ fn latency_async(mut call: Call, job: &Job) -> Result<Outcome, BoxError> {
     if (reply.checksum, reply.bytes) != (sent.value(), sent.len()) {
         return Err("the echo service saw other bytes than were sent".into());
     }
-    Ok(Outcome {
-        bytes: got.len(),
-        items: lat.count(),
-        secs: (mono_ns() - begin) as f64 / 1e9,
-        checksum: got.value(),
-        peer: Some((sent.value(), sent.len())),
-        latency_ns: Some(lat.percentiles()),
-        ..Outcome::default()
-    })
+    Ok(Outcome::timed(
+        &got,
+        &lat,
+        begin,
+        (sent.value(), sent.len()),
+    ))
 }
 
 /// Setup: a new call, timed until its first item arrives, for the duration.
@@ -367,15 +361,7 @@ fn setup(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
             break;
         }
     }
-    Ok(Outcome {
-        bytes: got.len(),
-        items: lat.count(),
-        secs: (mono_ns() - begin) as f64 / 1e9,
-        checksum: got.value(),
-        peer: Some((got.value(), calls)),
-        latency_ns: Some(lat.percentiles()),
-        ..Outcome::default()
-    })
+    Ok(Outcome::timed(&got, &lat, begin, (got.value(), calls)))
 }
 
 /// Setup through the tokio API, on a current-thread runtime: each call's
@@ -425,15 +411,7 @@ fn setup_async(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
                 break;
             }
         }
-        Ok(Outcome {
-            bytes: got.len(),
-            items: lat.count(),
-            secs: (mono_ns() - begin) as f64 / 1e9,
-            checksum: got.value(),
-            peer: Some((got.value(), calls)),
-            latency_ns: Some(lat.percentiles()),
-            ..Outcome::default()
-        })
+        Ok(Outcome::timed(&got, &lat, begin, (got.value(), calls)))
     })
 }
 
