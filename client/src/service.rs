@@ -41,11 +41,7 @@ impl Connection {
     /// ```
     pub fn register(&self, service: &str, methods: &[MethodSpec]) -> Result<Service> {
         let rx = self.register_raw(service, methods.to_vec())?;
-        Ok(Service {
-            conn: self.clone(),
-            name: service.to_string(),
-            incoming: rx,
-        })
+        Ok(Service::new(self.clone(), service, rx))
     }
 }
 
@@ -57,6 +53,14 @@ pub struct Service {
 }
 
 impl Service {
+    pub(crate) fn new(conn: Connection, name: &str, incoming: Mailbox<IncomingRaw>) -> Self {
+        Service {
+            conn,
+            name: name.to_string(),
+            incoming,
+        }
+    }
+
     /// The service name.
     pub fn name(&self) -> &str {
         &self.name

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shmbus_client::{CreditSpec, Error, ErrorCode, StreamMode, Transport, TryRecv};
+use shmbus_client::{CreditSpec, Error, ErrorCode, MethodSpec, StreamMode, Transport, TryRecv};
 use shmbus_tests::{both_transports, fnv1a, pref, Broker, Peer};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -359,4 +359,25 @@ fn the_types_named_in_the_api_are_exported() {
     let _: Option<shmbus_client::CreditError> = None;
     let _: Option<shmbus_client::RingError> = None;
     const { assert!(shmbus_client::MAX_PEER_RESULT >= 1024) };
+}
+
+#[test]
+fn a_refused_second_registration_leaves_the_first_served() {
+    let broker = Broker::start();
+    let conn = broker.connect();
+    let add = [MethodSpec::new("add", StreamMode::Unary)];
+    let service = conn.register("twice", &add).unwrap();
+    match conn.register("twice", &add) {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::NameTaken), "{e}"),
+        Ok(_) => panic!("a second registration of one name was accepted"),
+    }
+    // The first registration still receives its calls.
+    let mut adder = Peer::start(&broker, &["call-add", "twice"]);
+    let answered = std::thread::spawn(move || {
+        let call = service.next().unwrap().unwrap();
+        let (a, b): (u64, u64) = call.args_typed().unwrap();
+        call.reply((a + b).to_le_bytes().to_vec()).unwrap();
+    });
+    assert_eq!(adder.expect_line("result", 10 * SEC), "5");
+    answered.join().unwrap();
 }

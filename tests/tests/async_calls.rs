@@ -144,10 +144,20 @@ fn an_async_service_answers_blocking_callers() {
                 )
                 .await
                 .unwrap();
+            // The broker refuses the name a second time, and the refusal
+            // reaches the awaiting task.
+            let again = conn
+                .register_async(&service_name, &[MethodSpec::new("add", StreamMode::Unary)])
+                .await;
+            match again {
+                Err(e) => assert_eq!(e.code(), Some(ErrorCode::NameTaken), "{name}: {e}"),
+                Ok(_) => panic!("{name}: a second registration of one name was accepted"),
+            }
             let mut consumer = Peer::start(&broker, &["consume", &service_name, "numbers", "shm"]);
             let mut adder = Peer::start(&broker, &["call-add", &service_name]);
             for _ in 0..2 {
-                let mut call = service.next_async().await.unwrap().unwrap();
+                let next = tokio::time::timeout(10 * SEC, service.next_async()).await;
+                let mut call = next.expect("the service's calls arrive").unwrap().unwrap();
                 let job = tokio::spawn(async move {
                     if call.method() == "add" {
                         let (a, b): (u64, u64) = call.args_typed()?;

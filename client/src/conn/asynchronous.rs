@@ -1,7 +1,10 @@
-//! Connecting and registering for tokio (feature `tokio`). Both are
-//! one-time steps of a few local round trips; they run on the runtime's
-//! blocking pool, so that a slow or absent broker never holds up a worker.
+//! Connecting and registering for tokio (feature `tokio`). Connecting is a
+//! one-time handshake of a few local round trips, run on the runtime's
+//! blocking pool so that a slow broker never holds up a worker. Registering
+//! awaits the broker's reply in a mailbox that the connection's frame
+//! reader fills, as calls do.
 
+use std::future::poll_fn;
 use std::path::Path;
 
 use shmbus::frame::MethodSpec;
@@ -33,8 +36,15 @@ impl Connection {
     }
 
     /// The async twin of [`register`](Self::register).
+    ///
+    /// Cancel safety: a future dropped after the registration was sent
+    /// leaves the name registered with the broker but served by no one, as
+    /// a dropped [`Service`] does: calls to it fail with "no such service"
+    /// until the connection closes.
     pub async fn register_async(&self, service: &str, methods: &[MethodSpec]) -> Result<Service> {
-        let (conn, service, methods) = (self.clone(), service.to_string(), methods.to_vec());
-        blocking(move || conn.register(&service, &methods)).await
+        let pending = self.begin_register(service, methods.to_vec())?;
+        let reply = poll_fn(|cx| pending.reply.poll_recv(cx)).await;
+        let incoming = self.end_register(pending, reply)?;
+        Ok(Service::new(self.clone(), service, incoming))
     }
 }

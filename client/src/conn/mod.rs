@@ -5,6 +5,7 @@
 //! Who reads the socket is decided in `leader`; how frames are cut out of
 //! it, in `reader`.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -61,7 +62,7 @@ pub(crate) struct IncomingRaw {
     pub origin: Arc<BrokerLink>,
 }
 
-enum Reply {
+pub(crate) enum Reply {
     Ack,
     Refused(RemoteError),
     List(BrokerSnapshot),
@@ -247,36 +248,103 @@ impl Connection {
         service: &str,
         methods: Vec<frame::MethodSpec>,
     ) -> Result<Mailbox<IncomingRaw>> {
-        let (tx, rx) = mailbox();
-        self.link()
-            .services
-            .lock()
-            .unwrap()
-            .insert(service.to_string(), tx.clone());
-        let methods_kept = methods.clone();
-        let reply = self.link().request(|request| Frame::Register {
+        let pending = self.begin_register(service, methods)?;
+        let reply = pending.link.wait_for(&pending.reply);
+        self.end_register(pending, reply.ok())
+    }
+
+    /// Sends a registration; the broker's reply arrives in the returned
+    /// registration's `reply` mailbox.
+    pub(crate) fn begin_register(
+        &self,
+        service: &str,
+        methods: Vec<frame::MethodSpec>,
+    ) -> Result<PendingRegistration> {
+        let link = self.link();
+        let (post, incoming) = mailbox();
+        match link.services.lock().unwrap().entry(service.to_string()) {
+            // Services live as long as their connection, so a name held
+            // here is registered (or being registered) with the broker: the
+            // broker would refuse it, and the refusal must not take the
+            // name's calls from the one who holds it.
+            Entry::Occupied(_) => {
+                return Err(Error::Remote(RemoteError {
+                    code: ErrorCode::NameTaken,
+                    message: format!("service {service} is already registered on this connection"),
+                }))
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(post.clone());
+            }
+        }
+        let kept = methods.clone();
+        let reply = link.send_request(|request| Frame::Register {
             request,
             service: service.to_string(),
             methods,
         });
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                link.services.lock().unwrap().remove(service);
+                return Err(e);
+            }
+        };
+        Ok(PendingRegistration {
+            link,
+            service: service.to_string(),
+            methods: kept,
+            post,
+            incoming,
+            reply,
+        })
+    }
+
+    /// Completes a registration with the broker's reply (`None`: the
+    /// connection closed first).
+    pub(crate) fn end_register(
+        &self,
+        pending: PendingRegistration,
+        reply: Option<Reply>,
+    ) -> Result<Mailbox<IncomingRaw>> {
+        let PendingRegistration {
+            link,
+            service,
+            methods,
+            post,
+            incoming,
+            ..
+        } = pending;
         match reply {
-            Ok(Reply::Ack) => {
-                self.state.registrations.lock().unwrap().push((
-                    service.to_string(),
-                    methods_kept,
-                    tx,
-                ));
-                Ok(rx)
+            Some(Reply::Ack) => {
+                self.state
+                    .registrations
+                    .lock()
+                    .unwrap()
+                    .push((service, methods, post));
+                Ok(incoming)
             }
             other => {
-                self.link().services.lock().unwrap().remove(service);
-                match other? {
-                    Reply::Refused(e) => Err(Error::Remote(e)),
-                    _ => Err(Error::Protocol("unexpected reply to register".into())),
+                link.services.lock().unwrap().remove(&service);
+                match other {
+                    None => Err(Error::BrokerGone),
+                    Some(Reply::Refused(e)) => Err(Error::Remote(e)),
+                    Some(_) => Err(Error::Protocol("unexpected reply to register".into())),
                 }
             }
         }
     }
+}
+
+/// A registration sent to the broker and not yet answered.
+pub(crate) struct PendingRegistration {
+    link: Arc<BrokerLink>,
+    service: String,
+    methods: Vec<frame::MethodSpec>,
+    post: Post<IncomingRaw>,
+    incoming: Mailbox<IncomingRaw>,
+    /// Where the broker's reply arrives.
+    pub(crate) reply: Mailbox<Reply>,
 }
 
 impl BrokerLink {
@@ -385,17 +453,25 @@ impl BrokerLink {
     }
 
     fn request(self: &Arc<Self>, make: impl FnOnce(RequestId) -> Frame) -> Result<Reply> {
+        let rx = self.send_request(make)?;
+        self.wait_for(&rx).map_err(|_| Error::BrokerGone)
+    }
+
+    /// Sends a request; its reply arrives in the returned mailbox, which
+    /// disconnects if the connection closes first.
+    fn send_request(&self, make: impl FnOnce(RequestId) -> Frame) -> Result<Mailbox<Reply>> {
         let id = self.next_id();
         let (tx, rx) = mailbox();
         self.requests.lock().unwrap().insert(id, tx);
         if self.closed.load(Ordering::Acquire) {
+            self.requests.lock().unwrap().remove(&id);
             return Err(Error::BrokerGone);
         }
         if let Err(e) = self.send(&make(id)) {
             self.requests.lock().unwrap().remove(&id);
             return Err(e);
         }
-        self.wait_for(&rx).map_err(|_| Error::BrokerGone)
+        Ok(rx)
     }
 
     /// Marks the connection closed and wakes every waiter with a disconnect.
