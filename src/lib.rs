@@ -8,12 +8,15 @@
 //! - [`credit`]: credit accounting with a high-water mark and size strategies;
 //! - [`link`]: the socket stream port's batched wire format;
 //! - [`ring`]: the shared-memory stream port, the only module touching shared memory;
-//! - [`sys`]: the syscall boundary (memfds, seals, descriptor passing, credentials).
+//! - [`sys`]: the syscall boundary (memfds, seals, descriptor passing, credentials);
+//! - [`blob`]: sealed blobs, memory handed over whole with no copy.
 //!
 //! `frame`, `state`, `credit` and `link` do no I/O, and forbid `unsafe`:
-//! the unsafe code of the whole workspace lives in `ring` (shared memory)
-//! and `sys` (system calls), and the other crates forbid it too.
+//! the unsafe code of the whole workspace lives in `ring` (shared memory),
+//! `blob` (mapping sealed memory) and `sys` (system calls), and the other
+//! crates forbid it too.
 
+pub mod blob;
 pub mod credit;
 pub mod frame;
 pub mod link;

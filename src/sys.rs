@@ -16,6 +16,11 @@ use nix::sys::socket::{self, sockopt, ControlMessage, MsgFlags};
 
 use crate::frame::MAX_FDS_PER_FRAME;
 
+mod blob;
+pub use blob::{
+    blob_seals, check_blob, copy_into, create_blob_memfd, fd_size, required_blob_seals, seal_blob,
+};
+
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process of the
 /// machine, so a time one process sends another means the same to both.
 /// (0 if the clock cannot be read, which Linux never does.)
