@@ -135,6 +135,18 @@ pub enum CreditError {
     ReleaseUnderflow,
 }
 
+/// What a blob of `len` bytes costs where the strategy fixes it: one item
+/// under [`SizeStrategy::Items`], its size under [`SizeStrategy::Bytes`];
+/// under [`SizeStrategy::Custom`] the sender chooses (`None`).
+#[inline]
+pub fn blob_charge(strategy: SizeStrategy, len: u64) -> Option<u64> {
+    match strategy {
+        SizeStrategy::Items => Some(1),
+        SizeStrategy::Bytes => Some(len),
+        SizeStrategy::Custom => None,
+    }
+}
+
 /// The most one item may be charged: half the high-water mark (at least 1).
 ///
 /// The receiver re-grants only once outstanding credit drops below half the
@@ -243,6 +255,29 @@ impl RecvCredit {
         if let Some(fixed) = self.spec.strategy.fixed_charge(len) {
             if fixed != charge {
                 return Err(CreditError::WrongCharge { len, charge });
+            }
+        }
+        let received = self.received.saturating_add(charge);
+        if received > self.announced {
+            return Err(CreditError::Overrun {
+                received,
+                limit: self.announced,
+            });
+        }
+        self.received = received;
+        Ok(())
+    }
+
+    /// Validates an arriving blob's charge (see [`blob_charge`]) against
+    /// the strategy and the limit.
+    #[inline]
+    pub fn on_receive_blob(&mut self, len: u64, charge: u64) -> Result<(), CreditError> {
+        if let Some(fixed) = blob_charge(self.spec.strategy, len) {
+            if fixed != charge {
+                return Err(CreditError::WrongCharge {
+                    len: len as usize,
+                    charge,
+                });
             }
         }
         let received = self.received.saturating_add(charge);

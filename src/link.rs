@@ -10,6 +10,7 @@
 //! | stream-end | empty | producer → consumer |
 //! | stream-error | UTF-8 message | producer → consumer |
 //! | stream-cancel (ack) | empty | producer → consumer |
+//! | blob | `u64 size | u64 charge`; the blob's memfd rides on the message's first byte (`SCM_RIGHTS`) | producer → consumer |
 //! | stream-credit | `u64` new limit | consumer → producer |
 //! | cancel | empty | consumer → producer |
 //! | result | the call's outcome, postcard, at most [`MAX_RESULT`] bytes | service → caller, first direction only, after the service's last use of the port |
@@ -39,12 +40,23 @@ const KIND_CANCELLED: u8 = 4;
 const KIND_CREDIT: u8 = 5;
 const KIND_CANCEL: u8 = 6;
 const KIND_RESULT: u8 = 7;
+const KIND_BLOB: u8 = 8;
+/// Bytes of a blob message's body.
+pub const BLOB_BODY: usize = 16;
 
 /// A decoded link message; data borrows from the receive buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LinkMessage<'a> {
     /// A batch of items.
     Data(Items<'a>),
+    /// A blob: its declared size and its charge. Its descriptor came with
+    /// the message's first byte.
+    Blob {
+        /// The size the sender declares.
+        size: u64,
+        /// Credit it costs.
+        charge: u64,
+    },
     /// The producer finished.
     End,
     /// The producer failed with this message.
@@ -120,6 +132,15 @@ pub fn decode(buf: &[u8], max_body: usize) -> Result<Option<(LinkMessage<'_>, us
         ),
         KIND_RESULT if body.len() <= MAX_RESULT => LinkMessage::Result(body),
         KIND_RESULT => return Err(LinkError::Malformed("result body too long")),
+        KIND_BLOB => {
+            let body: [u8; BLOB_BODY] = body
+                .try_into()
+                .map_err(|_| LinkError::Malformed("blob body is not 16 bytes"))?;
+            LinkMessage::Blob {
+                size: u64::from_le_bytes(body[..8].try_into().unwrap()),
+                charge: u64::from_le_bytes(body[8..].try_into().unwrap()),
+            }
+        }
         KIND_CREDIT => {
             let limit: [u8; 8] = body
                 .try_into()
@@ -305,6 +326,15 @@ impl LinkEncoder {
         self.append(body);
     }
 
+    /// Appends a blob message (its descriptor must be sent with the
+    /// message's first byte).
+    pub fn blob(&mut self, size: u64, charge: u64) {
+        let mut body = [0u8; BLOB_BODY];
+        body[..8].copy_from_slice(&size.to_le_bytes());
+        body[8..].copy_from_slice(&charge.to_le_bytes());
+        self.control(KIND_BLOB, &body);
+    }
+
     /// Appends stream-end.
     pub fn end(&mut self) {
         self.control(KIND_END, &[]);
@@ -428,6 +458,7 @@ mod tests {
         enc.push_item(b"three", 1);
         enc.credit(77);
         enc.push_item(b"four", 4);
+        enc.blob(1 << 30, 1);
         enc.error("boom");
         enc.end();
         assert!(enc.result(b"ok"));
@@ -455,6 +486,7 @@ mod tests {
                 "data[([111, 110, 101], 1), ([], 1), ([116, 104, 114, 101, 101], 1)]",
                 "Credit(77)",
                 "data[([102, 111, 117, 114], 4)]",
+                "Blob { size: 1073741824, charge: 1 }",
                 "Error(\"boom\")",
                 "End",
                 "Result([111, 107])"
@@ -486,6 +518,11 @@ mod tests {
         ));
         assert!(matches!(
             decode(&[1, 0, 0, 0, KIND_END, 0], 1024),
+            Err(LinkError::Malformed(_))
+        ));
+        // A blob message whose body is not a size and a charge.
+        assert!(matches!(
+            decode(&[3, 0, 0, 0, KIND_BLOB, 1, 2, 3], 1024),
             Err(LinkError::Malformed(_))
         ));
         // A result longer than any result slot, even where the port allows it.

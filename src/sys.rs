@@ -136,6 +136,20 @@ pub fn recv_with_fds(
     fds: &mut VecDeque<OwnedFd>,
     blocking: bool,
 ) -> io::Result<usize> {
+    recv_with_fds_upto(sock, buf, fds, blocking, 2 * MAX_FDS_PER_FRAME)
+}
+
+/// [`recv_with_fds`] with a bound of its own on the descriptors queued in
+/// `fds`: past `max_queued`, every queued descriptor is closed and the call
+/// fails. One message brings at most `2 * MAX_FDS_PER_FRAME` descriptors;
+/// more truncate it, and that fails too.
+pub fn recv_with_fds_upto(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+    blocking: bool,
+    max_queued: usize,
+) -> io::Result<usize> {
     let flags = libc::MSG_CMSG_CLOEXEC | if blocking { 0 } else { libc::MSG_DONTWAIT };
     const SPACE: usize = 2 * MAX_FDS_PER_FRAME * 4 + 64;
     let mut cmsg_buf = [0u64; SPACE.div_ceil(8)];
@@ -180,7 +194,7 @@ pub fn recv_with_fds(
         ));
     }
     fds.extend(arrived);
-    if fds.len() > 2 * MAX_FDS_PER_FRAME {
+    if fds.len() > max_queued {
         fds.clear();
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,

@@ -17,6 +17,9 @@ pub enum RecordKind {
     Error,
     /// stream-cancel: the producer acknowledges a cancellation and stops.
     Cancelled,
+    /// A blob of this many bytes, whose descriptor came on the port's
+    /// socket.
+    Blob(u64),
 }
 
 /// A validated record handed to the consumer; release it when done. It is
@@ -148,12 +151,26 @@ impl RingConsumer {
                     self.credit.on_receive(len, charge)?;
                     RecordKind::Data
                 }
+                KIND_BLOB => {
+                    if len != BLOB_RECORD {
+                        return Err(violation(format!("blob record of {len} bytes")));
+                    }
+                    let mut size = [0u8; BLOB_RECORD];
+                    self.ring.copy_out(HEADER_SIZE + data_off, &mut size);
+                    let size = u64::from_le_bytes(size);
+                    self.credit.on_receive_blob(size, charge)?;
+                    RecordKind::Blob(size)
+                }
                 KIND_END => RecordKind::End,
                 KIND_CANCELLED => RecordKind::Cancelled,
                 KIND_ERROR => RecordKind::Error,
                 other => return Err(violation(format!("unknown record kind {other}"))),
             };
-            if kind != RecordKind::Data && charge != 0 {
+            if matches!(
+                kind,
+                RecordKind::End | RecordKind::Error | RecordKind::Cancelled
+            ) && charge != 0
+            {
                 return Err(violation("control record carries credit"));
             }
             self.read_pos = end_pos;

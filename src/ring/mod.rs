@@ -21,7 +21,9 @@
 //! ```
 //!
 //! A record is a 16-byte header (`len u32 | kind u32 | charge u64`, little
-//! endian) followed by `len` bytes, padded to 16. Records never wrap: when a
+//! endian) followed by `len` bytes, padded to 16. A blob record carries
+//! the blob's size; the blob itself is a sealed memfd sent on the port's
+//! socket ([`crate::blob`]). Records never wrap: when a
 //! record does not fit before the end, a padding record fills the tail. A
 //! producer that finds the ring empty pads to the end too and starts over at
 //! the beginning, so bursts smaller than the ring reuse memory that is still
@@ -148,6 +150,10 @@ pub(super) const KIND_END: u32 = 2;
 pub(super) const KIND_ERROR: u32 = 3;
 pub(super) const KIND_CANCELLED: u32 = 4;
 pub(super) const KIND_PAD: u32 = 5;
+pub(super) const KIND_BLOB: u32 = 6;
+/// Payload bytes of a blob record: the blob's size, `u64` little endian.
+/// The blob's descriptor travels on the port's socket (`PROTOCOL.md`, "Blobs").
+pub const BLOB_RECORD: usize = 8;
 
 /// Why a ring could not be opened or used.
 #[derive(Debug, thiserror::Error)]

@@ -254,6 +254,24 @@ impl RingProducer {
         self.credit.charge(charge);
     }
 
+    /// Makes the slot a blob record for a blob of `blob_len` bytes charged
+    /// `charge` (at most the reserved charge): the slot must have been
+    /// reserved for [`BLOB_RECORD`] bytes. The blob's descriptor must be on
+    /// its way to the consumer before the record is published.
+    #[inline]
+    pub fn commit_blob(&mut self, slot: &Slot, blob_len: u64, charge: u64) {
+        assert_eq!(slot.at, self.write_pos, "slot is stale");
+        assert!(slot.max_len >= BLOB_RECORD && charge <= slot.charge);
+        self.ring.copy_in(
+            HEADER_SIZE + slot.off + RECORD_HEADER,
+            &blob_len.to_le_bytes(),
+        );
+        self.ring
+            .write_record_header(slot.off, BLOB_RECORD as u32, KIND_BLOB, charge);
+        self.write_pos += slot.pad + align_record(BLOB_RECORD);
+        self.credit.charge(charge);
+    }
+
     /// Writes a control record (end, error, cancelled-ack); charges no credit.
     /// `Ok(false)` when the ring has no room yet.
     pub fn try_write_control(&mut self, control: &Control<'_>) -> Result<bool, RingError> {

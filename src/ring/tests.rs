@@ -619,3 +619,41 @@ fn each_side_closes_its_memfd_once_the_first_item_passed() {
     let r = c.try_next().unwrap().unwrap();
     assert_eq!(c.data(&r), b"yz");
 }
+
+#[test]
+fn blob_records_interleave_with_items_and_carry_their_charge() {
+    let (mut p, mut c, _) = pair(8192, CreditSpec::bytes(1 << 40));
+    send(&mut p, b"before", 6).unwrap();
+    let slot = p.try_reserve(BLOB_RECORD, 1 << 30).unwrap().unwrap();
+    p.commit_blob(&slot, 1 << 30, 1 << 30);
+    send(&mut p, b"after", 5).unwrap();
+    let first = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&first), b"before");
+    let blob = c.try_next().unwrap().unwrap();
+    assert_eq!((blob.kind, blob.charge), (RecordKind::Blob(1 << 30), 1 << 30));
+    let last = c.try_next().unwrap().unwrap();
+    assert_eq!(c.data(&last), b"after");
+    for rec in [first, blob, last] {
+        let _ = c.release(&rec).unwrap();
+    }
+    assert_eq!(c.credit().in_flight(), 0);
+}
+
+#[test]
+fn a_blob_record_charged_against_the_strategy_is_a_violation() {
+    // Items credit: a blob costs one.
+    let (mut p, mut c, _) = pair(8192, CreditSpec::items(16));
+    let slot = p.try_reserve(BLOB_RECORD, 2).unwrap().unwrap();
+    p.commit_blob(&slot, 4096, 2);
+    let _ = p.publish();
+    assert!(matches!(c.try_next(), Err(RingError::Credit(_))));
+    // A blob record of the wrong length.
+    let (mut p, mut c, shared) = pair(8192, CreditSpec::items(16));
+    let slot = p.try_reserve(BLOB_RECORD, 1).unwrap().unwrap();
+    p.commit_blob(&slot, 4096, 1);
+    let _ = p.publish();
+    shared
+        .write_all_at(&9u32.to_le_bytes(), HEADER_SIZE as u64)
+        .unwrap();
+    assert!(matches!(c.try_next(), Err(RingError::Violation(_))));
+}
