@@ -72,6 +72,19 @@ pub enum Error {
     /// was told to stop), or a wait on its stream reached the deadline.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// A blob could not be made or sealed (for one that arrived, the
+    /// stream fails with [`Error::Protocol`] instead, naming what was wrong).
+    #[error("{0}")]
+    Blob(#[from] shmbus::blob::BlobError),
+    /// [`Receiver::recv_blob`](crate::Receiver::recv_blob) found an item
+    /// that is not a blob; it stays next.
+    #[error(
+        "the next item is not a blob ({len} bytes): receive it with recv_bytes, recv or recv_any"
+    )]
+    NotABlob {
+        /// The item's length.
+        len: usize,
+    },
     /// A typed item or argument did not encode or decode: usually the two
     /// peers disagree on the item's type.
     #[error("codec: {0}")]

@@ -62,7 +62,8 @@ pub use conn::{default_socket_path, ConnectOptions, Connection, SOCKET_ENV};
 pub use error::{Error, Result};
 pub use port::wait::WaitPolicy;
 pub use service::{IncomingCall, Service};
-pub use stream::{InPlace, Receiver, SendSlot, Sender, SizeFn, TryRecv};
+pub use shmbus::blob::{Blob, BlobError, BlobWriter, DEFAULT_BLOB_LIMIT};
+pub use stream::{InPlace, Received, Receiver, SendSlot, Sender, SizeFn, TryRecv};
 
 pub use shmbus::credit::{CreditError, CreditSpec, SizeStrategy};
 pub use shmbus::frame::{

@@ -74,7 +74,10 @@ fn refused(fd: OwnedFd, declared: u64) -> String {
 fn receivers_refuse_what_is_not_a_sealed_memfd_of_the_declared_size() {
     // Unsealed.
     let m = refused(sealable(4096), 4096);
-    assert!(m.contains("lacks F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE"), "{m}");
+    assert!(
+        m.contains("lacks F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE"),
+        "{m}"
+    );
     // Only F_SEAL_FUTURE_WRITE: a mapping made before it can still write.
     let fd = sealable(4096);
     let seals = SealFlag::F_SEAL_FUTURE_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
@@ -89,7 +92,10 @@ fn receivers_refuse_what_is_not_a_sealed_memfd_of_the_declared_size() {
     assert!(m.contains("declared 1048576"), "{m}");
     // Over the receiver's limit: refused before the descriptor is looked at.
     match Blob::from_received(blob.fd().try_clone_to_owned().unwrap(), 100, 99) {
-        Err(BlobError::TooLarge { len: 100, limit: 99 }) => {}
+        Err(BlobError::TooLarge {
+            len: 100,
+            limit: 99,
+        }) => {}
         other => panic!("{other:?}"),
     }
     // Not memfds at all.

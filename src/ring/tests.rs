@@ -630,7 +630,10 @@ fn blob_records_interleave_with_items_and_carry_their_charge() {
     let first = c.try_next().unwrap().unwrap();
     assert_eq!(c.data(&first), b"before");
     let blob = c.try_next().unwrap().unwrap();
-    assert_eq!((blob.kind, blob.charge), (RecordKind::Blob(1 << 30), 1 << 30));
+    assert_eq!(
+        (blob.kind, blob.charge),
+        (RecordKind::Blob(1 << 30), 1 << 30)
+    );
     let last = c.try_next().unwrap().unwrap();
     assert_eq!(c.data(&last), b"after");
     for rec in [first, blob, last] {

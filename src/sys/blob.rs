@@ -63,10 +63,8 @@ pub fn copy_into(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: u64) -> io::Resu
     while (off_out as u64) < len {
         let left = (len - off_out as u64).min(1 << 30) as usize;
         let n = if use_sendfile {
-            nix::sys::sendfile::sendfile64(to, from, Some(&mut off_in), left).map(|n| {
-                off_out += n as i64;
-                n
-            })
+            nix::sys::sendfile::sendfile64(to, from, Some(&mut off_in), left)
+                .inspect(|&n| off_out += n as i64)
         } else {
             nix::fcntl::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), left)
         };

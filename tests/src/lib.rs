@@ -526,6 +526,35 @@ pub fn fnv1a(mut h: u64, data: &[u8]) -> u64 {
 }
 
 /// Deterministic pseudo-random bytes for test payloads.
+/// Fills a blob's bytes with a pattern of `seed`: each 8-byte word holds
+/// its index mixed with the seed (a tail shorter than a word, its low bytes).
+pub fn fill_blob(seed: u64, buf: &mut [u8]) {
+    let mut words = buf.chunks_exact_mut(8);
+    for (i, w) in (&mut words).enumerate() {
+        w.copy_from_slice(&blob_word(seed, i).to_le_bytes());
+    }
+    let i = buf.len() / 8;
+    let tail = buf.len() % 8;
+    let last = blob_word(seed, i).to_le_bytes();
+    buf[i * 8..].copy_from_slice(&last[..tail]);
+}
+
+/// True when `buf` holds exactly what [`fill_blob`] writes for `seed`.
+pub fn blob_holds(seed: u64, buf: &[u8]) -> bool {
+    let words = buf.chunks_exact(8);
+    let tail = words.remainder();
+    let n = buf.len() / 8;
+    words
+        .enumerate()
+        .all(|(i, w)| w == blob_word(seed, i).to_le_bytes())
+        && tail == &blob_word(seed, n).to_le_bytes()[..tail.len()]
+}
+
+fn blob_word(seed: u64, i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed.rotate_left(32)
+}
+
+/// Bytes of pseudo-random data from `seed`.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)

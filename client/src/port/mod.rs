@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use shmbus::blob::Blob;
 use shmbus::frame::{Direction, StreamOpen, Transport};
 
 use crate::error::{Error, Result};
@@ -35,10 +36,13 @@ pub(crate) enum Ending {
 }
 
 /// What a receiver observes next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum RxEvent {
     /// An item is held; read it, then release it.
     Item,
+    /// A blob, checked and mapped; its record is held (release it to
+    /// return its credit).
+    Blob(Blob),
     /// stream-end.
     End,
     /// stream-error.
@@ -231,6 +235,14 @@ impl TxPort {
         }
     }
 
+    /// Sends a blob after the items committed so far, waiting for credit.
+    pub(crate) fn send_blob(&mut self, blob: &Blob, charge: u64) -> Result<()> {
+        match self {
+            TxPort::Shm(p) => p.send_blob(blob, charge),
+            TxPort::Socket(p) => p.send_blob(blob, charge),
+        }
+    }
+
     /// Makes committed items visible to the receiver now.
     #[inline]
     pub(crate) fn flush(&mut self) -> Result<()> {
@@ -401,6 +413,14 @@ impl RxPort {
         match self {
             RxPort::Shm(p) => p.credit_outstanding(),
             RxPort::Socket(p) => p.credit_outstanding(),
+        }
+    }
+
+    /// The largest blob this side accepts.
+    pub(crate) fn set_blob_limit(&mut self, limit: u64) {
+        match self {
+            RxPort::Shm(p) => p.blob_limit = limit,
+            RxPort::Socket(p) => p.blob_limit = limit,
         }
     }
 

@@ -5,8 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use shmbus::blob::{Blob, DEFAULT_BLOB_LIMIT};
 use shmbus::credit::CreditSpec;
-use shmbus::ring::{Control, Record, RecordKind, ResultSlot, RingConsumer, RingProducer, Slot};
+use shmbus::ring::{
+    Control, Record, RecordKind, ResultSlot, RingConsumer, RingProducer, Slot, BLOB_RECORD,
+};
 
 use super::wait::{Doorbell, Spinner, WaitPolicy};
 use super::{Ending, RxEvent};
@@ -96,6 +99,22 @@ impl ShmTx {
             }
             self.wait(max_len, charge, deadline)?;
         }
+    }
+
+    /// Sends a blob: waits for credit and room for its record, sends its
+    /// descriptor on the doorbell socket, then writes and publishes the
+    /// record, so the descriptor is there before the consumer sees it.
+    pub(crate) fn send_blob(&mut self, blob: &Blob, charge: u64) -> Result<()> {
+        self.begin(BLOB_RECORD, charge)?;
+        let deadline = self.policy.deadline_with(self.call_deadline);
+        if let Err(e) = self.bell.send_fd(blob.fd(), deadline) {
+            self.slot = None;
+            return Err(e);
+        }
+        let slot = self.slot.take().expect("begun above");
+        self.ring.commit_blob(&slot, blob.len() as u64, charge);
+        self.publish();
+        Ok(())
     }
 
     /// Credit the current reservation may charge.
@@ -306,6 +325,8 @@ pub(crate) struct ShmRx {
     /// A non-blocking call left the sleep flag set: the next one clears
     /// it and drains the doorbell (otherwise neither is needed).
     armed: bool,
+    /// The largest blob accepted.
+    pub(crate) blob_limit: u64,
 }
 
 impl ShmRx {
@@ -318,13 +339,14 @@ impl ShmRx {
         let ring = RingConsumer::open(memfd, capacity, credit)?;
         Ok(ShmRx {
             ring,
-            bell: Doorbell::new(link),
+            bell: Doorbell::new(link).keeping_fds(),
             held: None,
             last_len: 0,
             policy: WaitPolicy::default(),
             call_deadline: None,
             spinner: Spinner::default(),
             armed: false,
+            blob_limit: DEFAULT_BLOB_LIMIT,
         })
     }
 
@@ -333,7 +355,7 @@ impl ShmRx {
     }
 
     #[inline(always)]
-    fn event(&mut self, rec: Record) -> RxEvent {
+    fn event(&mut self, rec: Record) -> Result<RxEvent> {
         let ev = match &rec.kind {
             RecordKind::Data => {
                 self.last_len = rec.len;
@@ -342,9 +364,40 @@ impl ShmRx {
             RecordKind::End => RxEvent::End,
             RecordKind::Cancelled => RxEvent::Cancelled,
             RecordKind::Error => RxEvent::Error(self.ring.error_message(&rec)),
+            RecordKind::Blob(size) => self.blob(*size)?,
         };
         self.held = Some(rec);
-        ev
+        Ok(ev)
+    }
+
+    /// The blob a blob record announces: its descriptor, from the doorbell
+    /// socket, checked and mapped.
+    #[cold]
+    fn blob(&mut self, size: u64) -> Result<RxEvent> {
+        let Some(fd) = self.bell.take_fd() else {
+            return Err(Error::Protocol(match self.bell.violation() {
+                Some(v) => v.to_string(),
+                None => "a blob record came without its descriptor".into(),
+            }));
+        };
+        let blob = Blob::from_received(fd, size, self.blob_limit)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok(RxEvent::Blob(blob))
+    }
+
+    /// Fails when the sender passed descriptors no record accounts for: a
+    /// sender sends a blob's descriptor just before its record, so with
+    /// the ring read to its end at most one may wait.
+    fn check_stray_fds(&self) -> Result<()> {
+        if let Some(v) = self.bell.violation() {
+            return Err(Error::Protocol(v.to_string()));
+        }
+        if self.bell.queued_fds() > 1 {
+            return Err(Error::Protocol(
+                "the sender passed descriptors without blob records".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The last item's length.
@@ -373,7 +426,7 @@ impl ShmRx {
         }
         loop {
             if let Some(rec) = self.ring.try_next()? {
-                return Ok(Some(self.event(rec)));
+                return self.event(rec).map(Some);
             }
             // Caught up: hand back the room released in this batch.
             if self.ring.flush_release() {
@@ -385,6 +438,7 @@ impl ShmRx {
                 ));
             }
             if !block {
+                self.check_stray_fds()?;
                 // Arm the flag so the doorbell turns readable when data comes.
                 if self.ring.prepare_sleep() {
                     self.armed = true;
@@ -396,8 +450,9 @@ impl ShmRx {
             // The next record is likely the size of the last one.
             let policy = self.policy.for_record(self.last_len);
             if let Some(rec) = self.spinner.spin(policy, || ring.try_next())? {
-                return Ok(Some(self.event(rec)));
+                return self.event(rec).map(Some);
             }
+            self.check_stray_fds()?;
             if self.ring.prepare_sleep() {
                 let slept = self.bell.sleep(deadline);
                 self.ring.woke();

@@ -2,6 +2,7 @@
 //! peers, items batched into stream-data messages, credit in stream-credit
 //! messages (see [`shmbus::link`]).
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use shmbus::blob::{Blob, DEFAULT_BLOB_LIMIT};
 use shmbus::credit::{CreditSpec, RecvCredit, SendCredit};
 use shmbus::link::{self, LinkEncoder, LinkMessage, ITEM_HEADER, MESSAGE_HEADER};
 use shmbus::sys;
@@ -277,6 +279,51 @@ impl SockTx {
         Ok(Some(self.enc.begin_item(max_len, charge)))
     }
 
+    /// Sends a blob after the items batched so far: its message goes out
+    /// with the blob's descriptor on its first byte.
+    pub(crate) fn send_blob(&mut self, blob: &Blob, charge: u64) -> Result<()> {
+        self.wait_credit(0, charge, true)?;
+        // What is batched goes first, so the descriptor rides on the blob
+        // message's own first byte.
+        self.flush()?;
+        self.enc.blob(blob.len() as u64, charge);
+        let deadline = self.policy.deadline_with(self.call_deadline);
+        loop {
+            match sys::send_with_fds(self.sock.as_fd(), self.enc.bytes(), &[blob.fd()], false) {
+                Ok(n) => {
+                    self.enc.consume(n);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.map(stall_left).transpose()?;
+                    let ready = sys::wait_ready(self.sock.as_fd(), true, true, left)?;
+                    if ready.readable {
+                        self.read_control(false)?;
+                    }
+                    if self.is_cancelled() {
+                        let n = self.enc.len();
+                        self.enc.consume(n);
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Err(e) => {
+                    let n = self.enc.len();
+                    self.enc.consume(n);
+                    self.peer_closed = true;
+                    return Err(if gone(&e) {
+                        Error::PeerGone("the receiving peer closed the stream".into())
+                    } else {
+                        e.into()
+                    });
+                }
+            }
+        }
+        self.credit.charge(charge);
+        // The rest of the message, if the socket took only part of it.
+        self.flush()
+    }
+
     pub(crate) fn commit(&mut self, len: usize, charge: u64) -> Result<()> {
         self.enc.finish_item(len, charge);
         self.credit.charge(charge);
@@ -450,6 +497,10 @@ pub(crate) struct SockRx {
     /// The last message was large: read the next one's header alone, then
     /// no further than its end (see [`read_limit`](Self::read_limit)).
     large: bool,
+    /// Blob descriptors read and not yet matched with their messages.
+    fds: VecDeque<OwnedFd>,
+    /// The largest blob accepted.
+    pub(crate) blob_limit: u64,
 }
 
 /// A message at least this long is read no further than its end.
@@ -485,7 +536,24 @@ impl SockRx {
             policy: WaitPolicy::default(),
             call_deadline: None,
             deadline: None,
+            fds: VecDeque::new(),
+            blob_limit: DEFAULT_BLOB_LIMIT,
         })
+    }
+
+    /// The blob a blob message announces: the descriptor that came on
+    /// its first byte, checked and mapped.
+    #[cold]
+    fn blob(&mut self, at: usize, size: u64, charge: u64) -> Result<RxEvent> {
+        self.credit.on_receive_blob(size, charge)?;
+        let fd = self
+            .fds
+            .pop_front()
+            .ok_or_else(|| Error::Protocol("a blob message came without its descriptor".into()))?;
+        let blob = Blob::from_received(fd, size, self.blob_limit)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        self.held = Some((at, 0, charge));
+        Ok(RxEvent::Blob(blob))
     }
 
     /// Credit or cancel messages wait for the socket to take them: an
@@ -554,6 +622,7 @@ impl SockRx {
                         self.batch = Some((at + MESSAGE_HEADER, at + used));
                         continue;
                     }
+                    LinkMessage::Blob { size, charge } => self.blob(at, size, charge)?,
                     LinkMessage::End => RxEvent::End,
                     LinkMessage::Error(m) => RxEvent::Error(m),
                     LinkMessage::Cancelled => RxEvent::Cancelled,
@@ -627,8 +696,22 @@ impl SockRx {
             }
         }
         let limit = self.read_limit();
+        // Every whole message was parsed before reading more: a descriptor
+        // waiting now can only be for the partial message's blob.
+        if self.fds.len() > 1 {
+            return Err(Error::Protocol(
+                "the sender passed descriptors without blob messages".into(),
+            ));
+        }
         loop {
-            match (&*self.sock).read(&mut self.buf[self.end..limit]) {
+            let read = sys::recv_with_fds_upto(
+                self.sock.as_fd(),
+                &mut self.buf[self.end..limit],
+                &mut self.fds,
+                false,
+                1 + 2 * shmbus::frame::MAX_FDS_PER_FRAME,
+            );
+            match read {
                 Ok(0) => {
                     self.peer_closed = true;
                     return Ok(true);
@@ -654,6 +737,9 @@ impl SockRx {
                 Err(e) if gone(&e) => {
                     self.peer_closed = true;
                     return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(Error::Protocol(format!("the sender passed {e}")))
                 }
                 Err(e) => return Err(e.into()),
             }

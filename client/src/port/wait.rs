@@ -7,6 +7,7 @@
 //! at once: no wait outlives the peer. The descriptor is pollable, so an event
 //! loop can watch it instead of sleeping here.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -207,7 +208,19 @@ pub(crate) struct Doorbell {
     peer_closed: bool,
     /// The clock the peer sent with its latest ring, if a drain found one.
     rung_at: Option<u64>,
+    /// Blob descriptors that arrived and wait for their records, oldest
+    /// first (a receiving port's doorbell only; see [`BLOB_FDS_READ_AHEAD`]).
+    fds: VecDeque<OwnedFd>,
+    /// This end receives blobs: descriptors are kept, not discarded.
+    keeps_fds: bool,
+    /// The peer sent what no peer may (too many descriptors at once).
+    violation: Option<String>,
 }
+
+/// A receiving doorbell stops reading once this many blob descriptors wait
+/// for their records: the rest stay in the socket until needed, so a
+/// stream with many blobs in flight holds few descriptors at a time.
+pub(crate) const BLOB_FDS_READ_AHEAD: usize = 16;
 
 impl Doorbell {
     /// Every read and write on the doorbell passes `MSG_DONTWAIT`, so the
@@ -217,6 +230,69 @@ impl Doorbell {
             sock: Arc::new(sock),
             peer_closed: false,
             rung_at: None,
+            fds: VecDeque::new(),
+            keeps_fds: false,
+            violation: None,
+        }
+    }
+
+    /// A receiving port's doorbell: blob descriptors that arrive on it are
+    /// kept for [`take_fd`](Self::take_fd).
+    pub(crate) fn keeping_fds(mut self) -> Self {
+        self.keeps_fds = true;
+        self
+    }
+
+    /// What the peer sent that no peer may, if it did.
+    pub(crate) fn violation(&self) -> Option<&str> {
+        self.violation.as_deref()
+    }
+
+    /// Blob descriptors received and not yet taken.
+    pub(crate) fn queued_fds(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// The oldest blob descriptor received, reading the socket for it if
+    /// none is queued: `None` when the socket holds none either.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        if self.fds.is_empty() {
+            // Bounded: a record's descriptor was sent before the record was
+            // published, so it is in the socket now, behind at most a few
+            // rings.
+            for _ in 0..64 {
+                if !self.read_once() || !self.fds.is_empty() {
+                    break;
+                }
+            }
+        }
+        self.fds.pop_front()
+    }
+
+    /// Sends a blob's descriptor to the peer, with a ring (8 bytes of the
+    /// clock) for it to ride on; waits while the socket is full, up to
+    /// `deadline`.
+    pub(crate) fn send_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> crate::Result<()> {
+        let now = sys::monotonic_ns().to_le_bytes();
+        loop {
+            match sys::send_with_fds(self.sock.as_fd(), &now, &[fd], false) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.map(stall_left).transpose()?;
+                    sys::wait_ready(self.sock.as_fd(), false, true, left)?;
+                }
+                Err(e) => {
+                    self.peer_closed = true;
+                    return Err(crate::Error::PeerGone(format!(
+                        "the receiving peer closed the stream ({e})"
+                    )));
+                }
+            }
         }
     }
 
@@ -265,29 +341,58 @@ impl Doorbell {
 
     /// Consumes pending rings and notices a closed peer.
     pub(crate) fn drain(&mut self) {
-        let mut buf = [0u8; 256];
         // Bounded: a peer flooding the doorbell cannot keep us here.
         for _ in 0..16 {
-            match sys::recv_nowait(self.sock.as_fd(), &mut buf) {
-                Ok(0) => {
-                    self.peer_closed = true;
-                    return;
+            if self.keeps_fds && self.fds.len() >= BLOB_FDS_READ_AHEAD {
+                return;
+            }
+            if !self.read_once() {
+                return;
+            }
+        }
+    }
+
+    /// One read of the socket; false when there was nothing to read or
+    /// the peer is gone. A receiving end keeps the descriptors that came;
+    /// a sending end, to which no peer sends any, closes them.
+    fn read_once(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        let read = if self.keeps_fds {
+            sys::recv_with_fds_upto(
+                self.sock.as_fd(),
+                &mut buf,
+                &mut self.fds,
+                false,
+                BLOB_FDS_READ_AHEAD + 2 * shmbus::frame::MAX_FDS_PER_FRAME,
+            )
+        } else {
+            sys::recv_nowait(self.sock.as_fd(), &mut buf)
+        };
+        match read {
+            Ok(0) => {
+                self.peer_closed = true;
+                false
+            }
+            Ok(n) => {
+                // Whole rings only: a read that does not end on an
+                // 8-byte boundary (a stream split one) gives no time.
+                if n >= 8 && n % 8 == 0 {
+                    let last: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
+                    self.rung_at = Some(u64::from_le_bytes(last));
                 }
-                Ok(n) => {
-                    // Whole rings only: a read that does not end on an
-                    // 8-byte boundary (a stream split one) gives no time.
-                    if n >= 8 && n % 8 == 0 {
-                        let last: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
-                        self.rung_at = Some(u64::from_le_bytes(last));
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.peer_closed = true;
-                    return;
-                }
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // Too many descriptors at once: the peer is hostile, and
+                // what it sent is closed.
+                self.violation = Some(e.to_string());
+                false
+            }
+            Err(_) => {
+                self.peer_closed = true;
+                false
             }
         }
     }

@@ -2,12 +2,14 @@
 //! [`Sender`] (bytes, typed items, zero-copy slots, `io::Write`) and
 //! [`Receiver`] (bytes, typed items, in-place items, `io::Read` + `BufRead`).
 
+mod blob;
 mod progress;
 mod receiver;
 mod sender;
 
 use shmbus::state::{CloseCause, StreamEvent, StreamLifecycle};
 
+pub use blob::Received;
 pub use receiver::{InPlace, Receiver};
 pub use sender::{SendSlot, Sender, SizeFn};
 

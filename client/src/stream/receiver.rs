@@ -18,6 +18,7 @@ use crate::conn::CallLink;
 use crate::error::{decode, Error, Result};
 use crate::port::wait::WaitPolicy;
 use crate::port::{RxEvent, RxPort};
+use shmbus::blob::Blob;
 
 #[derive(Debug, Clone)]
 enum Finished {
@@ -63,10 +64,15 @@ impl FailKind {
 /// [`finish`](crate::Call::finish) still returns whatever the service
 /// answered.
 pub struct Receiver {
-    port: Option<RxPort>,
+    pub(super) port: Option<RxPort>,
     life: StreamLifecycle,
     stream: StreamId,
-    holding: bool,
+    pub(super) holding: bool,
+    /// The held item is a blob: its bytes are this sealed mapping.
+    pub(super) blob: Option<Blob>,
+    /// The held item was not handed out ([`recv_blob`](Self::recv_blob)
+    /// found an item): the next receive hands it out.
+    pub(super) unclaimed: bool,
     offset: usize,
     finished: Option<Finished>,
     progress: Progress,
@@ -87,6 +93,8 @@ impl Receiver {
             life: lifecycle_opened(),
             stream,
             holding: false,
+            blob: None,
+            unclaimed: false,
             offset: 0,
             finished: None,
             progress: Progress::new(conn, stream),
@@ -188,10 +196,12 @@ impl Receiver {
     }
 
     #[inline]
-    fn release_held(&mut self) -> Result<()> {
+    pub(super) fn release_held(&mut self) -> Result<()> {
         if self.holding {
             self.holding = false;
+            self.unclaimed = false;
             self.offset = 0;
+            self.blob = None;
             if let Some(p) = self.port.as_mut() {
                 if let Err(e) = p.release() {
                     return Err(self.fail_port(e));
@@ -223,8 +233,14 @@ impl Receiver {
 
     /// Advances to the next item and holds it; `Ok(false)` at stream-end.
     #[inline]
-    fn advance(&mut self, block: bool) -> Result<Option<bool>> {
-        self.release_held()?;
+    pub(super) fn advance(&mut self, block: bool) -> Result<Option<bool>> {
+        if self.holding {
+            if self.unclaimed {
+                self.unclaimed = false;
+                return Ok(Some(true));
+            }
+            self.release_held()?;
+        }
         if let Some(f) = &self.finished {
             return match f {
                 Finished::End => Ok(Some(false)),
@@ -258,6 +274,16 @@ impl Receiver {
                 self.holding = true;
                 self.offset = 0;
                 let len = port.item().len();
+                if self.progress.count(len) {
+                    self.report();
+                }
+                Ok(Some(true))
+            }
+            Ok(Some(RxEvent::Blob(blob))) => {
+                self.holding = true;
+                self.offset = 0;
+                let len = blob.len();
+                self.blob = Some(blob);
                 if self.progress.count(len) {
                     self.report();
                 }
@@ -534,9 +560,12 @@ impl Receiver {
     }
 
     #[inline]
-    fn held(&self) -> &[u8] {
+    pub(super) fn held(&self) -> &[u8] {
         match (&self.port, self.holding) {
-            (Some(p), true) => p.item(),
+            (Some(p), true) => match &self.blob {
+                None => p.item(),
+                Some(b) => b.as_bytes(),
+            },
             _ => &[],
         }
     }
@@ -559,7 +588,7 @@ impl Drop for Receiver {
 /// copy when the sender is not trusted ([`Receiver::recv_in_place`] has
 /// the details).
 pub struct InPlace<'a> {
-    rx: &'a mut Receiver,
+    pub(super) rx: &'a mut Receiver,
 }
 
 impl<'a> InPlace<'a> {

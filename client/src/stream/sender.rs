@@ -34,7 +34,7 @@ pub struct Sender {
     port: Option<TxPort>,
     life: StreamLifecycle,
     stream: StreamId,
-    credit: CreditSpec,
+    pub(super) credit: CreditSpec,
     size_fn: Option<SizeFn>,
     typed_guess: usize,
     cancelled: Arc<AtomicBool>,
@@ -139,7 +139,7 @@ impl Sender {
     }
 
     #[inline]
-    fn port(&mut self) -> Result<&mut TxPort> {
+    pub(super) fn port(&mut self) -> Result<&mut TxPort> {
         // Not `ok_or(Error::Closed)`, which builds and drops an error per call.
         match self.port.as_mut() {
             Some(p) => Ok(p),
@@ -149,7 +149,7 @@ impl Sender {
 
     /// Counts a committed item and reports progress when due.
     #[inline]
-    fn sent(&mut self, len: usize) {
+    pub(super) fn sent(&mut self, len: usize) {
         if self.progress.count(len) {
             let credit = self.credit_available();
             self.progress.report(self.life.state(), credit);
@@ -176,7 +176,7 @@ impl Sender {
 
     /// Maps a port failure onto the stream: a cancellation is acknowledged
     /// with stream-cancel; other failures close the port.
-    fn failed(&mut self, e: Error) -> Error {
+    pub(super) fn failed(&mut self, e: Error) -> Error {
         if matches!(e, Error::Stalled | Error::Cancelled) && passed(self.deadline) {
             return self.expire();
         }

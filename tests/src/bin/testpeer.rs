@@ -16,6 +16,12 @@
 //! - `call-deadline NAME METHOD MS`: a download call with a deadline MS
 //!   from now and items credit 2, whose receiver reads nothing; prints
 //!   `finish E` with the call's outcome;
+//! - `blobs NAME [--exit 1]`: method `blobs` (download) sends, for each
+//!   size in its `Vec<u64>` args, the item `i` (u64) then a sealed blob of
+//!   that size filled with `fill_blob(i)`, then stream-end; with `--exit 1`
+//!   the process exits as soon as the call is answered. Method `take`
+//!   (upload) receives items and blobs with `recv_any` and answers
+//!   `items N blobs M bytes B good|bad`;
 //! - `deadlines NAME`: methods for calls with a deadline (`serve_deadlines`),
 //!   each printing `incoming METHOD`, `time-left-ms N` (or `time-left none`)
 //!   and how it ended.
@@ -24,7 +30,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use shmbus_client::{
-    Connection, CreditSpec, Error, IncomingCall, MethodSpec, StreamMode, TransportPreference,
+    BlobWriter, Connection, CreditSpec, Error, IncomingCall, MethodSpec, Received, StreamMode,
+    TransportPreference,
 };
 use shmbus_tests::fnv1a;
 
@@ -71,6 +78,7 @@ fn main() {
         "unary" => serve(&conn, &name, "add", StreamMode::Unary, add),
         "seq" => serve_seq(&conn, &name),
         "deadlines" => serve_deadlines(&conn, &name),
+        "blobs" => serve_blobs(&conn, &name, flag(&args, "--exit") == Some(1)),
         "consume" => consume(&conn, &name, &args[2], &args[3]),
         "call-add" => conn
             .call(&name, "add")
@@ -259,6 +267,64 @@ fn serve_seq(conn: &Connection, name: &str) -> shmbus_client::Result<()> {
                 call.reply(verdict.into_bytes())
             }
         });
+    }
+    Ok(())
+}
+
+fn serve_blobs(conn: &Connection, name: &str, exit: bool) -> shmbus_client::Result<()> {
+    let service = conn.register(
+        name,
+        &[
+            MethodSpec::new("blobs", StreamMode::Download),
+            MethodSpec::new("take", StreamMode::Upload),
+        ],
+    )?;
+    say("ready".into());
+    while let Some(mut call) = service.next()? {
+        if call.method() == "take" {
+            let mut rx = call.take_receiver().expect("an upload");
+            let (mut items, mut blobs, mut bytes, mut good) = (0u64, 0u64, 0u64, true);
+            let summary = loop {
+                match rx.recv_any() {
+                    Ok(Some(Received::Item(_))) => items += 1,
+                    Ok(Some(Received::Blob(b))) => {
+                        good &= shmbus_tests::blob_holds(blobs, &b);
+                        blobs += 1;
+                        bytes += b.len() as u64;
+                    }
+                    Ok(None) => {
+                        let verdict = if good { "good" } else { "bad" };
+                        break format!("items {items} blobs {blobs} bytes {bytes} {verdict}");
+                    }
+                    Err(e) => break format!("error {e}"),
+                }
+            };
+            say(format!("took {summary}"));
+            call.reply(summary.into_bytes())?;
+            continue;
+        }
+        let sizes: Vec<u64> = call.args_typed().unwrap_or_default();
+        let mut tx = call.take_sender().expect("a download");
+        let sent = (|| {
+            for (i, &size) in sizes.iter().enumerate() {
+                tx.send(&(i as u64))?;
+                let mut w = BlobWriter::new(size)?;
+                shmbus_tests::fill_blob(i as u64, w.as_mut_slice());
+                tx.send_blob(&w.seal()?)?;
+            }
+            tx.finish()
+        })();
+        match sent {
+            Ok(()) => call.reply(b"ok".to_vec())?,
+            Err(e) => {
+                say(format!("send-failed {e}"));
+                call.fail(&e.to_string())?;
+            }
+        }
+        if exit {
+            say("exiting".into());
+            std::process::exit(0);
+        }
     }
     Ok(())
 }
