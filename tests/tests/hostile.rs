@@ -280,3 +280,86 @@ fn a_flood_of_malformed_connections_leaves_streams_and_the_broker_intact() {
     // Still serving.
     assert_eq!(good_stream(&broker, 1000).join().unwrap(), 1000);
 }
+
+fn own_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Each way a sender can break the blob rules, over both ports: the
+/// caller's stream fails naming what was wrong, before anything is mapped;
+/// a legitimate stream, the broker and the caller's descriptors are
+/// untouched.
+#[test]
+fn hostile_blob_senders_are_refused_before_mapping() {
+    let broker = Broker::start();
+    let _nums = Peer::serve(&broker, &["numbers", "nums"]);
+    let mut evil = Command::new(bin("shmbus-evil"))
+        .args(["evil", "0"])
+        .env("SHMBUS_SOCKET", &broker.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(evil.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let conn = broker.connect();
+    let broker_fds = broker.fd_baseline();
+    let good = good_stream(&broker, 300_000);
+    let cases = [
+        (
+            "unsealed",
+            "lacks F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE",
+        ),
+        ("future-write", "lacks F_SEAL_WRITE"),
+        ("writable-mapping", "lacks F_SEAL_WRITE"),
+        ("size-lie", "holds 4096 bytes, the sender declared 8192"),
+        ("shrunk", "holds 100 bytes, the sender declared 8192"),
+        ("grown", "holds 1048576 bytes, the sender declared 4096"),
+        ("pipe", "not a memfd (a pipe)"),
+        ("socket", "not a memfd (a socket)"),
+        ("dev-zero", "not a memfd (a character device)"),
+        ("directory", "not a memfd (a directory)"),
+        ("many-fds", "too many file descriptors"),
+        ("no-fd", "without its descriptor"),
+        ("stray-fds", "descriptors without blob"),
+    ];
+    let fds_before = own_fds();
+    for transport in [
+        TransportPreference::SharedMemory,
+        TransportPreference::Socket,
+    ] {
+        for (kind, expected) in cases {
+            let mut call = conn
+                .call("evil", "blob")
+                .args_typed(&kind)
+                .unwrap()
+                .transport(transport)
+                .credit(CreditSpec::items(8))
+                .start()
+                .unwrap();
+            let started = Instant::now();
+            let got = call.receiver().unwrap().recv_blob();
+            assert!(
+                started.elapsed() < 3 * SEC,
+                "{kind}: took {:?}",
+                started.elapsed()
+            );
+            match got {
+                Err(Error::Protocol(m)) => {
+                    assert!(m.contains(expected), "{kind} over {transport:?}: {m}")
+                }
+                other => panic!("{kind} over {transport:?}: {other:?}"),
+            }
+            if kind == "writable-mapping" {
+                assert_eq!(lines.next().unwrap().unwrap(), "seal-ebusy");
+            }
+            call.cancel().unwrap();
+            drop(call);
+        }
+    }
+    // Every descriptor that arrived was closed with its stream.
+    shmbus_tests::wait_until(5 * SEC, || own_fds() <= fds_before);
+    assert_eq!(good.join().unwrap(), 300_000);
+    broker.wait_fds(broker_fds);
+    let _ = evil.kill();
+    let _ = evil.wait();
+}

@@ -13,6 +13,9 @@
 //! prints `rewritten`, then sends items 1 to 8 (64 bytes of the item's
 //! number each) and stream-end, waiting for credit as any producer does.
 //!
+//! A fourth, `blob` (it produces), sends one blob that breaks the rules in
+//! the way its argument names (see `evil/blob.rs`).
+//!
 //! Usage: `shmbus-evil NAME SECONDS` with `SHMBUS_SOCKET` set. Prints
 //! `ready`, then per `down`/`up` call `resize-refused` when both resizes failed.
 
@@ -26,6 +29,9 @@ use std::time::{Duration, Instant};
 use shmbus::frame::{self, Frame, MethodSpec, StreamMode, PROTOCOL_VERSION};
 use shmbus::ring::{Control, RingProducer, HEADER_SIZE, RECORD_HEADER};
 use shmbus_tests::Rng;
+
+#[path = "evil/blob.rs"]
+mod blob;
 
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -202,6 +208,7 @@ fn main() {
                 MethodSpec::new("down", StreamMode::Download),
                 MethodSpec::new("up", StreamMode::Upload),
                 MethodSpec::new("rewrite", StreamMode::Download),
+                MethodSpec::new("blob", StreamMode::Download),
             ],
         },
     );
@@ -212,12 +219,20 @@ fn main() {
         let Frame::Incoming {
             open: Some(open),
             method,
+            args,
             ..
         } = f
         else {
             continue;
         };
         let mut fds = fds.into_iter();
+        if method == "blob" {
+            let kind: String = postcard::from_bytes(&args).unwrap_or_default();
+            let link = UnixStream::from(fds.next().expect("a link"));
+            let ring = fds.next().map(|m| (m, open.ring_size, open.credit));
+            std::thread::spawn(move || blob::attack(&kind, link, ring));
+            continue;
+        }
         let (Some(link), Some(memfd)) = (fds.next(), fds.next()) else {
             continue;
         };
