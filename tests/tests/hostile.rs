@@ -32,6 +32,21 @@ fn good_stream(broker: &Broker, count: u64) -> std::thread::JoinHandle<u64> {
     })
 }
 
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Starts `shmbus-evil` (attacks lasting `seconds`) and waits until it serves.
+fn start_evil(broker: &Broker, seconds: &str) -> (std::process::Child, Lines) {
+    let mut evil = Command::new(bin("shmbus-evil"))
+        .args(["evil", seconds])
+        .env("SHMBUS_SOCKET", &broker.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(evil.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    (evil, lines)
+}
+
 #[derive(Debug, Default)]
 struct Outcomes {
     protocol: u32,
@@ -42,14 +57,7 @@ struct Outcomes {
 fn a_peer_scribbling_on_the_ring_hurts_only_its_own_stream() {
     let broker = Broker::start();
     let _nums = Peer::serve(&broker, &["numbers", "nums"]);
-    let mut evil = Command::new(bin("shmbus-evil"))
-        .args(["evil", "0.5"])
-        .env("SHMBUS_SOCKET", &broker.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(evil.stdout.take().unwrap()));
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (mut evil, mut lines) = start_evil(&broker, "0.5");
     let good = good_stream(&broker, 200_000);
     let conn = broker.connect();
     let mut outcomes = Outcomes::default();
@@ -293,14 +301,7 @@ fn own_fds() -> usize {
 fn hostile_blob_senders_are_refused_before_mapping() {
     let broker = Broker::start();
     let _nums = Peer::serve(&broker, &["numbers", "nums"]);
-    let mut evil = Command::new(bin("shmbus-evil"))
-        .args(["evil", "0"])
-        .env("SHMBUS_SOCKET", &broker.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(evil.stdout.take().unwrap()));
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (mut evil, mut lines) = start_evil(&broker, "0");
     let conn = broker.connect();
     let broker_fds = broker.fd_baseline();
     let good = good_stream(&broker, 300_000);
