@@ -148,7 +148,10 @@ fn run(
         .call(name, METHOD)
         .mode(StreamMode::Download)
         .transport(opts.transport)
-        .credit(CreditSpec::bytes(1 << 20));
+        // Items credit: a blob costs one item whatever its size, so a
+        // service may hand over a file whole (`serve --blob`); the ring's
+        // size bounds the bytes in flight.
+        .credit(CreditSpec::items(32));
     if let Some(d) = deadline {
         builder = builder.deadline(d);
     }
@@ -221,7 +224,8 @@ fn stdout_failed(e: io::Error) -> Stop {
     }
 }
 
-/// Copies the stream to `out` as it arrives.
+/// Copies the stream to `out` as it arrives; a blob is written straight
+/// from its sealed mapping.
 fn stream(
     rx: &mut Receiver,
     out: &mut impl Write,

@@ -50,6 +50,12 @@ enum Command {
         name: String,
         /// File to serve.
         file: Option<PathBuf>,
+        /// Hand each caller the file whole as one sealed blob (a memfd
+        /// filled inside the kernel and sealed), instead of streaming its
+        /// bytes: the caller maps the same memory. FILE must be a regular
+        /// file.
+        #[arg(long)]
+        blob: bool,
     },
     /// Call service NAME and write its stream to standard output.
     Cat {
@@ -189,7 +195,7 @@ fn main() -> ExitCode {
         .socket
         .unwrap_or_else(shmbus_client::default_socket_path);
     let result = match cli.command {
-        Command::Serve { name, file } => serve::serve(&socket, &name, file),
+        Command::Serve { name, file, blob } => serve::serve(&socket, &name, file, blob),
         Command::Cat {
             name,
             transport,

@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 
-use shmbus_client::{Connection, Error, IncomingCall, MethodSpec, StreamMode};
+use shmbus_client::{Blob, Connection, Error, IncomingCall, MethodSpec, StreamMode};
 
 use crate::{Failure, METHOD, SIZE_METHOD};
 
@@ -86,6 +86,23 @@ fn stream_reader(mut reader: impl Read, call: &mut IncomingCall) -> shmbus_clien
     tx.finish()
 }
 
+/// Sends the file whole as one sealed blob: copied into a memfd inside
+/// the kernel, sealed, and handed over with no copy on the bus.
+fn send_file_as_blob(file: &File, call: &mut IncomingCall) -> shmbus_client::Result<()> {
+    let tx = call
+        .sender()
+        .ok_or_else(|| Error::Protocol("download call without a sending half".into()))?;
+    let blob = match Blob::from_file(file) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = tx.fail(&format!("making the blob failed: {e}"));
+            return Err(e.into());
+        }
+    };
+    tx.send_blob(&blob)?;
+    tx.finish()
+}
+
 /// The size of a regular file; other files have none that tells their length.
 fn served_size(path: &Path) -> Result<u64, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
@@ -96,7 +113,7 @@ fn served_size(path: &Path) -> Result<u64, String> {
     }
 }
 
-fn serve_one(mut call: IncomingCall, file: Option<&Path>) {
+fn serve_one(mut call: IncomingCall, file: Option<&Path>, blob: bool) {
     let result = if call.method() == SIZE_METHOD {
         match file.map(served_size) {
             Some(Ok(len)) => call.reply(len.to_le_bytes().to_vec()),
@@ -114,7 +131,11 @@ fn serve_one(mut call: IncomingCall, file: Option<&Path>) {
             }
             Some(path) => match File::open(path) {
                 Ok(f) => {
-                    let r = stream_reader(f, &mut call);
+                    let r = if blob {
+                        send_file_as_blob(&f, &mut call)
+                    } else {
+                        stream_reader(f, &mut call)
+                    };
                     finish(call, r)
                 }
                 Err(e) => call.fail(&format!("cannot open {}: {e}", path.display())),
@@ -133,12 +154,24 @@ fn finish(call: IncomingCall, r: shmbus_client::Result<()>) -> shmbus_client::Re
     }
 }
 
-/// `shmbusctl serve NAME [FILE]`.
-pub fn serve(socket: &Path, name: &str, file: Option<PathBuf>) -> Result<(), Failure> {
+/// `shmbusctl serve NAME [FILE] [--blob]`.
+pub fn serve(socket: &Path, name: &str, file: Option<PathBuf>, blob: bool) -> Result<(), Failure> {
     let file = file.filter(|f| f.as_os_str() != "-");
     match &file {
         Some(f) => check_file(f)?,
         None => check_stdin()?,
+    }
+    if blob {
+        let regular = file
+            .as_deref()
+            .and_then(|f| std::fs::metadata(f).ok())
+            .is_some_and(|m| m.is_file());
+        if !regular {
+            return Err(Failure::Usage(
+                "--blob serves a regular file whole: name one (not standard input, a FIFO or a device)"
+                    .into(),
+            ));
+        }
     }
     let conn = Connection::connect(socket)?;
     let service = conn.register(
@@ -152,7 +185,7 @@ pub fn serve(socket: &Path, name: &str, file: Option<PathBuf>) -> Result<(), Fai
         None => {
             while let Some(call) = service.next()? {
                 let streams = call.method() == METHOD;
-                serve_one(call, None);
+                serve_one(call, None, false);
                 if streams {
                     break;
                 }
@@ -163,7 +196,7 @@ pub fn serve(socket: &Path, name: &str, file: Option<PathBuf>) -> Result<(), Fai
             let mut running = Vec::new();
             while let Some(call) = service.next()? {
                 let path = path.clone();
-                running.push(thread::spawn(move || serve_one(call, Some(&path))));
+                running.push(thread::spawn(move || serve_one(call, Some(&path), blob)));
                 running.retain(|h| !h.is_finished());
             }
             // The broker is gone: streams in flight finish over their ports.

@@ -53,6 +53,35 @@ fn serve_and_cat_move_a_gigabyte_byte_exact_over_every_transport() {
     }
     server.kill().unwrap();
     let _ = server.wait();
+    // The same file handed over whole, as one sealed blob.
+    let mut server = Command::new(&ctl)
+        .arg("--socket")
+        .arg(&broker.socket)
+        .args(["serve", "whole", "--blob"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    wait_for_service(&broker.connect(), "whole");
+    for mode in ["--transport shm", "--transport socket"] {
+        let got = sha256(&format!(
+            "{} --socket {} cat whole {mode}",
+            ctl.display(),
+            broker.socket.display()
+        ));
+        assert_eq!(got, expected, "cat of a blob, {mode}");
+    }
+    server.kill().unwrap();
+    let _ = server.wait();
+    // Only a regular file can be a blob.
+    let out = Command::new(&ctl)
+        .arg("--socket")
+        .arg(&broker.socket)
+        .args(["serve", "nope", "--blob", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--blob serves a regular file"));
 }
 
 #[test]
