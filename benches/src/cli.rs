@@ -95,6 +95,10 @@ pub struct Cli {
     /// Write sizes, comma-separated, with K/M suffixes [default: 64,4K,64K,1M,4M].
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     pub sizes: Vec<usize>,
+    /// blob: blob sizes, comma-separated, with K/M/G suffixes, 0 to 4G
+    /// [default: 64K,1M,16M,256M,1G].
+    #[arg(long, value_delimiter = ',', value_parser = parse_blob_size)]
+    pub blob_sizes: Vec<usize>,
     /// Concurrent streams for fanout, comma-separated [default: 1,8,64,256].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub streams: Vec<u32>,
@@ -172,6 +176,8 @@ pub struct Options {
     pub typed_sizes: Vec<usize>,
     /// Latency message sizes.
     pub latency_sizes: Vec<usize>,
+    /// Blob sizes.
+    pub blob_sizes: Vec<usize>,
     /// Fan-out stream counts.
     pub streams: Vec<usize>,
     /// Seconds per measurement.
@@ -249,6 +255,11 @@ impl Options {
             sizes,
             typed_sizes,
             latency_sizes,
+            blob_sizes: if cli.blob_sizes.is_empty() {
+                crate::scenarios::blob::SIZES.to_vec()
+            } else {
+                cli.blob_sizes.clone()
+            },
             streams,
             duration: cli.duration.unwrap_or(if cli.quick { 0.2 } else { 1.0 }),
             idle: cli.idle.unwrap_or(if cli.quick { 0.5 } else { 2.0 }),
@@ -281,8 +292,8 @@ impl Options {
     }
 }
 
-/// Parses a byte size with an optional K, M or G suffix (binary).
-pub fn parse_size(s: &str) -> Result<usize, String> {
+/// A byte size with an optional K, M or G suffix (binary), unchecked.
+fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1usize << 10),
@@ -291,9 +302,22 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         _ => (s, 1),
     };
     let n: usize = num.trim().parse().map_err(|e| format!("{s}: {e}"))?;
-    match n.checked_mul(mult) {
-        Some(v) if (1..=16 << 20).contains(&v) => Ok(v),
+    n.checked_mul(mult).ok_or_else(|| format!("{s}: too large"))
+}
+
+/// Parses a write size: 1 byte to 16 MiB, with an optional K, M or G suffix.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    match parse_bytes(s) {
+        Ok(v) if (1..=16 << 20).contains(&v) => Ok(v),
         _ => Err(format!("{s}: sizes go from 1 byte to 16 MiB")),
+    }
+}
+
+/// Parses a blob size: 0 to 4 GiB.
+fn parse_blob_size(s: &str) -> Result<usize, String> {
+    match parse_bytes(s) {
+        Ok(v) if v <= 4 << 30 => Ok(v),
+        _ => Err(format!("{s}: blob sizes go from 0 to 4G")),
     }
 }
 
@@ -331,6 +355,7 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 /// Formats a byte size the way `--sizes` reads it back.
 pub fn human_size(n: usize) -> String {
     match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
         n => format!("{n} B"),

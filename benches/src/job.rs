@@ -19,6 +19,8 @@ pub enum Scenario {
     Fanout,
     /// An open stream with nothing flowing.
     Idle,
+    /// Sealed blobs handed over whole, against the same bytes streamed.
+    Blob,
     /// Random kills: the survivor's error delay over many trials (faults;
     /// not in a default run).
     Crash,
@@ -30,12 +32,13 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order a full run takes them.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Throughput,
         Scenario::Latency,
         Scenario::Setup,
         Scenario::Fanout,
         Scenario::Idle,
+        Scenario::Blob,
     ];
 
     /// The fault scenario this is, if it is one.
@@ -56,6 +59,7 @@ impl Scenario {
             Scenario::Setup => "setup",
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
+            Scenario::Blob => "blob",
             Scenario::Crash => "crash",
             Scenario::Soak => "soak",
             Scenario::Flood => "flood",
@@ -197,6 +201,9 @@ pub struct Job {
     /// runtime each), rather than the blocking one.
     #[serde(default)]
     pub asynchronous: bool,
+    /// Blob: hand the bytes over as one sealed blob (else stream them).
+    #[serde(default)]
+    pub blob: bool,
 }
 
 /// What a peer measured. Absent fields do not apply to the job.
@@ -225,6 +232,9 @@ pub struct Outcome {
     /// How long after the common start the stream was open (throughput,
     /// fan-out), when it was late: its figure then includes that delay.
     pub late_ns: Option<u64>,
+    /// Blob: what sealing the blob cost its sender.
+    #[serde(default)]
+    pub seal_ns: Option<u64>,
 }
 
 impl Outcome {

@@ -61,8 +61,19 @@ impl Measured<'_> {
                 (base, summarize(&per_round))
             })
             .collect();
-        // The tokio API against the blocking one, same row otherwise.
         let me = &self.group.variants[v];
+        // A blob against the same bytes streamed.
+        if me.job.scenario == Scenario::Blob && me.job.blob {
+            let twin = self
+                .group
+                .variants
+                .iter()
+                .position(|b| b.transport == Transport::Shm && !b.job.blob);
+            if let Some(t) = twin {
+                out.push((STREAMED, self.per_round(spec, v, t)));
+            }
+        }
+        // The tokio API against the blocking one, same row otherwise.
         if me.job.asynchronous {
             let twin = self.group.variants.iter().position(|b| {
                 b.transport == me.transport
@@ -72,19 +83,29 @@ impl Measured<'_> {
                     && b.job.wait == me.job.wait
             });
             if let Some(t) = twin {
-                let per_round: Vec<f64> = (0..self.runs[v].len())
-                    .filter_map(|round| {
-                        let x = spec.headline(self.runs[v][round].as_ref()?)?;
-                        let y = spec.headline(self.runs[t].get(round)?.as_ref()?)?;
-                        Some(x / y)
-                    })
-                    .collect();
-                out.push((SYNC, summarize(&per_round)));
+                out.push((SYNC, self.per_round(spec, v, t)));
             }
         }
         out
     }
 }
+
+impl Measured<'_> {
+    /// Variant `v`'s headline figure over variant `t`'s, per round.
+    fn per_round(&self, spec: &dyn Spec, v: usize, t: usize) -> Option<Summary> {
+        let per_round: Vec<f64> = (0..self.runs[v].len())
+            .filter_map(|round| {
+                let x = spec.headline(self.runs[v][round].as_ref()?)?;
+                let y = spec.headline(self.runs[t].get(round)?.as_ref()?)?;
+                Some(x / y)
+            })
+            .collect();
+        summarize(&per_round)
+    }
+}
+
+/// The streamed row, as a blob's ratio's baseline.
+pub const STREAMED: &str = "streamed";
 
 /// The blocking API's row, as the tokio API's ratio's baseline.
 pub const SYNC: &str = "sync";
@@ -212,7 +233,7 @@ pub fn records(spec: &dyn Spec, m: &Measured<'_>) -> Vec<Value> {
         if let Some(s) = summarize(&heads) {
             let name = match spec.scenario() {
                 Scenario::Throughput | Scenario::Fanout => "bytes_per_sec",
-                Scenario::Latency | Scenario::Setup => "p50_ns",
+                Scenario::Latency | Scenario::Setup | Scenario::Blob => "p50_ns",
                 Scenario::Idle => "cpu_ns",
                 Scenario::Crash | Scenario::Soak | Scenario::Flood => "p99_ns",
             };

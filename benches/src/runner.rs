@@ -295,6 +295,9 @@ pub fn run(
         if spec.scenario() == Scenario::Setup {
             bases.retain(|&t| t == Transport::Uds.name());
         }
+        if spec.scenario() == Scenario::Blob {
+            bases = vec![report::STREAMED];
+        }
         let copied = groups
             .iter()
             .flat_map(|g| &g.variants)

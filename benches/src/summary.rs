@@ -156,6 +156,42 @@ fn faults(records: &[Value], out: &mut Vec<String>) {
     }
 }
 
+/// The largest shared-memory blob's handoff: its p50, against the 1 MiB
+/// blob's and as a speed-up over streaming the same bytes.
+fn blob(records: &[Value], out: &mut Vec<String>) {
+    let blobs: Vec<&Value> = shm(records, "blob")
+        .filter(|r| field(r, "blob").and_then(Value::as_bool) == Some(true))
+        .collect();
+    let Some(big) = blobs.iter().max_by_key(|r| size(r)) else {
+        return;
+    };
+    let Some(p50) = num(big, "p50_ns") else {
+        return;
+    };
+    let mut s = format!("blob {} {}", human_size(size(big).unwrap_or(0)), time(p50));
+    let mib = blobs
+        .iter()
+        .find(|r| size(r) == Some(1 << 20))
+        .and_then(|r| num(r, "p50_ns"));
+    if let Some(m) = mib.filter(|_| size(big) != Some(1 << 20)) {
+        s.push_str(&format!(" ({:.2}× 1 MiB", p50 / m));
+    } else {
+        s.push_str(" (");
+    }
+    if let Some(x) = field(big, "ratio_vs").and_then(|v| num(v, "streamed")) {
+        if !s.ends_with('(') {
+            s.push_str(", ");
+        }
+        s.push_str(&format!("{:.0}× faster than streamed", 1.0 / x));
+    }
+    if s.ends_with(" (") {
+        s.truncate(s.len() - 2);
+    } else {
+        s.push(')');
+    }
+    out.push(s);
+}
+
 /// The summary line of a run's records: only the figures its scenarios
 /// produced, `None` when there are none.
 pub fn line(records: &[Value]) -> Option<String> {
@@ -165,6 +201,7 @@ pub fn line(records: &[Value]) -> Option<String> {
     setup(records, &mut parts);
     fanout(records, &mut parts);
     idle(records, &mut parts);
+    blob(records, &mut parts);
     faults(records, &mut parts);
     (!parts.is_empty()).then(|| format!("summary: {}", parts.join(" · ")))
 }
@@ -202,6 +239,21 @@ mod tests {
         assert_eq!(
             line(&full_run()).unwrap(),
             "summary: 64 KiB shm 9.1 GB/s (3.1× uds) · 64 B 13.0 M/s · rt 0.52 µs · setup 41.6 µs · 64 streams 0.88× · idle 0 ms CPU"
+        );
+    }
+
+    #[test]
+    fn the_largest_blob_against_one_mebibyte_and_streaming() {
+        let records = vec![
+            json!({"scenario": "blob", "transport": "shm", "size": 1 << 20, "blob": true, "p50_ns": 5_000}),
+            json!({"scenario": "blob", "transport": "shm", "size": 1 << 30, "blob": true, "p50_ns": 6_000,
+                   "ratio_vs": {"streamed": 0.0001}}),
+            json!({"scenario": "blob", "transport": "shm", "size": 1 << 30, "blob": false, "p50_ns": 60_000_000}),
+            json!({"scenario": "blob", "transport": "socket", "size": 1 << 30, "blob": true, "p50_ns": 30_000}),
+        ];
+        assert_eq!(
+            line(&records).unwrap(),
+            "summary: blob 1 GiB 6.00 µs (1.20× 1 MiB, 10000× faster than streamed)"
         );
     }
 

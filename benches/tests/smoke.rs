@@ -5,13 +5,23 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Runs the harness with `args`, writing its JSON records to `json`.
+fn bench(args: &[&str], json: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shmbus-bench"))
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .expect("run shmbus-bench")
+}
+
 #[test]
 fn quick_throughput_run_prints_every_transport() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("out.json");
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_shmbus-bench"))
-        .args([
+    let out = bench(
+        &[
             "--quick",
             "--scenario",
             "throughput",
@@ -19,11 +29,9 @@ fn quick_throughput_run_prints_every_transport() {
             "64K",
             "--duration",
             "0.2",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run shmbus-bench");
+        ],
+        &json,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -90,8 +98,8 @@ fn quick_throughput_run_prints_every_transport() {
 fn fault_scenarios_run_their_checks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("faults.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_shmbus-bench"))
-        .args([
+    let out = bench(
+        &[
             "--scenario",
             "crash,soak,flood",
             "--trials",
@@ -102,11 +110,9 @@ fn fault_scenarios_run_their_checks() {
             "20",
             "--repeat",
             "1",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run shmbus-bench");
+        ],
+        &json,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -168,4 +174,47 @@ fn setup_with_a_gap_between_calls() {
         });
         assert!(measured, "no measured row for {transport}:\n{stdout}");
     }
+}
+
+/// A short run of the blob scenario: a row per transport and size, the
+/// sealing cost, the ratio against streaming, and the summary's figure.
+#[test]
+fn quick_blob_run_hands_over_and_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("blob.json");
+    let out = bench(
+        &[
+            "--quick",
+            "--scenario",
+            "blob",
+            "--blob-sizes",
+            "0,1M",
+            "--duration",
+            "0.2",
+        ],
+        &json,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in ["shm blob", "socket blob", "shm streamed"] {
+        // The transport column starts at the table's tenth character.
+        let rows = stdout
+            .lines()
+            .filter(|l| l.get(9..).is_some_and(|r| r.starts_with(row)))
+            .count();
+        assert_eq!(rows, 2, "{row} rows:\n{stdout}");
+    }
+    let records = std::fs::read_to_string(&json).expect("JSON written");
+    assert!(records.contains(r#""scenario":"blob""#), "{records}");
+    assert!(records.contains(r#""seal_ns":"#), "{records}");
+    assert!(records.contains(r#""ratio_vs":{"streamed":"#), "{records}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("summary: blob 1 MiB ") && last.contains("faster than streamed"),
+        "{stdout}"
+    );
 }

@@ -114,6 +114,7 @@ pub fn config(job: &Job) -> serde_json::Value {
         Transport::Shm | Transport::Socket => serde_json::json!({
             "ring": job.ring,
             "credit": format!("{:?}", job.credit),
+            "blob": job.blob,
         }),
     }
 }
@@ -336,10 +337,12 @@ pub fn run(job: &Job, side: Side, fds: Vec<OwnedFd>) -> io::Result<Outcome> {
                 (_, side) => idle(job, side, rx, tx),
             }
         }
-        (Scenario::Crash | Scenario::Soak | Scenario::Flood, _) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "fault scenarios have no baseline",
-        )),
+        (Scenario::Blob | Scenario::Crash | Scenario::Soak | Scenario::Flood, _) => {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "fault scenarios have no baseline",
+            ))
+        }
     }
 }
 

@@ -33,6 +33,7 @@ pub fn run(socket: &Path, job: &Job) -> Result<Outcome, BoxError> {
         Scenario::Latency => latency(&conn, job),
         Scenario::Setup => setup(&conn, job),
         Scenario::Idle => idle(&conn, job),
+        Scenario::Blob => super::blob::caller(&conn, job),
         Scenario::Crash | Scenario::Soak | Scenario::Flood => {
             Err("fault scenarios run their own peers".into())
         }
@@ -47,7 +48,12 @@ fn preference(t: Transport) -> TransportPreference {
 }
 
 /// Makes the job's call and checks it got the transport it asked for.
-fn start(conn: &Connection, job: &Job, name: &str, mode: StreamMode) -> Result<Call, BoxError> {
+pub(super) fn start(
+    conn: &Connection,
+    job: &Job,
+    name: &str,
+    mode: StreamMode,
+) -> Result<Call, BoxError> {
     let call = conn
         .call(&job.service, name)
         .mode(mode)

@@ -1,6 +1,7 @@
 //! The shmbus side of every measurement: a long-lived service process (the
 //! producer, the echo, the idle peer) and a caller process per measurement.
 
+pub mod blob;
 pub mod client;
 pub mod service;
 
@@ -18,6 +19,9 @@ pub mod method {
     pub const FIRST: &str = "first";
     /// Bidirectional: nothing sent until the caller ends its direction.
     pub const IDLE: &str = "idle";
+    /// Bidirectional: per item received, the clock then a blob (or the
+    /// same bytes streamed).
+    pub const BLOB: &str = "blob";
 }
 
 /// What the service answers a call with.
@@ -29,6 +33,9 @@ pub struct Reply {
     pub checksum: u64,
     /// CPU its process used while serving the call (idle).
     pub cpu_ns: Option<u64>,
+    /// What sealing its blob cost (blob).
+    #[serde(default)]
+    pub seal_ns: Option<u64>,
 }
 
 fn varint_len(n: usize) -> usize {

@@ -21,6 +21,7 @@ pub fn run(socket: &Path, name: &str) -> Result<(), BoxError> {
         MethodSpec::new(method::ECHO, StreamMode::Bidirectional),
         MethodSpec::new(method::FIRST, StreamMode::Download),
         MethodSpec::new(method::IDLE, StreamMode::Bidirectional),
+        MethodSpec::new(method::BLOB, StreamMode::Bidirectional),
     ];
     let service = conn.register(name, &methods)?;
     // The orchestrator holds our standard input: its end means stop.
@@ -54,6 +55,7 @@ fn handle(call: IncomingCall) -> Result<(), BoxError> {
         method::TYPED => typed(call, &job),
         method::ECHO => echo(call, &job),
         method::IDLE => idle(call, &job),
+        method::BLOB => super::blob::serve(call, &job),
         other => Err(format!("unknown method {other}").into()),
     }
 }
@@ -100,6 +102,7 @@ fn stream(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
         bytes: pos,
         checksum: Checksum::of_pattern(pos).value(),
         cpu_ns: None,
+        seal_ns: None,
     };
     reply(call, r)
 }
@@ -135,6 +138,7 @@ fn typed(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
         bytes: n * typed_encoded(job.size) as u64,
         checksum: Checksum::of_pattern(pos).value(),
         cpu_ns: None,
+        seal_ns: None,
     };
     reply(call, r)
 }
@@ -194,6 +198,7 @@ fn produce_async(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
         bytes,
         checksum: Checksum::of_pattern(pos).value(),
         cpu_ns: None,
+        seal_ns: None,
     };
     reply(call, r)
 }
@@ -217,6 +222,7 @@ fn echo(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
         bytes: sum.len(),
         checksum: sum.value(),
         cpu_ns: None,
+        seal_ns: None,
     };
     reply(call, r)
 }
@@ -245,6 +251,7 @@ fn echo_async(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
         bytes: sum.len(),
         checksum: sum.value(),
         cpu_ns: None,
+        seal_ns: None,
     };
     reply(call, r)
 }
@@ -273,6 +280,7 @@ fn idle(mut call: IncomingCall, job: &Job) -> Result<(), BoxError> {
         bytes: sum.len(),
         checksum: sum.value(),
         cpu_ns: Some(cpu_ns(None)? - cpu0),
+        seal_ns: None,
     };
     reply(call, r)
 }

@@ -5,7 +5,9 @@
 use serde_json::{Map, Value};
 use shmbus::credit::CreditSpec;
 
-use super::spec::{baselines, job, median_u64, put, values, Context, Group, Spec, Variant};
+use super::spec::{
+    baselines, job, median_u64, percentile as p, put, values, Context, Group, Spec, Variant,
+};
 use crate::baselines::uds::link_buffer;
 use crate::cli::{human_size, Options};
 use crate::job::{Outcome, Scenario, Transport, Wait};
@@ -18,10 +20,6 @@ fn ring_for(size: usize) -> u32 {
 
 /// The latency scenario.
 pub struct Latency;
-
-fn p(o: &Outcome, i: usize) -> Option<f64> {
-    o.latency_ns.map(|l| l[i] as f64)
-}
 
 impl Spec for Latency {
     fn scenario(&self) -> Scenario {

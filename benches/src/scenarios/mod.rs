@@ -2,6 +2,7 @@
 //! [`Variant`]s run round-robin), how its table reads and what its JSON
 //! records hold.
 
+pub mod blob;
 pub mod fanout;
 pub mod idle;
 pub mod latency;
@@ -20,6 +21,7 @@ pub fn definition(s: Scenario) -> Box<dyn Spec> {
         Scenario::Setup => Box::new(setup::Setup),
         Scenario::Fanout => Box::new(fanout::Fanout),
         Scenario::Idle => Box::new(idle::Idle),
+        Scenario::Blob => Box::new(blob::Blob),
         Scenario::Crash | Scenario::Soak | Scenario::Flood => {
             unreachable!("fault scenarios run in crate::faults")
         }

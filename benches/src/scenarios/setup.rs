@@ -3,17 +3,13 @@
 
 use serde_json::{Map, Value};
 
-use super::spec::{job, median_u64, put, values, Context, Group, Spec, Variant};
+use super::spec::{job, median_u64, percentile as p, put, values, Context, Group, Spec, Variant};
 use crate::cli::Options;
 use crate::job::{Job, Outcome, Scenario, Transport};
 use crate::stats::{count, median, range};
 
 /// The setup scenario.
 pub struct Setup;
-
-fn p(o: &Outcome, i: usize) -> Option<f64> {
-    o.latency_ns.map(|l| l[i] as f64)
-}
 
 impl Spec for Setup {
     fn scenario(&self) -> Scenario {

@@ -41,6 +41,9 @@ impl Variant {
         if self.job.asynchronous {
             s.push_str(" async");
         }
+        if self.job.scenario == Scenario::Blob {
+            s.push_str(if self.job.blob { " blob" } else { " streamed" });
+        }
         if self.job.scenario == Scenario::Latency && self.transport == Transport::Shm {
             s.push(' ');
             s.push_str(self.job.wait.name());
@@ -108,6 +111,7 @@ pub fn job(ctx: &Context, o: &Options, scenario: Scenario, transport: Transport)
         whole_writes: false,
         copied: false,
         asynchronous: false,
+        blob: false,
     }
 }
 
@@ -121,6 +125,11 @@ pub fn baselines(o: &Options, mut make: impl FnMut(Transport) -> Job) -> Vec<Var
             job: make(t),
         })
         .collect()
+}
+
+/// A run's latency percentile: 0 for p50, 1 for p99, 2 for p99.9.
+pub fn percentile(o: &Outcome, i: usize) -> Option<f64> {
+    o.latency_ns.map(|l| l[i] as f64)
 }
 
 /// The values of one figure over a variant's runs.
