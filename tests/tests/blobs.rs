@@ -196,3 +196,70 @@ both_transports!(
     items_and_blobs_each_have_their_receive,
     a_blob_too_costly_for_bytes_credit_is_refused_before_sending,
 );
+
+/// The tokio halves: a download of items and blobs taken with `recv_blob`
+/// and `recv_any`, and an upload with `send_blob`, on both runtimes.
+#[test]
+fn async_halves_send_and_take_blobs() {
+    use shmbus_client::{AsyncReceiver, AsyncSender};
+    let broker = Broker::start();
+    let _peer = Peer::serve(&broker, &["blobs", "blobs"]);
+    let socket = broker.socket.clone();
+    for (name, rt) in shmbus_tests::tokio_runtimes() {
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            for t in [Transport::SharedMemory, Transport::Socket] {
+                let sizes = [5u64, 1 << 20, 0];
+                let mut call = conn
+                    .call("blobs", "blobs")
+                    .args_typed(&sizes.to_vec())
+                    .unwrap()
+                    .transport(pref(t))
+                    .credit(CreditSpec::items(2))
+                    .start_async()
+                    .await
+                    .unwrap();
+                let mut rx = AsyncReceiver::new(call.take_receiver().unwrap()).unwrap();
+                for (i, &size) in sizes.iter().enumerate() {
+                    match rx.recv_blob().await {
+                        Err(Error::NotABlob { .. }) => {}
+                        other => panic!("{name} {t:?}: {other:?}"),
+                    }
+                    assert_eq!(rx.recv::<u64>().await.unwrap(), Some(i as u64));
+                    match rx.recv_any().await.unwrap() {
+                        Some(Received::Blob(b)) => {
+                            assert_eq!(b.len() as u64, size);
+                            assert!(blob_holds(i as u64, &b), "{name} {t:?} blob {i}");
+                        }
+                        _ => panic!("{name} {t:?}: blob {i}"),
+                    }
+                }
+                assert!(rx.recv_blob().await.unwrap().is_none());
+                assert_eq!(call.finish_async().await.unwrap(), b"ok");
+
+                let mut call = conn
+                    .call("blobs", "take")
+                    .mode(StreamMode::Upload)
+                    .transport(pref(t))
+                    .credit(CreditSpec::items(1))
+                    .start_async()
+                    .await
+                    .unwrap();
+                let mut tx = AsyncSender::new(call.take_sender().unwrap()).unwrap();
+                for i in 0..20u64 {
+                    let mut w = BlobWriter::new(1000 + i).unwrap();
+                    fill_blob(i, w.as_mut_slice());
+                    tx.send_blob(&w.seal().unwrap()).await.unwrap();
+                }
+                tx.finish().await.unwrap();
+                let total: u64 = (0..20).map(|i| 1000 + i).sum();
+                let answer = String::from_utf8(call.finish_async().await.unwrap()).unwrap();
+                assert_eq!(
+                    answer,
+                    format!("items 0 blobs 20 bytes {total} good"),
+                    "{name} {t:?}"
+                );
+            }
+        });
+    }
+}

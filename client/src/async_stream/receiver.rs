@@ -142,6 +142,28 @@ impl AsyncReceiver {
         }
     }
 
+    /// The next item, which must be a blob (as [`Receiver::recv_blob`]:
+    /// an item that is not one stays next, and this fails with
+    /// [`Error::NotABlob`](crate::Error::NotABlob)); `None` at stream-end.
+    /// Cancel safe: dropped while it waits, it has taken nothing.
+    pub async fn recv_blob(&mut self) -> Result<Option<crate::Blob>> {
+        if poll_fn(|cx| self.poll_advance(cx)).await? {
+            self.rx.held_blob().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The next item or blob (as [`Receiver::recv_any`]); `None` at
+    /// stream-end. Cancel safe: dropped while it waits, it has taken nothing.
+    pub async fn recv_any(&mut self) -> Result<Option<crate::Received<'_>>> {
+        if poll_fn(|cx| self.poll_advance(cx)).await? {
+            self.rx.held_any().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Like [`Receiver::try_recv`]: never waits.
     pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<TryRecv<T>> {
         self.rx.try_recv()

@@ -108,6 +108,14 @@ impl AsyncSender {
         Poll::Ready(r)
     }
 
+    /// Sends a sealed blob (as [`Sender::send_blob`]), waiting for credit
+    /// without blocking the thread. Cancel safe: dropped while it waits,
+    /// it has sent nothing.
+    pub async fn send_blob(&mut self, blob: &crate::Blob) -> Result<()> {
+        self.len = 0;
+        poll_fn(|cx| self.drive(cx, |tx| Ok(tx.try_send_blob(blob)?.then_some(())))).await
+    }
+
     /// Queues a typed item (postcard, encoded straight into the port),
     /// waiting for credit or room; it becomes visible to the receiver when
     /// a batch fills or at [`flush`](Self::flush).

@@ -243,6 +243,15 @@ impl TxPort {
         }
     }
 
+    /// [`send_blob`](Self::send_blob) without waiting: `Ok(false)` when
+    /// blocked, nothing sent.
+    pub(crate) fn try_send_blob(&mut self, blob: &Blob, charge: u64) -> Result<bool> {
+        match self {
+            TxPort::Shm(p) => p.try_send_blob(blob, charge),
+            TxPort::Socket(p) => p.try_send_blob(blob, charge),
+        }
+    }
+
     /// Makes committed items visible to the receiver now.
     #[inline]
     pub(crate) fn flush(&mut self) -> Result<()> {
@@ -297,7 +306,7 @@ impl TxPort {
     /// socket with bytes it has not taken yet), besides readable.
     pub(crate) fn wants_write(&self) -> bool {
         match self {
-            TxPort::Shm(_) => false,
+            TxPort::Shm(p) => p.wants_write(),
             TxPort::Socket(p) => p.wants_write(),
         }
     }

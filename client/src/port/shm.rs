@@ -28,6 +28,9 @@ pub(crate) struct ShmTx {
     /// A non-blocking call left the sleep flag set: the next one clears
     /// it and drains the doorbell (otherwise neither is needed).
     armed: bool,
+    /// A non-blocking blob send found the doorbell socket full: an event
+    /// loop waits for it to turn writable.
+    fd_blocked: bool,
 }
 
 impl ShmTx {
@@ -48,6 +51,7 @@ impl ShmTx {
             call_deadline: None,
             spinner: Spinner::default(),
             armed: false,
+            fd_blocked: false,
         })
     }
 
@@ -115,6 +119,30 @@ impl ShmTx {
         self.ring.commit_blob(&slot, blob.len() as u64, charge);
         self.publish();
         Ok(())
+    }
+
+    /// [`send_blob`](Self::send_blob) without waiting: `Ok(false)` when
+    /// credit, room or the socket is short (nothing was sent; see
+    /// [`wants_write`](Self::wants_write)).
+    pub(crate) fn try_send_blob(&mut self, blob: &Blob, charge: u64) -> Result<bool> {
+        self.fd_blocked = false;
+        if self.try_begin(BLOB_RECORD, charge)?.is_none() {
+            return Ok(false);
+        }
+        if !self.bell.try_send_fd(blob.fd())? {
+            self.slot = None;
+            self.fd_blocked = true;
+            return Ok(false);
+        }
+        let slot = self.slot.take().expect("begun above");
+        self.ring.commit_blob(&slot, blob.len() as u64, charge);
+        self.publish();
+        Ok(true)
+    }
+
+    /// A blob's descriptor waits for the doorbell socket to take it.
+    pub(crate) fn wants_write(&self) -> bool {
+        self.fd_blocked
     }
 
     /// Credit the current reservation may charge.

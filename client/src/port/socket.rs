@@ -125,6 +125,9 @@ pub(crate) struct SockTx {
     pub(crate) nonblocking: bool,
     /// The closing message is in the encoder.
     closing: bool,
+    /// A non-blocking blob send found the socket full with nothing
+    /// buffered: an event loop waits for it to turn writable.
+    blob_blocked: bool,
 }
 
 impl SockTx {
@@ -150,6 +153,7 @@ impl SockTx {
             deadline: None,
             nonblocking: false,
             closing: false,
+            blob_blocked: false,
         })
     }
 
@@ -324,6 +328,43 @@ impl SockTx {
         self.flush()
     }
 
+    /// [`send_blob`](Self::send_blob) without waiting: `Ok(false)` when
+    /// credit is short or the socket is full (nothing of the blob was sent).
+    pub(crate) fn try_send_blob(&mut self, blob: &Blob, charge: u64) -> Result<bool> {
+        self.blob_blocked = false;
+        // What is batched goes first, whole.
+        if !self.try_flush()? || !self.wait_credit(0, charge, false)? {
+            return Ok(false);
+        }
+        self.enc.blob(blob.len() as u64, charge);
+        match sys::send_with_fds(self.sock.as_fd(), self.enc.bytes(), &[blob.fd()], false) {
+            Ok(n) => {
+                self.enc.consume(n);
+                self.credit.charge(charge);
+                // The rest of the message, if any, goes as the socket takes it.
+                self.try_flush()?;
+                Ok(true)
+            }
+            Err(e) => {
+                let n = self.enc.len();
+                self.enc.consume(n);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {
+                        self.blob_blocked = true;
+                        Ok(false)
+                    }
+                    _ if gone(&e) => {
+                        self.peer_closed = true;
+                        Err(Error::PeerGone(
+                            "the receiving peer closed the stream".into(),
+                        ))
+                    }
+                    _ => Err(e.into()),
+                }
+            }
+        }
+    }
+
     pub(crate) fn commit(&mut self, len: usize, charge: u64) -> Result<()> {
         self.enc.finish_item(len, charge);
         self.credit.charge(charge);
@@ -369,7 +410,7 @@ impl SockTx {
     /// Bytes are waiting for the socket to take them: an event loop waits
     /// for it to turn writable (as well as readable, for control messages).
     pub(crate) fn wants_write(&self) -> bool {
-        !self.enc.is_empty()
+        !self.enc.is_empty() || self.blob_blocked
     }
 
     /// One step of closing that never waits: the closing message goes into

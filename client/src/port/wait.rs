@@ -269,6 +269,25 @@ impl Doorbell {
         self.fds.pop_front()
     }
 
+    /// [`send_fd`](Self::send_fd) without waiting: `Ok(false)` when the
+    /// socket is full (nothing was sent).
+    pub(crate) fn try_send_fd(&mut self, fd: BorrowedFd<'_>) -> crate::Result<bool> {
+        let now = sys::monotonic_ns().to_le_bytes();
+        loop {
+            match sys::send_with_fds(self.sock.as_fd(), &now, &[fd], false) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => {
+                    self.peer_closed = true;
+                    return Err(crate::Error::PeerGone(format!(
+                        "the receiving peer closed the stream ({e})"
+                    )));
+                }
+            }
+        }
+    }
+
     /// Sends a blob's descriptor to the peer, with a ring (8 bytes of the
     /// clock) for it to ride on; waits while the socket is full, up to
     /// `deadline`.

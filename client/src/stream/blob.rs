@@ -47,7 +47,17 @@ impl Sender {
     /// ```
     pub fn send_blob(&mut self, blob: &Blob) -> Result<()> {
         let charge = blob_charge(self.credit.strategy, blob.len() as u64).unwrap_or(1);
-        self.send_blob_with(blob, charge)
+        self.send_blob_with(blob, charge, true).map(|_| ())
+    }
+
+    /// Like [`send_blob`](Self::send_blob) but never waits: `Ok(false)`
+    /// when credit, room or the socket is short, and nothing was sent.
+    /// [`pollable_fd`](Self::pollable_fd) then turns ready (writable too
+    /// when [`wants_write`](Self::wants_write) says so) once it is worth
+    /// trying again.
+    pub fn try_send_blob(&mut self, blob: &Blob) -> Result<bool> {
+        let charge = blob_charge(self.credit.strategy, blob.len() as u64).unwrap_or(1);
+        self.send_blob_with(blob, charge, false)
     }
 
     /// [`send_blob`](Self::send_blob) with a charge of the sender's choice
@@ -55,10 +65,11 @@ impl Sender {
     /// and `bytes` the strategy fixes the charge and `charge` is ignored.
     pub fn send_blob_charged(&mut self, blob: &Blob, charge: u64) -> Result<()> {
         let charge = blob_charge(self.credit.strategy, blob.len() as u64).unwrap_or(charge);
-        self.send_blob_with(blob, charge)
+        self.send_blob_with(blob, charge, true).map(|_| ())
     }
 
-    fn send_blob_with(&mut self, blob: &Blob, charge: u64) -> Result<()> {
+    /// Sends the blob; without `block`, only if that needs no waiting.
+    fn send_blob_with(&mut self, blob: &Blob, charge: u64, block: bool) -> Result<bool> {
         let hwm = self.credit.high_water_mark;
         if charge > max_charge(hwm) {
             let why = match self.credit.strategy {
@@ -71,11 +82,19 @@ impl Sender {
             };
             return Err(Error::TooLarge(why));
         }
-        let r = self.port().and_then(|p| p.send_blob(blob, charge));
+        let r = self.port().and_then(|p| {
+            if block {
+                p.send_blob(blob, charge).map(|()| true)
+            } else {
+                p.try_send_blob(blob, charge)
+            }
+        });
         match r {
-            Ok(()) => {
-                self.sent(blob.len());
-                Ok(())
+            Ok(sent) => {
+                if sent {
+                    self.sent(blob.len());
+                }
+                Ok(sent)
             }
             Err(e) => Err(self.failed(e)),
         }
@@ -94,10 +113,16 @@ impl Receiver {
         if self.advance(true)? != Some(true) {
             return Ok(None);
         }
+        self.held_blob().map(Some)
+    }
+
+    /// The held item as a blob (released, now the caller's), or
+    /// [`Error::NotABlob`] with the item kept for the next receive.
+    pub(crate) fn held_blob(&mut self) -> Result<Blob> {
         match self.blob.take() {
             Some(blob) => {
                 self.release_held()?;
-                Ok(Some(blob))
+                Ok(blob)
             }
             None => {
                 self.unclaimed = true;
@@ -128,12 +153,17 @@ impl Receiver {
         if self.advance(true)? != Some(true) {
             return Ok(None);
         }
+        self.held_any().map(Some)
+    }
+
+    /// The held item, whichever kind it is.
+    pub(crate) fn held_any(&mut self) -> Result<Received<'_>> {
         match self.blob.take() {
             Some(blob) => {
                 self.release_held()?;
-                Ok(Some(Received::Blob(blob)))
+                Ok(Received::Blob(blob))
             }
-            None => Ok(Some(Received::Item(InPlace { rx: self }))),
+            None => Ok(Received::Item(InPlace { rx: self })),
         }
     }
 
