@@ -256,7 +256,7 @@ impl Options {
             typed_sizes,
             latency_sizes,
             blob_sizes: if cli.blob_sizes.is_empty() {
-                crate::scenarios::blob::SIZES.to_vec()
+                BLOB_SIZES.to_vec()
             } else {
                 cli.blob_sizes.clone()
             },
@@ -291,6 +291,9 @@ impl Options {
         self.transports.contains(&t)
     }
 }
+
+/// Blob sizes measured unless `--blob-sizes` says otherwise: 64 KiB to 1 GiB.
+pub const BLOB_SIZES: [usize; 5] = [64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30];
 
 /// A byte size with an optional K, M or G suffix (binary), unchecked.
 fn parse_bytes(s: &str) -> Result<usize, String> {

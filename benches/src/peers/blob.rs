@@ -18,7 +18,7 @@ const SAMPLE: usize = 64 << 10;
 /// The caller: asks, receives, times, checks; reports the handoffs'
 /// latencies (after an untimed first round) and the service's sealing cost.
 pub fn caller(conn: &Connection, job: &Job) -> Result<Outcome, BoxError> {
-    let mut call = super::client::start(conn, job, method::BLOB, StreamMode::Bidirectional)?;
+    let mut call = super::start(conn, job, method::BLOB, StreamMode::Bidirectional)?;
     let mut tx = call.take_sender().ok_or("no sender")?;
     let mut rx = call.take_receiver().ok_or("no receiver")?;
     // The streamed copy's destination, its pages touched beforehand.

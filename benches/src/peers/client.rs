@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use shmbus_client::{Call, Connection, StreamMode, Transport as BusTransport, TransportPreference};
+use shmbus_client::{Call, Connection, StreamMode};
 
-use super::{method, typed_encoded, typed_payload, BoxError, Reply};
+use super::{method, preference, start, typed_encoded, typed_payload, BoxError, Reply};
 use crate::checksum::{combine, fill, Checksum};
-use crate::job::{Job, Outcome, Scenario, Transport};
+use crate::job::{Job, Outcome, Scenario};
 use crate::os::{cpu_ns, mono_ns, rss_kib};
 use crate::stats::Latencies;
 
@@ -38,44 +38,6 @@ pub fn run(socket: &Path, job: &Job) -> Result<Outcome, BoxError> {
             Err("fault scenarios run their own peers".into())
         }
     }
-}
-
-fn preference(t: Transport) -> TransportPreference {
-    match t {
-        Transport::Socket => TransportPreference::Socket,
-        _ => TransportPreference::SharedMemory,
-    }
-}
-
-/// Makes the job's call and checks it got the transport it asked for.
-pub(super) fn start(
-    conn: &Connection,
-    job: &Job,
-    name: &str,
-    mode: StreamMode,
-) -> Result<Call, BoxError> {
-    let call = conn
-        .call(&job.service, name)
-        .mode(mode)
-        .args_typed(job)?
-        .transport(preference(job.transport))
-        .ring_size(job.ring)
-        .credit(job.credit)
-        .wait_policy(job.wait.policy())
-        .start()?;
-    let want = match job.transport {
-        Transport::Socket => BusTransport::Socket,
-        _ => BusTransport::SharedMemory,
-    };
-    if call.transport() != Some(want) {
-        return Err(format!(
-            "asked for {want:?}, got {:?} ({:?})",
-            call.transport(),
-            call.fallback_reason()
-        )
-        .into());
-    }
-    Ok(call)
 }
 
 fn finish(call: Call) -> Result<Reply, BoxError> {

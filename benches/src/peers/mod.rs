@@ -6,6 +6,9 @@ pub mod client;
 pub mod service;
 
 use serde::{Deserialize, Serialize};
+use shmbus_client::{Call, Connection, StreamMode, Transport as BusTransport, TransportPreference};
+
+use crate::job::{Job, Transport};
 
 /// The methods the bench service registers.
 pub mod method {
@@ -64,6 +67,40 @@ pub const FEED_BELOW: usize = 4096;
 
 /// Error type of the peer roles.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The transport a job asks shmbus for.
+pub fn preference(t: Transport) -> TransportPreference {
+    match t {
+        Transport::Socket => TransportPreference::Socket,
+        _ => TransportPreference::SharedMemory,
+    }
+}
+
+/// Makes the job's call and checks it got the transport it asked for.
+pub fn start(conn: &Connection, job: &Job, name: &str, mode: StreamMode) -> Result<Call, BoxError> {
+    let call = conn
+        .call(&job.service, name)
+        .mode(mode)
+        .args_typed(job)?
+        .transport(preference(job.transport))
+        .ring_size(job.ring)
+        .credit(job.credit)
+        .wait_policy(job.wait.policy())
+        .start()?;
+    let want = match job.transport {
+        Transport::Socket => BusTransport::Socket,
+        _ => BusTransport::SharedMemory,
+    };
+    if call.transport() != Some(want) {
+        return Err(format!(
+            "asked for {want:?}, got {:?} ({:?})",
+            call.transport(),
+            call.fallback_reason()
+        )
+        .into());
+    }
+    Ok(call)
+}
 
 #[cfg(test)]
 mod tests {

@@ -11,9 +11,6 @@ use crate::cli::{human_size, Options};
 use crate::job::{Outcome, Scenario, Transport};
 use crate::stats::{median, range};
 
-/// Blob sizes measured: 64 KiB to 1 GiB.
-pub const SIZES: [usize; 5] = [64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30];
-
 /// The ring of every blob job: room for four 1 MiB chunks of the streamed
 /// comparison (the streaming scenario's best ring for 1 MiB writes).
 const RING: u32 = 4 << 20;
