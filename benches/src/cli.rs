@@ -388,6 +388,15 @@ mod tests {
         assert_eq!((o.repeat, o.duration), (2, 0.2));
         assert_eq!(o.sizes, vec![64, 64 << 10]);
         assert_eq!(o.latency_sizes, vec![64, 64 << 10]);
-        assert_eq!(o.scenarios.len(), 5);
+        assert_eq!(o.scenarios.len(), 6);
+        assert_eq!(o.blob_sizes, BLOB_SIZES);
+    }
+
+    #[test]
+    fn blob_sizes_go_from_zero_to_four_gibibytes() {
+        let cli = Cli::parse_from(["shmbus-bench", "--blob-sizes", "0,64K,256M,4G"]);
+        let o = Options::from_cli(&cli);
+        assert_eq!(o.blob_sizes, vec![0, 64 << 10, 256 << 20, 4 << 30]);
+        assert!(Cli::try_parse_from(["shmbus-bench", "--blob-sizes", "5G"]).is_err());
     }
 }
