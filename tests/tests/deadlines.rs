@@ -205,3 +205,49 @@ fn a_unary_call_past_its_deadline_fails_without_waiting_for_the_answer() {
         .unwrap();
     assert_eq!(r, b"awake");
 }
+
+/// A caller that reads only after its deadline, when the service's side
+/// has already failed the stream for it: the items that came in time are
+/// read, and then the failure is `DeadlineExceeded`, as when the caller
+/// was waiting, not the stream error the deadline caused on the far side.
+fn reading_after_the_deadline(transport: TransportPreference) {
+    let (_broker, mut peer, conn) = setup();
+    let mut call = conn
+        .call("dl", "drip")
+        .args_typed(&(1000u64, 20u64))
+        .unwrap()
+        .transport(transport)
+        .credit(CreditSpec::items(1000))
+        .timeout(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    assert_eq!(
+        peer.expect_line("send-failed", 10 * SEC),
+        "deadline exceeded"
+    );
+    let rx = call.receiver().unwrap();
+    let mut got = 0u64;
+    let err = loop {
+        match rx.recv::<u64>() {
+            Ok(Some(n)) => {
+                assert_eq!(n, got);
+                got += 1;
+            }
+            Ok(None) => panic!("the stream ended instead of failing"),
+            Err(e) => break e,
+        }
+    };
+    assert!(got >= 3, "items sent in time are read: {got}");
+    assert!(matches!(err, Error::DeadlineExceeded), "{err:?}");
+    assert!(matches!(call.finish(), Err(Error::DeadlineExceeded)));
+}
+
+#[test]
+fn reading_after_the_deadline_over_shared_memory_is_deadline_exceeded() {
+    reading_after_the_deadline(TransportPreference::SharedMemory);
+}
+
+#[test]
+fn reading_after_the_deadline_over_the_socket_is_deadline_exceeded() {
+    reading_after_the_deadline(TransportPreference::Socket);
+}

@@ -293,6 +293,13 @@ impl Receiver {
                 self.finish_with(Finished::End, CloseCause::End);
                 Ok(Some(false))
             }
+            // A failure that comes after the call's deadline is the
+            // deadline's doing (the far side failed the stream for it, or
+            // the broker cancelled the call): report it as such, whether
+            // this side was waiting or read it later.
+            Ok(Some(RxEvent::Error(_) | RxEvent::Cancelled)) if passed(self.deadline) => {
+                Err(self.expire())
+            }
             Ok(Some(RxEvent::Error(m))) => {
                 self.finish_with(
                     Finished::Failed(FailKind::Stream(m.clone())),
