@@ -19,6 +19,7 @@
 pub mod blob;
 pub mod credit;
 pub mod frame;
+pub mod glob;
 pub mod link;
 pub mod ring;
 pub mod state;

@@ -1,0 +1,190 @@
+//! The service's side: this node's exported services, announced to the
+//! other nodes, and the calls they make to them, made on the local broker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shmbus::frame::{ErrorCode, RemoteError};
+use shmbus_client::Connection;
+use zenoh::Session;
+
+use crate::relay::{pump_in, pump_out, watch_ctl, In, Out};
+use crate::wire::{self, CallOpen, Data, Methods, Opened, Way};
+
+/// Exported services by name, with their methods.
+type Exported = Arc<Mutex<HashMap<String, Methods>>>;
+
+fn remote(code: ErrorCode, message: String) -> RemoteError {
+    RemoteError { code, message }
+}
+
+/// Glob match with `*` and `?`.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    shmbus::glob::glob(pattern, name)
+}
+
+/// Announces the local services that match `patterns` (every second, as
+/// they come and go), answers method queries, and serves calls to them.
+pub async fn run(
+    session: Session,
+    conn: Connection,
+    node: String,
+    patterns: Vec<String>,
+) -> Result<(), String> {
+    let exported: Exported = Arc::default();
+    let me = std::process::id() as i32;
+    // Method queries.
+    let methods = session
+        .declare_queryable(format!("shmbus/methods/{node}/**"))
+        .await
+        .map_err(|e| format!("zenoh queryable: {e}"))?;
+    let ex = exported.clone();
+    let prefix = format!("shmbus/methods/{node}/");
+    tokio::spawn(async move {
+        while let Ok(q) = methods.recv_async().await {
+            let key = q.key_expr().as_str().to_string();
+            let name = key.strip_prefix(&prefix).unwrap_or("").to_string();
+            let found = ex.lock().unwrap().get(&name).cloned();
+            if let Some(m) = found {
+                let _ = q.reply(key, wire::encode(&m)).await;
+            }
+        }
+    });
+    // Calls.
+    let calls = session
+        .declare_queryable(format!("shmbus/call/{node}/**"))
+        .await
+        .map_err(|e| format!("zenoh queryable: {e}"))?;
+    let (ex, s, c, n) = (
+        exported.clone(),
+        session.clone(),
+        conn.clone(),
+        node.clone(),
+    );
+    tokio::spawn(async move {
+        let prefix = format!("shmbus/call/{n}/");
+        while let Ok(q) = calls.recv_async().await {
+            let key = q.key_expr().as_str().to_string();
+            let service = key.strip_prefix(&prefix).unwrap_or("").to_string();
+            let open = q
+                .payload()
+                .map(|p| p.to_bytes().to_vec())
+                .and_then(|b| wire::decode::<CallOpen>(&b).ok());
+            let (s, c, n) = (s.clone(), c.clone(), n.clone());
+            let known = ex.lock().unwrap().contains_key(&service);
+            tokio::spawn(async move {
+                let reply = |r: Opened| wire::encode(&r);
+                let Some(open) = open.filter(|_| known) else {
+                    let e = remote(
+                        ErrorCode::NoSuchService,
+                        format!("{n} exports no service {service}"),
+                    );
+                    let _ = q.reply(key, reply(Err(e))).await;
+                    return;
+                };
+                serve_call(s, c, n, service, open, |r| async move {
+                    let _ = q.reply(key, reply(r)).await;
+                })
+                .await;
+            });
+        }
+    });
+    // The announcements.
+    let mut tokens: HashMap<String, zenoh::liveliness::LivelinessToken> = HashMap::new();
+    loop {
+        if let Ok(snapshot) = conn.list() {
+            let now: HashMap<String, Methods> = snapshot
+                .services
+                .into_iter()
+                .filter(|s| s.pid != me && wire::valid_service_key(&s.name))
+                .filter(|s| patterns.iter().any(|p| glob(p, &s.name)))
+                .map(|s| (s.name, Methods(s.methods)))
+                .collect();
+            tokens.retain(|name, _| now.contains_key(name));
+            for name in now.keys() {
+                if !tokens.contains_key(name) {
+                    let token = session
+                        .liveliness()
+                        .declare_token(wire::export_key(&node, name))
+                        .await
+                        .map_err(|e| format!("zenoh token: {e}"))?;
+                    tokens.insert(name.clone(), token);
+                }
+            }
+            *exported.lock().unwrap() = now;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Makes one call on the local broker for a far caller, answers its
+/// opening with `answer`, then relays its streams and its result.
+async fn serve_call<F, Fut>(
+    session: Session,
+    conn: Connection,
+    node: String,
+    service: String,
+    open: CallOpen,
+    answer: F,
+) where
+    F: FnOnce(Opened) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut builder = conn.call(&service, &open.method).args(open.args);
+    if let Some(us) = open.time_left_us {
+        builder = builder.timeout(Duration::from_micros(us));
+    }
+    let keys = |way, ctl| wire::stream_key(&node, &open.id, way, ctl);
+    let links = async {
+        Ok::<_, String>((
+            In::new(&session, keys(Way::ToCallee, false)).await?,
+            In::new(&session, keys(Way::ToCaller, true)).await?,
+            Out::new(&session, keys(Way::ToCaller, false)).await?,
+            Out::new(&session, keys(Way::ToCallee, true)).await?,
+        ))
+    };
+    let (data_in, ctl_in, data_out, ctl_out) = match links.await {
+        Ok(l) => l,
+        Err(e) => return answer(Err(remote(ErrorCode::Failed, e))).await,
+    };
+    let mut call = match builder.start_async().await {
+        Ok(call) => call,
+        Err(e) => {
+            let e = match e {
+                shmbus_client::Error::Remote(r) => r,
+                other => remote(ErrorCode::Failed, other.to_string()),
+            };
+            return answer(Err(e)).await;
+        }
+    };
+    answer(Ok(())).await;
+    let grants = watch_ctl(ctl_in);
+    let cancel = call.cancel_handle();
+    let mut cancelled = grants.cancelled.clone();
+    tokio::spawn(async move {
+        if cancelled.wait_for(|c| *c).await.is_ok() {
+            let _ = cancel.cancel();
+        }
+    });
+    let (rx, tx) = (call.take_receiver(), call.take_sender());
+    let down = async {
+        match rx {
+            Some(rx) => pump_out(rx, &data_out, grants.consumed.clone()).await,
+            None => Ok(()),
+        }
+    };
+    let up = async {
+        if tx.is_some() {
+            pump_in(tx, &data_in, &ctl_out, false).await.map(|_| ())
+        } else {
+            Ok(())
+        }
+    };
+    let _ = tokio::join!(down, up);
+    let result = call.finish_async().await.map_err(|e| match e {
+        shmbus_client::Error::Remote(r) => r,
+        other => remote(ErrorCode::Failed, other.to_string()),
+    });
+    let _ = data_out.send(&Data::Result(result)).await;
+}

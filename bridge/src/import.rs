@@ -1,0 +1,266 @@
+//! The caller's side: the services other nodes export, registered on the
+//! local broker as `NODE/SERVICE` (each on a connection of its own, so that
+//! dropping it withdraws the name), and their calls carried to that node.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shmbus::frame::{ErrorCode, RemoteError};
+use shmbus_client::{Connection, IncomingCall};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zenoh::sample::SampleKind;
+use zenoh::Session;
+
+use crate::relay::{pump_in, pump_out, watch_ctl, In, Out};
+use crate::wire::{self, CallOpen, Ctl, Methods, Opened, Way};
+
+/// Nodes seen alive, each with a flag that turns false when it goes.
+type Nodes = Arc<Mutex<HashMap<String, watch::Sender<bool>>>>;
+
+/// Follows other nodes' exports and serves them locally until the
+/// session closes.
+pub async fn run(session: Session, socket: PathBuf, node: String) -> Result<(), String> {
+    let nodes: Nodes = Arc::default();
+    let alive = session
+        .liveliness()
+        .declare_subscriber("shmbus/node/*")
+        .history(true)
+        .await
+        .map_err(|e| format!("zenoh liveliness: {e}"))?;
+    let n = nodes.clone();
+    tokio::spawn(async move {
+        while let Ok(s) = alive.recv_async().await {
+            let Some(name) = s.key_expr().as_str().strip_prefix("shmbus/node/") else {
+                continue;
+            };
+            let mut nodes = n.lock().unwrap();
+            match s.kind() {
+                SampleKind::Put => {
+                    nodes.insert(name.to_string(), watch::channel(true).0);
+                }
+                SampleKind::Delete => {
+                    if let Some(flag) = nodes.remove(name) {
+                        let _ = flag.send(false);
+                    }
+                }
+            }
+        }
+    });
+    let exports = session
+        .liveliness()
+        .declare_subscriber("shmbus/export/**")
+        .history(true)
+        .await
+        .map_err(|e| format!("zenoh liveliness: {e}"))?;
+    let mut served: HashMap<(String, String), JoinHandle<()>> = HashMap::new();
+    let counter = Arc::new(AtomicU64::new(0));
+    while let Ok(s) = exports.recv_async().await {
+        let key = s.key_expr().as_str().to_string();
+        let Some((far, service)) = wire::parse_export_key(&key) else {
+            continue;
+        };
+        if far == node {
+            continue;
+        }
+        let id = (far.to_string(), service.to_string());
+        match s.kind() {
+            SampleKind::Delete => {
+                if let Some(task) = served.remove(&id) {
+                    // Its connection goes with it: the name is withdrawn.
+                    task.abort();
+                }
+            }
+            SampleKind::Put => {
+                if served.contains_key(&id) {
+                    continue;
+                }
+                let ctx = Import {
+                    session: session.clone(),
+                    socket: socket.clone(),
+                    node: node.clone(),
+                    far: id.0.clone(),
+                    service: id.1.clone(),
+                    nodes: nodes.clone(),
+                    counter: counter.clone(),
+                };
+                served.insert(id, tokio::spawn(ctx.serve()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One imported service.
+#[derive(Clone)]
+struct Import {
+    session: Session,
+    socket: PathBuf,
+    node: String,
+    far: String,
+    service: String,
+    nodes: Nodes,
+    counter: Arc<AtomicU64>,
+}
+
+impl Import {
+    /// Registers `far/service` locally and serves its calls.
+    async fn serve(self) {
+        if let Err(e) = self.serve_inner().await {
+            eprintln!("shmbus-bridge: {}/{}: {e}", self.far, self.service);
+        }
+    }
+
+    async fn serve_inner(&self) -> Result<(), String> {
+        let replies = self
+            .session
+            .get(wire::methods_key(&self.far, &self.service))
+            .timeout(Duration::from_secs(2))
+            .await
+            .map_err(|e| format!("zenoh query: {e}"))?;
+        let methods = match replies.recv_async().await {
+            Ok(reply) => match reply.result() {
+                Ok(sample) => wire::decode::<Methods>(&sample.payload().to_bytes())
+                    .map_err(|e| format!("malformed methods: {e}"))?,
+                Err(_) => return Err("the far bridge refused the methods query".into()),
+            },
+            Err(_) => return Err("no answer to the methods query".into()),
+        };
+        let conn = Connection::connect_async(&self.socket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = format!("{}/{}", self.far, self.service);
+        let service = conn
+            .register_async(&name, &methods.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut running: HashSet<u64> = HashSet::new();
+        while let Some(call) = service.next_async().await.map_err(|e| e.to_string())? {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            running.insert(n);
+            let me = self.clone();
+            tokio::spawn(async move { me.relay(call, n).await });
+        }
+        Ok(())
+    }
+
+    /// Carries one call to the far node and its streams and result back.
+    async fn relay(&self, mut call: IncomingCall, n: u64) {
+        let fail = |m: String| RemoteError {
+            code: ErrorCode::Failed,
+            message: m,
+        };
+        let Some(mut gone) = self
+            .nodes
+            .lock()
+            .unwrap()
+            .get(&self.far)
+            .map(|f| f.subscribe())
+        else {
+            let _ = call
+                .respond_async(Err(fail(format!("node {} is not reachable", self.far))))
+                .await;
+            return;
+        };
+        let id = format!("{}-{}-{n}", self.node, std::process::id());
+        let keys = |way, ctl| wire::stream_key(&self.far, &id, way, ctl);
+        let s = &self.session;
+        let links = async {
+            Ok::<_, String>((
+                In::new(s, keys(Way::ToCaller, false)).await?,
+                In::new(s, keys(Way::ToCallee, true)).await?,
+                Out::new(s, keys(Way::ToCallee, false)).await?,
+                Out::new(s, keys(Way::ToCaller, true)).await?,
+            ))
+        };
+        let (data_in, ctl_in, data_out, ctl_out) = match links.await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = call.respond_async(Err(fail(e))).await;
+                return;
+            }
+        };
+        let open = CallOpen {
+            method: call.method().to_string(),
+            args: call.args().to_vec(),
+            time_left_us: call.time_left().map(|d| d.as_micros() as u64),
+            id: id.clone(),
+        };
+        let opened = async {
+            let replies = s
+                .get(wire::call_key(&self.far, &self.service))
+                .payload(wire::encode(&open))
+                .timeout(Duration::from_secs(2))
+                .await
+                .map_err(|e| format!("zenoh query: {e}"))?;
+            let reply = replies
+                .recv_async()
+                .await
+                .map_err(|_| format!("node {} did not answer the call", self.far))?;
+            let sample = reply
+                .result()
+                .map_err(|_| format!("node {} refused the call", self.far))?;
+            wire::decode::<Opened>(&sample.payload().to_bytes())
+                .map_err(|e| format!("malformed answer: {e}"))
+        };
+        match opened.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = call.respond_async(Err(e)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = call.respond_async(Err(fail(e))).await;
+                return;
+            }
+        }
+        let grants = watch_ctl(ctl_in);
+        let (rx, tx) = (call.take_receiver(), call.take_sender());
+        let up = async {
+            match rx {
+                Some(rx) => pump_out(rx, &data_out, grants.consumed.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let down = pump_in(tx, &data_in, &ctl_out, true);
+        let streams = async { tokio::join!(up, down).1 };
+        tokio::pin!(streams);
+        let far_gone = async {
+            let _ = gone.wait_for(|alive| !*alive).await.map(|_| ());
+        };
+        tokio::pin!(far_gone);
+        let aborted = || RemoteError {
+            code: ErrorCode::Aborted,
+            message: "cancelled by the caller".into(),
+        };
+        let outcome = loop {
+            tokio::select! {
+                r = &mut streams => break match r {
+                    Ok(Some(result)) => result,
+                    // The far side is not done: whatever stopped this side
+                    // (the caller cancelled or went away), stop it too.
+                    other => {
+                        let _ = ctl_out.send(&Ctl::Cancel).await;
+                        match other {
+                            _ if call.is_cancelled() => Err(aborted()),
+                            Err(e) => Err(fail(e)),
+                            _ => Err(fail(format!("the bridge to node {} closed", self.far))),
+                        }
+                    }
+                },
+                _ = &mut far_gone => break Err(fail(format!("node {} went away", self.far))),
+                // A caller that cancels: the far call is cancelled.
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if call.is_cancelled() {
+                        let _ = ctl_out.send(&Ctl::Cancel).await;
+                        break Err(aborted());
+                    }
+                }
+            }
+        };
+        let _ = call.respond_async(outcome).await;
+    }
+}

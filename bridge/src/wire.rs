@@ -1,0 +1,176 @@
+//! What bridges say to each other over Zenoh, without I/O: the key
+//! expressions and the messages (postcard).
+//!
+//! Keys, for a node `N` and a service `S`:
+//!
+//! | key | what |
+//! |---|---|
+//! | `shmbus/node/N` | liveliness token: bridge `N` is up |
+//! | `shmbus/export/N/S` | liveliness token: `N` exports `S` |
+//! | `shmbus/methods/N/S` | queryable: `S`'s methods ([`Methods`]) |
+//! | `shmbus/call/N/S` | queryable: open a call to `S` ([`CallOpen`]) |
+//! | `shmbus/stream/N/ID/{to_callee,to_caller}/{data,ctl}` | one call's messages ([`Data`], [`Ctl`]) |
+//!
+//! Items, the stream's end and the call's result travel in order on a
+//! direction's `data` key; credit and cancel on its `ctl` key, so that a
+//! grant is never stuck behind an item its receiver cannot write yet.
+
+use serde::{Deserialize, Serialize};
+use shmbus::frame::{MethodSpec, RemoteError};
+
+/// The bytes a receiving bridge lets be in flight toward it on one
+/// direction before it grants more: what each bridge holds per stream, at
+/// most.
+pub const WINDOW_BYTES: u64 = 4 << 20;
+
+/// The methods of an exported service.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Methods(pub Vec<MethodSpec>);
+
+/// A call, from the caller's bridge to the service's.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CallOpen {
+    /// The method.
+    pub method: String,
+    /// Its arguments.
+    pub args: Vec<u8>,
+    /// Microseconds left before the call's deadline, if it has one.
+    pub time_left_us: Option<u64>,
+    /// The call's key, unique to the caller's bridge.
+    pub id: String,
+}
+
+/// What the service's bridge answers a [`CallOpen`] with.
+pub type Opened = Result<(), RemoteError>;
+
+/// A direction's ordered messages.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// One item.
+    Item(Vec<u8>),
+    /// stream-end.
+    End,
+    /// stream-error.
+    Error(String),
+    /// The call's result (toward the caller only, after its stream).
+    Result(Result<Vec<u8>, RemoteError>),
+}
+
+/// A direction's control messages, against its flow.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Ctl {
+    /// The receiving bridge has written this many bytes on: the sender may
+    /// have up to [`WINDOW_BYTES`] more in flight.
+    Consumed(u64),
+    /// The caller cancelled.
+    Cancel,
+}
+
+/// A node name: letters, digits, `-` and `_`, 1 to 64 of them (it is one
+/// chunk of every key).
+pub fn valid_node(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A service name that fits in a key: no empty chunk, no wildcard.
+pub fn valid_service_key(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && !c.contains(['*', '$', '?', '#']))
+}
+
+/// `shmbus/node/N`.
+pub fn node_key(node: &str) -> String {
+    format!("shmbus/node/{node}")
+}
+
+/// `shmbus/export/N/S`.
+pub fn export_key(node: &str, service: &str) -> String {
+    format!("shmbus/export/{node}/{service}")
+}
+
+/// The node and service of an export token's key.
+pub fn parse_export_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix("shmbus/export/")?;
+    let (node, service) = rest.split_once('/')?;
+    (valid_node(node) && valid_service_key(service)).then_some((node, service))
+}
+
+/// `shmbus/methods/N/S`.
+pub fn methods_key(node: &str, service: &str) -> String {
+    format!("shmbus/methods/{node}/{service}")
+}
+
+/// `shmbus/call/N/S`.
+pub fn call_key(node: &str, service: &str) -> String {
+    format!("shmbus/call/{node}/{service}")
+}
+
+/// Which way a call's messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Caller to service.
+    ToCallee,
+    /// Service to caller.
+    ToCaller,
+}
+
+/// `shmbus/stream/N/ID/{to_callee,to_caller}/{data,ctl}`.
+pub fn stream_key(callee_node: &str, id: &str, way: Way, ctl: bool) -> String {
+    let way = match way {
+        Way::ToCallee => "to_callee",
+        Way::ToCaller => "to_caller",
+    };
+    let kind = if ctl { "ctl" } else { "data" };
+    format!("shmbus/stream/{callee_node}/{id}/{way}/{kind}")
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(msg).expect("bridge messages serialize")
+}
+
+/// Decodes a message from a peer bridge.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_refuse_what_is_not_a_name() {
+        let k = export_key("hostb", "media/big");
+        assert_eq!(parse_export_key(&k), Some(("hostb", "media/big")));
+        assert_eq!(parse_export_key("shmbus/export/hostb"), None);
+        assert_eq!(parse_export_key("shmbus/export/ho st/x"), None);
+        assert_eq!(parse_export_key("shmbus/export/a/b//c"), None);
+        assert!(!valid_node("a/b") && !valid_node("") && valid_node("host-b_2"));
+        assert_eq!(
+            stream_key("b", "a-1", Way::ToCaller, true),
+            "shmbus/stream/b/a-1/to_caller/ctl"
+        );
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            Data::Item(vec![1, 2, 3]),
+            Data::End,
+            Data::Error("boom".into()),
+            Data::Result(Ok(b"ok".to_vec())),
+        ] {
+            assert_eq!(decode::<Data>(&encode(&m)).unwrap(), m);
+        }
+        assert_eq!(
+            decode::<Ctl>(&encode(&Ctl::Consumed(7))).unwrap(),
+            Ctl::Consumed(7)
+        );
+        assert!(decode::<Data>(&[99]).is_err());
+    }
+}

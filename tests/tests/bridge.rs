@@ -1,0 +1,276 @@
+//! Two hosts on one machine: two brokers with their own sockets, a
+//! `shmbus-bridge` beside each, the two Zenoh peers connected over TCP on
+//! 127.0.0.1 only (scouting off). Services exported on node `b` are called
+//! on broker `a` as `b/NAME`, through real processes end to end.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shmbus_client::{Connection, CreditSpec, Error, ErrorCode, StreamMode};
+use shmbus_tests::{bin, wait_for_service, wait_until, Broker, KillOnDrop, Peer};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts a bridge for `broker` as `node` and waits until it is up.
+fn bridge(broker: &Broker, node: &str, args: &[String]) -> KillOnDrop {
+    let mut child = Command::new(bin("shmbus-bridge"))
+        .arg("--socket")
+        .arg(&broker.socket)
+        .args(["--node", node])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), format!("ready {node}"));
+    KillOnDrop(child)
+}
+
+/// Host `b` (exporting `patterns`, listening) and host `a` (connecting).
+struct Hosts {
+    a: Broker,
+    b: Broker,
+    port: u16,
+    bridge_a: KillOnDrop,
+    bridge_b: KillOnDrop,
+}
+
+impl Hosts {
+    fn start(patterns: &[&str]) -> Hosts {
+        let (a, b) = (Broker::start(), Broker::start());
+        let port = free_port();
+        let bridge_b = Self::start_b(&b, port, patterns);
+        let bridge_a = bridge(
+            &a,
+            "a",
+            &["--connect".into(), format!("tcp/127.0.0.1:{port}")],
+        );
+        Hosts {
+            a,
+            b,
+            port,
+            bridge_a,
+            bridge_b,
+        }
+    }
+
+    fn start_b(b: &Broker, port: u16, patterns: &[&str]) -> KillOnDrop {
+        let mut args = vec!["--listen".to_string(), format!("tcp/127.0.0.1:{port}")];
+        for p in patterns {
+            args.push("--export".into());
+            args.push(p.to_string());
+        }
+        bridge(b, "b", &args)
+    }
+
+    /// A connection to host `a`'s broker, once `b/NAME` is registered there.
+    fn caller(&self, name: &str) -> Connection {
+        let conn = self.a.connect();
+        wait_for_service(&conn, name);
+        conn
+    }
+}
+
+/// A call to the far endless producer, 100 items into its stream.
+fn endless_call(conn: &Connection) -> shmbus_client::Call {
+    let mut call = conn
+        .call("b/endless", "endless")
+        .mode(StreamMode::Download)
+        .start()
+        .unwrap();
+    for _ in 0..100 {
+        call.receiver().unwrap().recv_bytes().unwrap().unwrap();
+    }
+    call
+}
+
+fn listed(conn: &Connection, name: &str) -> bool {
+    conn.list()
+        .map(|s| s.services.iter().any(|x| x.name == name))
+        .unwrap_or(false)
+}
+
+#[test]
+fn shmbusctl_cat_moves_256_mib_byte_exact_through_the_bridge() {
+    let hosts = Hosts::start(&["big"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    shmbus_tests::write_random_file(&file, 256 << 20);
+    let ctl = bin("shmbusctl");
+    let _server = KillOnDrop(
+        Command::new(&ctl)
+            .arg("--socket")
+            .arg(&hosts.b.socket)
+            .args(["serve", "big"])
+            .arg(&file)
+            .spawn()
+            .unwrap(),
+    );
+    hosts.caller("b/big");
+    let sha = |cmd: String| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -o pipefail; {cmd} | sha256sum"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    };
+    let want = sha(format!("cat {}", file.display()));
+    let got = sha(format!(
+        "{} --socket {} cat b/big",
+        ctl.display(),
+        hosts.a.socket.display()
+    ));
+    assert_eq!(got, want);
+}
+
+#[test]
+fn every_flow_crosses() {
+    let hosts = Hosts::start(&["nums", "math", "store", "echoes", "bad"]);
+    let _nums = Peer::serve(&hosts.b, &["numbers", "nums"]);
+    let _math = Peer::serve(&hosts.b, &["unary", "math"]);
+    let _sink = Peer::serve(&hosts.b, &["sink", "store"]);
+    let _echo = Peer::serve(&hosts.b, &["echo", "echoes"]);
+    let _bad = Peer::serve(&hosts.b, &["failing", "bad"]);
+    let conn = hosts.caller("b/bad");
+    for name in ["b/nums", "b/math", "b/store", "b/echoes"] {
+        wait_for_service(&conn, name);
+    }
+    // Unary.
+    let sum = conn
+        .call("b/math", "add")
+        .args_typed(&(40u64, 2u64))
+        .unwrap()
+        .unary()
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(sum.try_into().unwrap()), 42);
+    // Download, with little credit: the far producer waits for it.
+    let mut call = conn
+        .call("b/nums", "numbers")
+        .args_typed(&20_000u64)
+        .unwrap()
+        .credit(CreditSpec::items(4))
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    let mut n = 0u64;
+    while let Some(i) = rx.recv::<u64>().unwrap() {
+        assert_eq!(i, n);
+        n += 1;
+    }
+    assert_eq!(n, 20_000);
+    call.finish().unwrap();
+    // Upload.
+    let data = shmbus_tests::pattern(9, 3 << 20);
+    let mut call = conn.call("b/store", "sink").start().unwrap();
+    let tx = call.sender().unwrap();
+    for chunk in data.chunks(50_000) {
+        tx.send_bytes(chunk).unwrap();
+    }
+    let answer = String::from_utf8(call.finish().unwrap()).unwrap();
+    assert_eq!(
+        answer,
+        format!("{},{}", data.len(), shmbus_tests::fnv1a(0, &data))
+    );
+    // Bidirectional.
+    let mut call = conn.call("b/echoes", "echo").start().unwrap();
+    for i in 0..100u32 {
+        let msg = format!("m{i}");
+        call.sender().unwrap().send_bytes(msg.as_bytes()).unwrap();
+        let back = call.receiver().unwrap().recv_bytes().unwrap().unwrap();
+        assert_eq!(back, format!("Echo: {msg}").as_bytes());
+    }
+    call.finish().unwrap();
+    // A stream error after items, then the service's failure.
+    let mut call = conn
+        .call("b/bad", "fail")
+        .args_typed(&3u64)
+        .unwrap()
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    let mut items = 0;
+    let err = loop {
+        match rx.recv_bytes() {
+            Ok(Some(_)) => items += 1,
+            Ok(None) => panic!("the stream ended instead of failing"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(items, 3);
+    assert!(matches!(err, Error::Stream(_)), "{err:?}");
+    assert!(call.finish().is_err());
+}
+
+#[test]
+fn a_cancel_crosses_and_the_result_is_aborted() {
+    let hosts = Hosts::start(&["endless"]);
+    let mut far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let conn = hosts.caller("b/endless");
+    let mut call = endless_call(&conn);
+    call.cancel().unwrap();
+    match call.finish() {
+        Err(Error::Remote(e)) => assert_eq!(e.code, ErrorCode::Aborted, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The far service's stream was cancelled.
+    far.expect_line("cancelled-after", 5 * SEC);
+}
+
+#[test]
+fn a_far_bridge_killed_mid_stream_fails_the_call_and_withdraws_its_names() {
+    let mut hosts = Hosts::start(&["endless"]);
+    let _far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let conn = hosts.caller("b/endless");
+    let mut call = endless_call(&conn);
+    let killed = Instant::now();
+    let _ = hosts.bridge_b.kill();
+    let _ = hosts.bridge_b.wait();
+    let rx = call.receiver().unwrap();
+    let err = loop {
+        match rx.recv_bytes() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended instead of failing"),
+            Err(e) => break e,
+        }
+    };
+    let took = killed.elapsed();
+    assert!(took < 2 * SEC, "the caller waited {took:?}: {err:?}");
+    assert!(call.finish().is_err());
+    wait_until(2 * SEC, || !listed(&conn, "b/endless"));
+    // A restarted bridge exports again by itself.
+    hosts.bridge_b = Hosts::start_b(&hosts.b, hosts.port, &["endless"]);
+    wait_until(10 * SEC, || listed(&conn, "b/endless"));
+    let _ = &hosts.bridge_a;
+}
+
+#[test]
+fn a_deadline_travels_with_the_call() {
+    let hosts = Hosts::start(&["dl"]);
+    let mut far = Peer::serve(&hosts.b, &["deadlines", "dl"]);
+    let conn = hosts.caller("b/dl");
+    let started = Instant::now();
+    let r = conn
+        .call("b/dl", "nap")
+        .args_typed(&(0u64, 3000u64))
+        .unwrap()
+        .timeout(Duration::from_millis(400))
+        .unary();
+    assert!(matches!(r, Err(Error::DeadlineExceeded)), "{r:?}");
+    assert!(started.elapsed() < 2 * SEC, "{:?}", started.elapsed());
+    // The far service heard of the deadline, as time left.
+    let left: u64 = far.expect_line("time-left-ms", 5 * SEC).parse().unwrap();
+    assert!(left > 0 && left <= 400, "time left {left} ms");
+}
