@@ -35,6 +35,10 @@ pub struct Cli {
     /// Find other nodes by multicast scouting (off unless asked for).
     #[arg(long)]
     pub scouting: bool,
+    /// A Zenoh configuration file (JSON5) to start from, for what the flags
+    /// do not cover: TLS certificates, say. The flags' settings go over it.
+    #[arg(long)]
+    pub zenoh_config: Option<PathBuf>,
 }
 
 /// The same keys in a file.
@@ -51,6 +55,7 @@ struct FileConfig {
     export: Vec<String>,
     #[serde(default)]
     scouting: bool,
+    zenoh_config: Option<PathBuf>,
 }
 
 /// The bridge's settings.
@@ -68,6 +73,8 @@ pub struct Settings {
     pub export: Vec<String>,
     /// Multicast scouting on.
     pub scouting: bool,
+    /// A Zenoh configuration file to start from.
+    pub zenoh_config: Option<PathBuf>,
 }
 
 impl Settings {
@@ -101,6 +108,7 @@ impl Settings {
             connect: pick(cli.connect, file.connect),
             export: pick(cli.export, file.export),
             scouting: cli.scouting || file.scouting,
+            zenoh_config: cli.zenoh_config.or(file.zenoh_config),
         })
     }
 
@@ -112,7 +120,11 @@ impl Settings {
             let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
             format!("[{}]", items.join(","))
         };
-        let mut c = zenoh::Config::default();
+        let mut c = match &self.zenoh_config {
+            Some(p) => zenoh::Config::from_file(p)
+                .map_err(|e| format!("zenoh configuration {}: {e}", p.display()))?,
+            None => zenoh::Config::default(),
+        };
         for (key, value) in [
             ("mode", "\"peer\"".to_string()),
             ("listen/endpoints", list(&self.listen)),
@@ -164,6 +176,22 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("letters"), "{e}");
+        // A Zenoh file to start from, under the bridge's own settings.
+        let z = dir.join("zenoh.json5");
+        std::fs::write(
+            &z,
+            "{ mode: \"client\", scouting: { multicast: { enabled: true } } }",
+        )
+        .unwrap();
+        let s = Settings::from_cli(Cli {
+            node: Some("a".into()),
+            zenoh_config: Some(z),
+            ..Cli::default()
+        })
+        .unwrap();
+        let c = s.zenoh().unwrap();
+        assert_eq!(c.get_json("mode").unwrap(), "\"peer\"");
+        assert_eq!(c.get_json("scouting/multicast/enabled").unwrap(), "false");
         std::fs::write(&file, "nod = 1\n").unwrap();
         let e = Settings::from_cli(Cli {
             config: Some(file),

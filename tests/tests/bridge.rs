@@ -274,3 +274,56 @@ fn a_deadline_travels_with_the_call() {
     let left: u64 = far.expect_line("time-left-ms", 5 * SEC).parse().unwrap();
     assert!(left > 0 && left <= 400, "time left {left} ms");
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_slow_consumer_slows_the_far_producer_and_memory_stays_bounded() {
+    let hosts = Hosts::start(&["big"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    shmbus_tests::write_random_file(&file, 256 << 20);
+    let _server = KillOnDrop(
+        Command::new(bin("shmbusctl"))
+            .arg("--socket")
+            .arg(&hosts.b.socket)
+            .args(["serve", "big"])
+            .arg(&file)
+            .spawn()
+            .unwrap(),
+    );
+    let conn = hosts.caller("b/big");
+    let (a, b) = (hosts.bridge_a.id(), hosts.bridge_b.id());
+    let mut call = conn
+        .call("b/big", "read")
+        .mode(StreamMode::Download)
+        .start()
+        .unwrap();
+    let rx = call.receiver().unwrap();
+    // About 1 MB/s for three seconds.
+    let (mut got, started) = (0usize, Instant::now());
+    let (mut peak_a, mut peak_b) = (0, 0);
+    while started.elapsed() < 3 * SEC {
+        let mut buf = vec![0u8; 50_000];
+        std::io::Read::read_exact(rx, &mut buf).unwrap();
+        got += buf.len();
+        std::thread::sleep(Duration::from_millis(50));
+        peak_a = peak_a.max(rss_kib(a));
+        peak_b = peak_b.max(rss_kib(b));
+    }
+    println!("read {got} bytes; peak RSS: bridge a {peak_a} KiB, bridge b {peak_b} KiB");
+    assert!(got < 8 << 20, "the consumer read {got} bytes");
+    // The file is 256 MiB: had either bridge taken what the producer
+    // could give, it would hold far more than the window and the ports.
+    assert!(peak_a < 96 << 10, "bridge a peaked at {peak_a} KiB");
+    assert!(peak_b < 96 << 10, "bridge b peaked at {peak_b} KiB");
+    call.cancel().unwrap();
+}
