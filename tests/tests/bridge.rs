@@ -91,6 +91,22 @@ fn endless_call(conn: &Connection) -> shmbus_client::Call {
     call
 }
 
+/// A 256 MiB file of random bytes in `dir`, served as `big` on host `b`.
+fn serve_big(hosts: &Hosts, dir: &std::path::Path) -> (std::path::PathBuf, KillOnDrop) {
+    let file = dir.join("big.bin");
+    shmbus_tests::write_random_file(&file, 256 << 20);
+    let server = KillOnDrop(
+        Command::new(bin("shmbusctl"))
+            .arg("--socket")
+            .arg(&hosts.b.socket)
+            .args(["serve", "big"])
+            .arg(&file)
+            .spawn()
+            .unwrap(),
+    );
+    (file, server)
+}
+
 fn listed(conn: &Connection, name: &str) -> bool {
     conn.list()
         .map(|s| s.services.iter().any(|x| x.name == name))
@@ -101,18 +117,8 @@ fn listed(conn: &Connection, name: &str) -> bool {
 fn shmbusctl_cat_moves_256_mib_byte_exact_through_the_bridge() {
     let hosts = Hosts::start(&["big"]);
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.bin");
-    shmbus_tests::write_random_file(&file, 256 << 20);
+    let (file, _server) = serve_big(&hosts, dir.path());
     let ctl = bin("shmbusctl");
-    let _server = KillOnDrop(
-        Command::new(&ctl)
-            .arg("--socket")
-            .arg(&hosts.b.socket)
-            .args(["serve", "big"])
-            .arg(&file)
-            .spawn()
-            .unwrap(),
-    );
     hosts.caller("b/big");
     let sha = |cmd: String| {
         let out = Command::new("bash")
@@ -289,17 +295,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn a_slow_consumer_slows_the_far_producer_and_memory_stays_bounded() {
     let hosts = Hosts::start(&["big"]);
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.bin");
-    shmbus_tests::write_random_file(&file, 256 << 20);
-    let _server = KillOnDrop(
-        Command::new(bin("shmbusctl"))
-            .arg("--socket")
-            .arg(&hosts.b.socket)
-            .args(["serve", "big"])
-            .arg(&file)
-            .spawn()
-            .unwrap(),
-    );
+    let (_file, _server) = serve_big(&hosts, dir.path());
     let conn = hosts.caller("b/big");
     let (a, b) = (hosts.bridge_a.id(), hosts.bridge_b.id());
     let mut call = conn
