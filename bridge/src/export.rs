@@ -170,7 +170,10 @@ async fn serve_call<F, Fut>(
     let (rx, tx) = (call.take_receiver(), call.take_sender());
     let down = async {
         match rx {
-            Some(rx) => pump_out(rx, &data_out, grants.consumed.clone()).await,
+            Some(rx) => {
+                let cancelled = Some(grants.cancelled.clone());
+                pump_out(rx, &data_out, grants.consumed.clone(), cancelled).await
+            }
             None => Ok(()),
         }
     };

@@ -221,7 +221,7 @@ impl Import {
         let (rx, tx) = (call.take_receiver(), call.take_sender());
         let up = async {
             match rx {
-                Some(rx) => pump_out(rx, &data_out, grants.consumed.clone()).await,
+                Some(rx) => pump_out(rx, &data_out, grants.consumed.clone(), None).await,
                 None => Ok(()),
             }
         };

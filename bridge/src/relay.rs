@@ -104,11 +104,15 @@ pub fn watch_ctl(ctl: In) -> Grants {
 
 /// Local receiver → far bridge: each item as [`Data::Item`] once the far
 /// side has room for it, then the stream's end or error. Returns how the
-/// stream ended (`Err` with the local error when it failed).
+/// stream ended (`Err` with the local error when it failed). When
+/// `cancelled` turns true the local stream is cancelled at once, even
+/// while this waits for room: its producer may be waiting for credit that
+/// only a receive would give.
 pub async fn pump_out(
     rx: Receiver,
     out: &Out,
     mut grants: watch::Receiver<u64>,
+    mut cancelled: Option<watch::Receiver<bool>>,
 ) -> Result<(), String> {
     let mut rx = AsyncReceiver::new(rx).map_err(|e| e.to_string())?;
     let mut sent = 0u64;
@@ -128,8 +132,22 @@ pub async fn pump_out(
             if sent + len <= consumed + WINDOW_BYTES || sent == consumed {
                 break;
             }
-            if grants.changed().await.is_err() {
-                return Err("the far bridge stopped granting credit".into());
+            let stop = async {
+                match cancelled.as_mut() {
+                    Some(c) => {
+                        let _ = c.wait_for(|c| *c).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = grants.changed() => if r.is_err() {
+                    return Err("the far bridge stopped granting credit".into());
+                },
+                _ = stop => {
+                    rx.get_mut().cancel();
+                    return Err("cancelled by the far caller".into());
+                }
             }
         }
         out.send(&Data::Item(item)).await?;
