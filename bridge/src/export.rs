@@ -118,6 +118,30 @@ pub async fn run(
     }
 }
 
+/// Completes when the caller's node goes away (its liveliness token is
+/// dropped); `None` for a name that is not a node's.
+async fn caller_gone(
+    session: &Session,
+    caller: &str,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    if !wire::valid_node(caller) {
+        return None;
+    }
+    let sub = session
+        .liveliness()
+        .declare_subscriber(wire::node_key(caller))
+        .history(true)
+        .await
+        .ok()?;
+    Some(async move {
+        while let Ok(s) = sub.recv_async().await {
+            if s.kind() == zenoh::sample::SampleKind::Delete {
+                return;
+            }
+        }
+    })
+}
+
 /// Makes one call on the local broker for a far caller, answers its
 /// opening with `answer`, then relays its streams and its result.
 async fn serve_call<F, Fut>(
@@ -159,7 +183,13 @@ async fn serve_call<F, Fut>(
         }
     };
     answer(Ok(())).await;
-    let grants = watch_ctl(ctl_in);
+    // The caller's node going away cancels the call, as its cancel would.
+    let gone: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        match caller_gone(&session, &open.caller).await {
+            Some(f) => Box::pin(f),
+            None => Box::pin(std::future::pending()),
+        };
+    let grants = watch_ctl(ctl_in, gone);
     let cancel = call.cancel_handle();
     let mut cancelled = grants.cancelled.clone();
     tokio::spawn(async move {

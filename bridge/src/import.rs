@@ -188,6 +188,7 @@ impl Import {
             args: call.args().to_vec(),
             time_left_us: call.time_left().map(|d| d.as_micros() as u64),
             id: id.clone(),
+            caller: self.node.clone(),
         };
         let opened = async {
             let replies = s
@@ -217,7 +218,7 @@ impl Import {
                 return;
             }
         }
-        let grants = watch_ctl(ctl_in);
+        let grants = watch_ctl(ctl_in, Box::pin(std::future::pending()));
         let (rx, tx) = (call.take_receiver(), call.take_sender());
         let up = async {
             match rx {

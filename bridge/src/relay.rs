@@ -73,12 +73,27 @@ pub struct Grants {
     pub cancelled: watch::Receiver<bool>,
 }
 
-/// Reads a `ctl` key until the session closes, publishing what it says.
-pub fn watch_ctl(ctl: In) -> Grants {
+/// Reads a `ctl` key until the session closes, publishing what it says; a
+/// cancel too once `gone` completes (the caller's node went away).
+pub fn watch_ctl(
+    ctl: In,
+    gone: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> Grants {
     let (consumed_tx, consumed) = watch::channel(0u64);
     let (cancel_tx, cancelled) = watch::channel(false);
     tokio::spawn(async move {
-        while let Some(Ok(msg)) = ctl.next::<Ctl>().await {
+        let (mut gone, mut went) = (gone, false);
+        loop {
+            let msg = tokio::select! {
+                m = ctl.next::<Ctl>() => m,
+                _ = &mut gone, if !went => {
+                    went = true;
+                    Some(Ok(Ctl::Cancel))
+                }
+            };
+            let Some(Ok(msg)) = msg else {
+                return;
+            };
             match msg {
                 Ctl::Consumed(n) => {
                     consumed_tx.send_if_modified(|c| {

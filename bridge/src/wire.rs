@@ -38,6 +38,8 @@ pub struct CallOpen {
     pub time_left_us: Option<u64>,
     /// The call's key, unique to the caller's bridge.
     pub id: String,
+    /// The caller's node: when it goes away, the call is cancelled.
+    pub caller: String,
 }
 
 /// What the service's bridge answers a [`CallOpen`] with.

@@ -323,3 +323,18 @@ fn a_slow_consumer_slows_the_far_producer_and_memory_stays_bounded() {
     assert!(peak_b < 96 << 10, "bridge b peaked at {peak_b} KiB");
     call.cancel().unwrap();
 }
+
+#[test]
+fn the_caller_side_bridge_killed_mid_stream_cancels_the_far_call() {
+    let mut hosts = Hosts::start(&["endless"]);
+    let mut far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let conn = hosts.caller("b/endless");
+    let _call = endless_call(&conn);
+    let killed = Instant::now();
+    let _ = hosts.bridge_a.kill();
+    let _ = hosts.bridge_a.wait();
+    // The far service's stream is cancelled: its producer does not wait
+    // for a caller that is gone.
+    far.expect_line("cancelled-after", 5 * SEC);
+    assert!(killed.elapsed() < 3 * SEC, "{:?}", killed.elapsed());
+}
