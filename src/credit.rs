@@ -257,15 +257,7 @@ impl RecvCredit {
                 return Err(CreditError::WrongCharge { len, charge });
             }
         }
-        let received = self.received.saturating_add(charge);
-        if received > self.announced {
-            return Err(CreditError::Overrun {
-                received,
-                limit: self.announced,
-            });
-        }
-        self.received = received;
-        Ok(())
+        self.admit(charge)
     }
 
     /// Validates an arriving blob's charge (see [`blob_charge`]) against
@@ -280,6 +272,12 @@ impl RecvCredit {
                 });
             }
         }
+        self.admit(charge)
+    }
+
+    /// Counts a charge as received, unless it overruns the announced limit.
+    #[inline]
+    fn admit(&mut self, charge: u64) -> Result<(), CreditError> {
         let received = self.received.saturating_add(charge);
         if received > self.announced {
             return Err(CreditError::Overrun {

@@ -180,7 +180,7 @@ mod tests {
         let z = dir.join("zenoh.json5");
         std::fs::write(
             &z,
-            "{ mode: \"client\", scouting: { multicast: { enabled: true } } }",
+            "{ mode: \"client\", transport: { link: { tls: { enable_mtls: true } } } }",
         )
         .unwrap();
         let s = Settings::from_cli(Cli {
@@ -192,6 +192,11 @@ mod tests {
         let c = s.zenoh().unwrap();
         assert_eq!(c.get_json("mode").unwrap(), "\"peer\"");
         assert_eq!(c.get_json("scouting/multicast/enabled").unwrap(), "false");
+        // What the flags do not set stays as the file says.
+        assert_eq!(
+            c.get_json("transport/link/tls/enable_mtls").unwrap(),
+            "true"
+        );
         std::fs::write(&file, "nod = 1\n").unwrap();
         let e = Settings::from_cli(Cli {
             config: Some(file),
