@@ -155,7 +155,10 @@ async fn serve_call<F, Fut>(
     F: FnOnce(Opened) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut builder = conn.call(&service, &open.method).args(open.args);
+    let mut builder = conn
+        .call(&service, &open.method)
+        .args(open.args)
+        .ring_size(open.ring.clamp(1 << 16, wire::MAX_RING));
     if let Some(us) = open.time_left_us {
         builder = builder.timeout(Duration::from_micros(us));
     }
@@ -219,5 +222,5 @@ async fn serve_call<F, Fut>(
         shmbus_client::Error::Remote(r) => r,
         other => remote(ErrorCode::Failed, other.to_string()),
     });
-    let _ = data_out.send(&Data::Result(result)).await;
+    let _ = data_out.send_data(&Data::Result(result)).await;
 }

@@ -183,12 +183,21 @@ impl Import {
                 return;
             }
         };
+        let max_item = [
+            call.sender().map(|t| t.max_item()),
+            call.receiver().map(|r| r.max_item()),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
         let open = CallOpen {
             method: call.method().to_string(),
             args: call.args().to_vec(),
             time_left_us: call.time_left().map(|d| d.as_micros() as u64),
             id: id.clone(),
             caller: self.node.clone(),
+            ring: wire::ring_for(max_item),
         };
         let opened = async {
             let replies = s

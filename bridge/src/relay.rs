@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use zenoh::qos::CongestionControl;
 use zenoh::Session;
 
-use crate::wire::{self, Ctl, Data, WINDOW_BYTES};
+use crate::wire::{self, Ctl, Data, DataKind, WINDOW_BYTES};
 
 /// Publishes messages on one key, reliably, waiting (never dropping) when
 /// Zenoh's queue is full: credit keeps what is in flight bounded.
@@ -29,13 +29,34 @@ impl Out {
         Ok(Out { publisher })
     }
 
-    /// Sends one message.
+    /// Sends one message (postcard).
     pub async fn send<T: serde::Serialize>(&self, msg: &T) -> Result<(), String> {
+        self.put(wire::encode(msg)).await
+    }
+
+    /// Sends one [`Data`] on a `data` key.
+    pub async fn send_data(&self, d: &Data) -> Result<(), String> {
+        self.put(wire::data_message(d)).await
+    }
+
+    async fn put(&self, bytes: Vec<u8>) -> Result<(), String> {
         self.publisher
-            .put(wire::encode(msg))
+            .put(bytes)
             .await
             .map_err(|e| format!("zenoh put: {e}"))
     }
+}
+
+/// A message on a `data` key.
+pub enum Incoming {
+    /// An item, still in Zenoh's buffers (its bytes follow a one-byte tag).
+    Item(zenoh::bytes::ZBytes),
+    /// Anything else.
+    Data(Data),
+}
+
+fn malformed(e: impl std::fmt::Display) -> String {
+    format!("malformed message from the far bridge: {e}")
 }
 
 /// A subscriber's messages, decoded.
@@ -59,9 +80,26 @@ impl In {
     pub async fn next<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, String>> {
         let sample = self.subscriber.recv_async().await.ok()?;
         let bytes = sample.payload().to_bytes();
-        Some(
-            wire::decode(&bytes).map_err(|e| format!("malformed message from the far bridge: {e}")),
-        )
+        Some(wire::decode(&bytes).map_err(malformed))
+    }
+
+    /// The next message on a `data` key; `None` when the session closed.
+    pub async fn next_data(&self) -> Option<Result<Incoming, String>> {
+        let sample = self.subscriber.recv_async().await.ok()?;
+        let payload = sample.payload();
+        let first = payload.slices().find(|s| !s.is_empty()).map(|s| s[0]);
+        Some(match wire::data_kind(first) {
+            Some(DataKind::Item) => Ok(Incoming::Item(payload.clone())),
+            Some(DataKind::Data) => wire::decode(&payload.to_bytes()[1..])
+                .map(Incoming::Data)
+                .map_err(malformed),
+            None => Err(malformed("no such message")),
+        })
+    }
+
+    /// True when no message waits: the far side has sent nothing more yet.
+    pub fn is_idle(&self) -> bool {
+        self.subscriber.is_empty()
     }
 }
 
@@ -117,7 +155,7 @@ pub fn watch_ctl(
     }
 }
 
-/// Local receiver → far bridge: each item as [`Data::Item`] once the far
+/// Local receiver → far bridge: each item as it is once the far
 /// side has room for it, then the stream's end or error. Returns how the
 /// stream ended (`Err` with the local error when it failed). When
 /// `cancelled` turns true the local stream is cancelled at once, even
@@ -132,16 +170,18 @@ pub async fn pump_out(
     let mut rx = AsyncReceiver::new(rx).map_err(|e| e.to_string())?;
     let mut sent = 0u64;
     loop {
-        let item = match rx.recv_in_place().await {
-            Ok(Some(item)) => item.to_vec(),
-            Ok(None) => return out.send(&Data::End).await,
+        // The message is made (the one copy on this side) as the item is
+        // taken, so that its room in the port goes back at once.
+        let message = match rx.recv_in_place().await {
+            Ok(Some(item)) => wire::item_message(&item),
+            Ok(None) => return out.send_data(&Data::End).await,
             Err(e) => {
-                out.send(&Data::Error(e.to_string())).await?;
+                out.send_data(&Data::Error(e.to_string())).await?;
                 return Err(e.to_string());
             }
         };
         // Room for it: within the window, or alone in flight.
-        let len = item.len() as u64;
+        let len = message.len() as u64 - 1;
         loop {
             let consumed = *grants.borrow_and_update();
             if sent + len <= consumed + WINDOW_BYTES || sent == consumed {
@@ -165,7 +205,7 @@ pub async fn pump_out(
                 }
             }
         }
-        out.send(&Data::Item(item)).await?;
+        out.put(message).await?;
         sent += len;
     }
 }
@@ -175,6 +215,10 @@ pub async fn pump_out(
 /// (`until_result`), goes on to the call's result, which follows the
 /// stream on the same key, and returns it; otherwise returns at the
 /// stream's end. `None` when the key ends first.
+///
+/// The far bridge is not trusted: an item it sends beyond the room granted
+/// to it, or larger than the local port takes, fails the local stream
+/// (with that reason) and this relay, before anything of it is written.
 pub async fn pump_in(
     tx: Option<Sender>,
     data: &In,
@@ -185,17 +229,30 @@ pub async fn pump_in(
         Some(tx) => Some(AsyncSender::new(tx).map_err(|e| e.to_string())?),
         None => None,
     };
-    let (mut consumed, mut granted) = (0u64, 0u64);
-    while let Some(msg) = data.next::<Data>().await {
+    let (mut received, mut granted) = (0u64, 0u64);
+    while let Some(msg) = data.next_data().await {
         match msg? {
-            Data::Item(bytes) => {
+            Incoming::Item(bytes) => {
                 let Some(t) = tx.as_mut() else {
                     return Err("the far bridge sent items on a stream with no receiver".into());
                 };
-                t.send_bytes(&bytes).await.map_err(|e| e.to_string())?;
-                consumed += bytes.len() as u64;
+                let len = bytes.len() - 1;
+                if let Err(e) = admit(received, granted, len, t.get_mut().max_item()) {
+                    let _ = t.fail(&e).await;
+                    return Err(e);
+                }
+                let mut slot = t.reserve(len).await.map_err(|e| e.to_string())?;
+                wire::copy_after_tag(bytes.slices(), &mut slot.buf()[..len]);
+                slot.commit(len).map_err(|e| e.to_string())?;
+                received += len as u64;
+                // Published in batches while more items wait; at once when
+                // none does (the local receiver must not wait for a batch
+                // that is not coming).
+                if data.is_idle() {
+                    t.flush().await.map_err(|e| e.to_string())?;
+                }
             }
-            Data::End => {
+            Incoming::Data(Data::End) => {
                 if let Some(mut t) = tx.take() {
                     t.finish().await.map_err(|e| e.to_string())?;
                 }
@@ -203,7 +260,7 @@ pub async fn pump_in(
                     return Ok(None);
                 }
             }
-            Data::Error(m) => {
+            Incoming::Data(Data::Error(m)) => {
                 if let Some(mut t) = tx.take() {
                     let _ = t.fail(&m).await;
                 }
@@ -211,13 +268,53 @@ pub async fn pump_in(
                     return Ok(None);
                 }
             }
-            Data::Result(r) => return Ok(Some(r)),
+            Incoming::Data(Data::Result(r)) => return Ok(Some(r)),
         }
         // Grant what is written on: the far side may send that much more.
-        if consumed > granted {
-            granted = consumed;
-            ctl.send(&Ctl::Consumed(consumed)).await?;
+        // Grants go once half the window is written, or when nothing more
+        // waits (the far side may be waiting for them).
+        if received > granted && (received - granted >= WINDOW_BYTES / 2 || data.is_idle()) {
+            granted = received;
+            ctl.send(&Ctl::Consumed(granted)).await?;
         }
     }
     Ok(None)
+}
+
+/// Whether an item of `len` bytes may come after `received` bytes, when
+/// `granted` were granted back: within the window, or alone in flight (the
+/// rule [`pump_out`] follows), and no larger than the local port's largest
+/// item `max_item`. `Err` says why not.
+fn admit(received: u64, granted: u64, len: usize, max_item: usize) -> Result<(), String> {
+    if len > max_item {
+        return Err(format!(
+            "the far bridge sent an item of {len} bytes; this stream takes at most {max_item}"
+        ));
+    }
+    if received + len as u64 > granted + WINDOW_BYTES && received != granted {
+        return Err(format!(
+            "the far bridge sent {} bytes beyond the {WINDOW_BYTES} it was granted",
+            received + len as u64 - granted - WINDOW_BYTES
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admit;
+    use crate::wire::WINDOW_BYTES;
+
+    #[test]
+    fn items_beyond_the_window_or_the_port_are_refused() {
+        let w = WINDOW_BYTES;
+        assert!(admit(0, 0, 1 << 20, 1 << 20).is_ok());
+        assert!(admit(w - 10, 0, 10, 1 << 20).is_ok());
+        let e = admit(w - 10, 0, 11, 1 << 20).unwrap_err();
+        assert!(e.contains("1 bytes beyond"), "{e}");
+        // Alone in flight, an item may be as large as the port takes.
+        assert!(admit(5 * w, 5 * w, 2 * w as usize, 2 * w as usize).is_ok());
+        let e = admit(0, 0, (1 << 20) + 1, 1 << 20).unwrap_err();
+        assert!(e.contains("at most 1048576"), "{e}");
+    }
 }

@@ -40,22 +40,95 @@ pub struct CallOpen {
     pub id: String,
     /// The caller's node: when it goes away, the call is cancelled.
     pub caller: String,
+    /// The ring the service's side asks its broker for: one whose items
+    /// are as large as the caller's port takes, so that an item fits both.
+    pub ring: u32,
 }
+
+/// The ring that carries items as large as a port whose largest is
+/// `max_item` (a ring's record is at most half of it), from the default
+/// ring up to [`MAX_RING`].
+pub fn ring_for(max_item: usize) -> u32 {
+    let want = max_item
+        .saturating_mul(2)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX);
+    want.clamp(shmbus::DEFAULT_RING_SIZE as usize, MAX_RING as usize) as u32
+}
+
+/// The largest ring a bridge asks for on behalf of a far caller.
+pub const MAX_RING: u32 = 64 << 20;
 
 /// What the service's bridge answers a [`CallOpen`] with.
 pub type Opened = Result<(), RemoteError>;
 
-/// A direction's ordered messages.
+/// A direction's ordered messages other than items (which go as they are,
+/// see [`item_message`]).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Data {
-    /// One item.
-    Item(Vec<u8>),
     /// stream-end.
     End,
     /// stream-error.
     Error(String),
     /// The call's result (toward the caller only, after its stream).
     Result(Result<Vec<u8>, RemoteError>),
+}
+
+/// First byte of a `data` message holding one item: the item's bytes
+/// follow, unencoded, so that they are copied once on each side (into the
+/// message, out of it into the local port) and never walked byte by byte.
+pub const ITEM: u8 = 0;
+
+/// First byte of a `data` message holding a [`Data`] (postcard).
+pub const DATA: u8 = 1;
+
+/// A `data` message carrying one item.
+pub fn item_message(item: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(1 + item.len());
+    m.push(ITEM);
+    m.extend_from_slice(item);
+    m
+}
+
+/// A `data` message carrying `d`.
+pub fn data_message(d: &Data) -> Vec<u8> {
+    let mut m = vec![DATA];
+    m.extend_from_slice(&encode(d));
+    m
+}
+
+/// What a `data` message's first byte says it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// An item: the bytes after the tag.
+    Item,
+    /// A [`Data`]: decode the bytes after the tag.
+    Data,
+}
+
+/// The kind of a `data` message from its first byte; `None` for an empty
+/// message or an unknown tag.
+pub fn data_kind(first: Option<u8>) -> Option<DataKind> {
+    match first? {
+        ITEM => Some(DataKind::Item),
+        DATA => Some(DataKind::Data),
+        _ => None,
+    }
+}
+
+/// Copies a message's bytes after its tag into `out`, from the pieces it
+/// arrived in (a large message is reassembled from fragments without being
+/// made contiguous). `out` must be the message's length less one.
+pub fn copy_after_tag<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut [u8]) {
+    let (mut skip, mut at) = (1usize, 0usize);
+    for piece in pieces {
+        let k = skip.min(piece.len());
+        skip -= k;
+        let piece = &piece[k..];
+        let n = piece.len().min(out.len() - at);
+        out[at..at + n].copy_from_slice(&piece[..n]);
+        at += n;
+    }
 }
 
 /// A direction's control messages, against its flow.
@@ -160,9 +233,36 @@ mod tests {
     }
 
     #[test]
+    fn the_far_ring_carries_the_near_ports_items() {
+        let max = shmbus::ring::max_record(8 << 20);
+        assert_eq!(ring_for(max), 8 << 20);
+        assert_eq!(ring_for(0), shmbus::DEFAULT_RING_SIZE);
+        assert_eq!(ring_for(usize::MAX), MAX_RING);
+    }
+
+    #[test]
+    fn items_go_as_they_are_after_a_tag() {
+        let m = item_message(b"hello world");
+        assert_eq!(data_kind(m.first().copied()), Some(DataKind::Item));
+        // Split into pieces anywhere, the first one even empty or the tag alone.
+        for cut in [0, 1, 2, 5, m.len()] {
+            for cut2 in [cut, (cut + 3).min(m.len())] {
+                let pieces = [&m[..cut], &m[cut..cut2], &m[cut2..]];
+                let mut out = vec![0u8; m.len() - 1];
+                copy_after_tag(pieces.into_iter(), &mut out);
+                assert_eq!(out, b"hello world", "cut at {cut}, {cut2}");
+            }
+        }
+        let d = data_message(&Data::End);
+        assert_eq!(data_kind(d.first().copied()), Some(DataKind::Data));
+        assert_eq!(decode::<Data>(&d[1..]).unwrap(), Data::End);
+        assert_eq!(data_kind(None), None);
+        assert_eq!(data_kind(Some(7)), None);
+    }
+
+    #[test]
     fn messages_round_trip() {
         for m in [
-            Data::Item(vec![1, 2, 3]),
             Data::End,
             Data::Error("boom".into()),
             Data::Result(Ok(b"ok".to_vec())),

@@ -71,6 +71,11 @@ impl RingConsumer {
         }
     }
 
+    /// The largest record the producer can write in this ring.
+    pub fn max_record(&self) -> usize {
+        super::max_record(self.ring.capacity)
+    }
+
     /// The ring's result area, for the call's outcome.
     pub fn result_slot(&self) -> super::ResultSlot {
         super::ResultSlot::new(self.ring.view())

@@ -370,6 +370,13 @@ impl TxPort {
 }
 
 impl RxPort {
+    pub(crate) fn max_item(&self) -> usize {
+        match self {
+            RxPort::Shm(p) => p.max_item(),
+            RxPort::Socket(p) => p.max_item(),
+        }
+    }
+
     /// True when an item or the stream's end is known to be in already
     /// (no syscall; false when that takes one to tell).
     pub(crate) fn has_pending(&mut self) -> bool {

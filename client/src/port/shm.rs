@@ -358,6 +358,10 @@ pub(crate) struct ShmRx {
 }
 
 impl ShmRx {
+    pub(crate) fn max_item(&self) -> usize {
+        self.ring.max_record()
+    }
+
     pub(crate) fn open(
         link: OwnedFd,
         memfd: OwnedFd,

@@ -109,6 +109,11 @@ impl Receiver {
         }
     }
 
+    /// The largest item this stream carries (0 once it is closed).
+    pub fn max_item(&self) -> usize {
+        self.port.as_ref().map_or(0, |p| p.max_item())
+    }
+
     /// Bounds every wait by the call's deadline.
     pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;

@@ -51,6 +51,10 @@ pub(crate) struct SockRx {
 const LARGE_MESSAGE: usize = 64 * 1024;
 
 impl SockRx {
+    pub(crate) fn max_item(&self) -> usize {
+        self.geometry.max_item
+    }
+
     /// True when received bytes wait in the buffer.
     pub(crate) fn has_pending(&self) -> bool {
         self.batch.is_some() || self.start < self.end
