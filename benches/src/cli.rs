@@ -108,6 +108,10 @@ pub struct Cli {
     /// Use the running broker at PATH instead of a private one.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// bridge: the `shmbus-bridge` binary [default: beside this one]. A
+    /// full run skips the scenario when there is none.
+    #[arg(long, value_name = "PATH")]
+    pub bridge: Option<PathBuf>,
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -195,6 +199,11 @@ pub struct Options {
     pub setup_gap_ns: u64,
     /// Also measure the tokio API.
     pub asynchronous: bool,
+    /// bridge: the `shmbus-bridge` binary.
+    pub bridge: PathBuf,
+    /// bridge: named on the command line (a missing binary is an error
+    /// then, not a skip).
+    pub bridge_named: bool,
 }
 
 /// Which of shmbus's APIs a measurement uses.
@@ -223,6 +232,8 @@ impl Options {
             Transport::Uds,
             Transport::Pipe,
             Transport::BareRing,
+            Transport::Bridge,
+            Transport::Tcp,
         ];
         let transports = if cli.transports.is_empty() {
             all.to_vec()
@@ -271,6 +282,13 @@ impl Options {
             throughput_ring: cli.ring,
             setup_gap_ns: cli.gap.map_or(0, |us| u64::from(us) * 1000),
             asynchronous: cli.api.is_empty() || cli.api.contains(&Api::Async),
+            bridge: cli.bridge.clone().unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|e| Some(e.parent()?.join("shmbus-bridge")))
+                    .unwrap_or_else(|| "shmbus-bridge".into())
+            }),
+            bridge_named: cli.scenario.contains(&Scenario::Bridge),
             fault: FaultOptions {
                 trials: cli
                     .trials
@@ -388,7 +406,7 @@ mod tests {
         assert_eq!((o.repeat, o.duration), (2, 0.2));
         assert_eq!(o.sizes, vec![64, 64 << 10]);
         assert_eq!(o.latency_sizes, vec![64, 64 << 10]);
-        assert_eq!(o.scenarios.len(), 6);
+        assert_eq!(o.scenarios, Scenario::ALL);
         assert_eq!(o.blob_sizes, BLOB_SIZES);
     }
 

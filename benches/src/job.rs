@@ -21,6 +21,9 @@ pub enum Scenario {
     Idle,
     /// Sealed blobs handed over whole, against the same bytes streamed.
     Blob,
+    /// Calls across two brokers linked by `shmbus-bridge` over Zenoh on
+    /// TCP loopback, against a plain TCP loopback stream.
+    Bridge,
     /// Random kills: the survivor's error delay over many trials (faults;
     /// not in a default run).
     Crash,
@@ -32,13 +35,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order a full run takes them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Throughput,
         Scenario::Latency,
         Scenario::Setup,
         Scenario::Fanout,
         Scenario::Idle,
         Scenario::Blob,
+        Scenario::Bridge,
     ];
 
     /// The fault scenario this is, if it is one.
@@ -60,6 +64,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
             Scenario::Blob => "blob",
+            Scenario::Bridge => "bridge",
             Scenario::Crash => "crash",
             Scenario::Soak => "soak",
             Scenario::Flood => "flood",
@@ -87,6 +92,8 @@ pub enum Transport {
     Shm,
     /// shmbus over its socket fallback.
     Socket,
+    /// shmbus across two brokers and the bridges between them.
+    Bridge,
     /// A raw Unix stream socket pair.
     Uds,
     /// A pipe (a pair of pipes for round trips).
@@ -94,6 +101,8 @@ pub enum Transport {
     /// A bare memfd ring between two processes, spin-waiting.
     #[value(name = "bare_ring")]
     BareRing,
+    /// A TCP connection on 127.0.0.1.
+    Tcp,
 }
 
 impl Transport {
@@ -105,15 +114,17 @@ impl Transport {
         match self {
             Transport::Shm => "shm",
             Transport::Socket => "socket",
+            Transport::Bridge => "bridge",
             Transport::Uds => "uds",
             Transport::Pipe => "pipe",
             Transport::BareRing => "bare_ring",
+            Transport::Tcp => "tcp",
         }
     }
 
     /// True for shmbus itself, false for a baseline.
     pub fn is_bus(self) -> bool {
-        matches!(self, Transport::Shm | Transport::Socket)
+        matches!(self, Transport::Shm | Transport::Socket | Transport::Bridge)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `shmbus-bench`: the shmbus benchmark harness.
 //!
 //! With no arguments it runs every scenario (throughput, latency, setup,
-//! fanout, idle) through a private broker, shmbus over shared memory and
+//! fanout, idle, blob, bridge) through a private broker, shmbus over shared memory and
 //! over its socket fallback, each interleaved with the same work over a Unix
 //! socket pair, a pipe and a bare shared-memory ring, and prints a table.
 //! `--quick` runs all of it in under a minute. Every measurement runs
@@ -21,8 +21,10 @@
 //!    and how its figures read (performance and fault scenarios), and the
 //!    peer processes that do the measuring: shmbus service and caller, the
 //!    baselines' two sides.
-//! 1. `cli` `job` `broker`: the options (command line, defaults), the job a
-//!    peer process is given and the outcome it reports, the private broker.
+//! 1. `cli` `job` `broker` `far`: the options (command line, defaults), the
+//!    job a peer process is given and the outcome it reports, the private
+//!    broker, the bench service's process and the bridge scenario's far
+//!    host (a broker, the service and two bridges).
 //! 0. `os` `checksum` `stats` `progress` `busy`: clocks and process
 //!    figures, the byte pattern and checksum, statistics and their cells,
 //!    the progress line, the busy-machine check.
@@ -32,6 +34,7 @@ mod broker;
 mod busy;
 mod checksum;
 mod cli;
+mod far;
 mod faults;
 mod job;
 mod os;

@@ -34,7 +34,12 @@ impl Measured<'_> {
         if !self.group.variants[v].transport.is_bus() {
             return Vec::new();
         }
-        let higher_is_better = matches!(spec.scenario(), Scenario::Throughput | Scenario::Fanout);
+        // The job's own scenario: a bridge row measures throughput, latency
+        // or setup.
+        let higher_is_better = matches!(
+            self.group.variants[v].job.scenario,
+            Scenario::Throughput | Scenario::Fanout
+        );
         let mut bases: Vec<&'static str> = Vec::new();
         for b in &self.group.variants {
             if !b.transport.is_bus() && !bases.contains(&base_name(b)) {
@@ -231,10 +236,11 @@ pub fn records(spec: &dyn Spec, m: &Measured<'_>) -> Vec<Value> {
         r.extend(spec.fields(variant, &runs));
         let heads: Vec<f64> = runs.iter().filter_map(|o| spec.headline(o)).collect();
         if let Some(s) = summarize(&heads) {
-            let name = match spec.scenario() {
+            let name = match variant.job.scenario {
                 Scenario::Throughput | Scenario::Fanout => "bytes_per_sec",
                 Scenario::Latency | Scenario::Setup | Scenario::Blob => "p50_ns",
                 Scenario::Idle => "cpu_ns",
+                Scenario::Bridge => unreachable!("bridge rows run other scenarios' jobs"),
                 Scenario::Crash | Scenario::Soak | Scenario::Flood => "p99_ns",
             };
             r.insert("headline".into(), name.into());

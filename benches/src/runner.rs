@@ -2,7 +2,6 @@
 //! processes of their own, runs every measurement as peer processes, and
 //! reports.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -11,10 +10,12 @@ use std::time::{Duration, Instant};
 use crate::baselines::{self, pipe, uds};
 use crate::broker;
 use crate::cli::Options;
+use crate::far::{self, FarHost};
 use crate::job::{Job, Outcome, Scenario, Side, Transport};
 use crate::os::{self, mono_ns};
 use crate::progress::Progress;
 use crate::report::{self, base_name, Measured, Table, BARE_RING_COPIED};
+use crate::scenarios::bridge::FAR_NODE;
 use crate::scenarios::{self, Context};
 use crate::svg;
 
@@ -39,26 +40,8 @@ fn exe() -> std::io::Result<PathBuf> {
     std::env::current_exe()
 }
 
-fn wait_line(child: &mut Child, want: &str, timeout: Duration) -> Result<(), String> {
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    let want = want.to_string();
-    std::thread::spawn(move || {
-        let ok = BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l == want);
-        let _ = tx.send(ok);
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(true) => Ok(()),
-        _ => Err("did not start".into()),
-    }
-}
-
 impl Bus {
     fn start(socket: Option<&Path>, service: &str) -> Result<Bus, String> {
-        let exe = exe().map_err(|e| e.to_string())?;
         let (broker, dir, broker_pid, socket) = match socket {
             Some(s) => (None, None, os::listener_pid(s), s.to_path_buf()),
             None => {
@@ -69,15 +52,7 @@ impl Bus {
                 (Some(child), Some(d), Some(pid), path)
             }
         };
-        let mut child = Command::new(&exe)
-            .args(["--role", "service", "--service", service, "--socket"])
-            .arg(&socket)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start the service: {e}"))?;
-        wait_line(&mut child, "ready", Duration::from_secs(10))
-            .map_err(|e| format!("bench service {e}"))?;
+        let child = far::service(&socket, service)?;
         Ok(Bus {
             broker,
             service: child,
@@ -272,11 +247,19 @@ pub fn run(
         pipe::capacity().map_or("?".into(), |b| b.to_string()),
         pipe::PIPE_SIZE,
     );
-    let specs: Vec<_> = o
-        .scenarios
-        .iter()
-        .map(|&s| scenarios::definition(s))
-        .collect();
+    let mut chosen = o.scenarios.clone();
+    if chosen.contains(&Scenario::Bridge) && !o.bridge.is_file() {
+        let why = format!(
+            "no bridge binary at {} (cargo build --release -p shmbus-bridge, or --bridge PATH)",
+            o.bridge.display()
+        );
+        if o.bridge_named {
+            return Err(format!("bridge: {why}"));
+        }
+        println!("bridge: skipped, {why}");
+        chosen.retain(|&s| s != Scenario::Bridge);
+    }
+    let specs: Vec<_> = chosen.iter().map(|&s| scenarios::definition(s)).collect();
     let plans: Vec<_> = specs.iter().map(|s| s.groups(o, &ctx)).collect();
     let total: usize = plans
         .iter()
@@ -319,7 +302,24 @@ pub fn run(
         {
             bases.push(report::SYNC);
         }
+        if spec.scenario() == Scenario::Bridge {
+            bases = vec![Transport::Tcp.name()];
+        }
         progress.clear();
+        // The bridge scenario's far host, for as long as its groups run.
+        let _far = match spec.scenario() {
+            Scenario::Bridge => {
+                match FarHost::start(&o.bridge, &bus.socket, FAR_NODE, &ctx.service) {
+                    Ok(far) => Some(far),
+                    Err(e) => {
+                        eprintln!("shmbus-bench: bridge: {e}");
+                        failures += 1;
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
         let table = Table::start(spec.as_ref(), &spec.notes(o), bases);
         for group in groups {
             let mut m = Measured {

@@ -192,6 +192,36 @@ fn blob(records: &[Value], out: &mut Vec<String>) {
     out.push(s);
 }
 
+/// The bridged 1 MiB stream against TCP, the bridged round trip of the
+/// smallest message and the bridged call setup.
+fn bridge(records: &[Value], out: &mut Vec<String>) {
+    let bridged = |measures: &'static str| {
+        records.iter().filter(move |r| {
+            is(r, "scenario", "bridge")
+                && is(r, "transport", "bridge")
+                && is(r, "measures", measures)
+        })
+    };
+    if let Some(r) = bridged("throughput").find(|r| size(r) == Some(1 << 20)) {
+        if let Some(bps) = num(r, "bytes_per_sec") {
+            let mut s = format!("bridge 1 MiB {:.2} GB/s", bps / 1e9);
+            if let Some(x) = field(r, "ratio_vs").and_then(|v| num(v, "tcp")) {
+                s.push_str(&format!(" ({x:.2}× tcp)"));
+            }
+            out.push(s);
+        }
+    }
+    if let Some(p50) = bridged("latency")
+        .min_by_key(|r| size(r))
+        .and_then(|r| num(r, "p50_ns"))
+    {
+        out.push(format!("bridge rt {}", time(p50)));
+    }
+    if let Some(p50) = bridged("setup").find_map(|r| num(r, "p50_ns")) {
+        out.push(format!("bridge setup {}", time(p50)));
+    }
+}
+
 /// The summary line of a run's records: only the figures its scenarios
 /// produced, `None` when there are none.
 pub fn line(records: &[Value]) -> Option<String> {
@@ -202,6 +232,7 @@ pub fn line(records: &[Value]) -> Option<String> {
     fanout(records, &mut parts);
     idle(records, &mut parts);
     blob(records, &mut parts);
+    bridge(records, &mut parts);
     faults(records, &mut parts);
     (!parts.is_empty()).then(|| format!("summary: {}", parts.join(" · ")))
 }
@@ -274,6 +305,25 @@ mod tests {
         assert_eq!(line(&latency).unwrap(), "summary: rt 4 KiB 1.51 ms");
         assert_eq!(line(&[json!({"machine": "x"})]), None);
         assert_eq!(line(&[]), None);
+    }
+
+    #[test]
+    fn the_bridge_against_tcp() {
+        let records = vec![
+            json!({"scenario": "bridge", "transport": "bridge", "measures": "throughput", "size": 65536,
+                   "bytes_per_sec": 900_000_000u64}),
+            json!({"scenario": "bridge", "transport": "bridge", "measures": "throughput", "size": 1 << 20,
+                   "bytes_per_sec": 1_400_000_000u64, "ratio_vs": {"tcp": 0.52}}),
+            json!({"scenario": "bridge", "transport": "shm", "measures": "throughput", "size": 1 << 20,
+                   "bytes_per_sec": 9_000_000_000u64}),
+            json!({"scenario": "bridge", "transport": "bridge", "measures": "latency", "size": 4096, "p50_ns": 90_000}),
+            json!({"scenario": "bridge", "transport": "bridge", "measures": "latency", "size": 64, "p50_ns": 60_000}),
+            json!({"scenario": "bridge", "transport": "bridge", "measures": "setup", "size": 1, "p50_ns": 400_000}),
+        ];
+        assert_eq!(
+            line(&records).unwrap(),
+            "summary: bridge 1 MiB 1.40 GB/s (0.52× tcp) · bridge rt 60.0 µs · bridge setup 400.0 µs"
+        );
     }
 
     #[test]

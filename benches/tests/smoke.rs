@@ -218,3 +218,85 @@ fn quick_blob_run_hands_over_and_streams() {
         "{stdout}"
     );
 }
+
+/// A short run of the bridge scenario through the built `shmbus-bridge`:
+/// every row measured, the stream rows against TCP, and the summary's
+/// figures.
+#[test]
+fn quick_bridge_run_measures_every_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("bridge.json");
+    let out = bench(
+        &[
+            "--quick",
+            "--scenario",
+            "bridge",
+            "--sizes",
+            "64",
+            "--repeat",
+            "1",
+        ],
+        &json,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The transport column starts at the table's tenth character, the
+    // first figure after it.
+    let figures = |row: &str| {
+        stdout
+            .lines()
+            .filter(|l| !l.starts_with("summary:"))
+            .filter(|l| {
+                l.get(9..)
+                    .is_some_and(|r| r.starts_with(&format!("{row} ")))
+            })
+            .filter(|l| {
+                l[9 + row.len()..]
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|c| c.parse::<f64>().is_ok())
+            })
+            .count()
+    };
+    // Two stream sizes, one round trip size, the setup.
+    assert_eq!(figures("bridge"), 4, "{stdout}");
+    assert_eq!(figures("tcp auto"), 3, "{stdout}");
+    assert_eq!(figures("tcp 4M"), 2, "{stdout}");
+    let records = std::fs::read_to_string(&json).expect("JSON written");
+    assert!(
+        records.contains(r#""scenario":"bridge","transport":"bridge""#),
+        "{records}"
+    );
+    assert!(records.contains(r#""ratio_vs":{"tcp":"#), "{records}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("summary: bridge 1 MiB ") && last.contains("bridge setup"),
+        "{stdout}"
+    );
+}
+
+/// Named on the command line, the bridge scenario without its binary is
+/// an error that says where it looked.
+#[test]
+fn the_bridge_scenario_without_its_binary_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shmbus-bench"))
+        .args([
+            "--quick",
+            "--scenario",
+            "bridge",
+            "--bridge",
+            "/nonexistent/shmbus-bridge",
+        ])
+        .output()
+        .expect("run shmbus-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no bridge binary at /nonexistent/shmbus-bridge"),
+        "{stderr}"
+    );
+}

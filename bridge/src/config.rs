@@ -58,6 +58,9 @@ struct FileConfig {
     zenoh_config: Option<PathBuf>,
 }
 
+/// Bytes a link reads from its socket at once (Zenoh's default: 64 KiB).
+const RX_BUFFER: usize = 16 << 20;
+
 /// The bridge's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -133,6 +136,18 @@ impl Settings {
             ("scouting/gossip/enabled", self.scouting.to_string()),
             ("transport/link/tx/lease", "1000".to_string()),
             ("transport/link/tx/keep_alive", "4".to_string()),
+            // Streams: the most batches Zenoh queues (16 of 64 KiB, against
+            // 2) and a larger read buffer per link, so that a link's writer
+            // and reader each take a megabyte or more per wake-up.
+            ("transport/link/tx/queue/size/data", "16".to_string()),
+            ("transport/link/rx/buffer_size", RX_BUFFER.to_string()),
+            // A blocked message closes the session only after a minute (5 s
+            // by default): a slow link may hold every call's window for a
+            // while, and a dead one is found by the lease above.
+            (
+                "transport/link/tx/queue/congestion_control/block/wait_before_close",
+                "60000000".to_string(),
+            ),
         ] {
             c.insert_json5(key, &value)
                 .map_err(|e| format!("zenoh setting {key} = {value}: {e}"))?;

@@ -93,26 +93,32 @@ pub async fn run(
     // The announcements.
     let mut tokens: HashMap<String, zenoh::liveliness::LivelinessToken> = HashMap::new();
     loop {
-        if let Ok(snapshot) = conn.list() {
-            let now: HashMap<String, Methods> = snapshot
-                .services
-                .into_iter()
-                .filter(|s| s.pid != me && wire::valid_service_key(&s.name))
-                .filter(|s| patterns.iter().any(|p| glob(p, &s.name)))
-                .map(|s| (s.name, Methods(s.methods)))
-                .collect();
-            tokens.retain(|name, _| now.contains_key(name));
-            for name in now.keys() {
-                if !tokens.contains_key(name) {
-                    let token = session
-                        .liveliness()
-                        .declare_token(wire::export_key(&node, name))
-                        .await
-                        .map_err(|e| format!("zenoh token: {e}"))?;
-                    tokens.insert(name.clone(), token);
-                }
-            }
-            *exported.lock().unwrap() = now;
+        // The broker gone, the bridge goes too (for systemd to start it
+        // again): its exports would name services no broker serves.
+        let snapshot = conn.list().map_err(|e| format!("lost the broker: {e}"))?;
+        let now: HashMap<String, Methods> = snapshot
+            .services
+            .into_iter()
+            .filter(|s| s.pid != me && wire::valid_service_key(&s.name))
+            .filter(|s| patterns.iter().any(|p| glob(p, &s.name)))
+            .map(|s| (s.name, Methods(s.methods)))
+            .collect();
+        tokens.retain(|name, _| now.contains_key(name));
+        let new: Vec<String> = now
+            .keys()
+            .filter(|name| !tokens.contains_key(*name))
+            .cloned()
+            .collect();
+        // Answerable before announced: a far bridge asks for a name's
+        // methods as soon as its token arrives, and asks once.
+        *exported.lock().unwrap() = now;
+        for name in new {
+            let token = session
+                .liveliness()
+                .declare_token(wire::export_key(&node, &name))
+                .await
+                .map_err(|e| format!("zenoh token: {e}"))?;
+            tokens.insert(name, token);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -161,6 +167,13 @@ async fn serve_call<F, Fut>(
         .ring_size(open.ring.clamp(1 << 16, wire::MAX_RING));
     if let Some(us) = open.time_left_us {
         builder = builder.timeout(Duration::from_micros(us));
+    }
+    if let Some(credit) = open.credit {
+        if let Err(e) = credit.validate() {
+            let e = format!("the far bridge asked for invalid credit: {e}");
+            return answer(Err(remote(ErrorCode::Failed, e))).await;
+        }
+        builder = builder.credit(credit);
     }
     let keys = |way, ctl| wire::stream_key(&node, &open.id, way, ctl);
     let links = async {

@@ -183,6 +183,10 @@ impl Import {
                 return;
             }
         };
+        let credit = call
+            .sender()
+            .map(|t| t.credit())
+            .or_else(|| call.receiver().and_then(|r| r.credit()));
         let max_item = [
             call.sender().map(|t| t.max_item()),
             call.receiver().map(|r| r.max_item()),
@@ -198,11 +202,17 @@ impl Import {
             id: id.clone(),
             caller: self.node.clone(),
             ring: wire::ring_for(max_item),
+            credit,
         };
         let opened = async {
             let replies = s
                 .get(wire::call_key(&self.far, &self.service))
                 .payload(wire::encode(&open))
+                // The answer as it comes, not at the query's end: the far
+                // bridge streams once it has answered, and the end may come
+                // after items that fill this side's queue until the answer
+                // is read.
+                .consolidation(zenoh::query::ConsolidationMode::None)
                 .timeout(Duration::from_secs(2))
                 .await
                 .map_err(|e| format!("zenoh query: {e}"))?;

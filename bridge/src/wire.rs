@@ -43,6 +43,9 @@ pub struct CallOpen {
     /// The ring the service's side asks its broker for: one whose items
     /// are as large as the caller's port takes, so that an item fits both.
     pub ring: u32,
+    /// The caller's credit, for the call on the service's side: the far
+    /// service writes under the credit its caller chose.
+    pub credit: Option<shmbus::credit::CreditSpec>,
 }
 
 /// The ring that carries items as large as a port whose largest is

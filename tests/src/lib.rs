@@ -12,6 +12,8 @@ use shmbus_client::{ConnectOptions, Connection};
 
 mod payload;
 pub use payload::{blob_holds, fill_blob, fnv1a, pattern, write_random_file};
+mod proxy;
+pub use proxy::TcpProxy;
 
 /// Directory holding the workspace's built binaries.
 pub fn bin_dir() -> PathBuf {

@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmbus_client::{Connection, CreditSpec, Error, ErrorCode, StreamMode};
-use shmbus_tests::{bin, wait_for_service, wait_until, Broker, KillOnDrop, Peer};
+use shmbus_client::{Connection, CreditSpec, Error, ErrorCode, StreamMode, WaitPolicy};
+use shmbus_tests::{bin, wait_for_service, wait_until, Broker, KillOnDrop, Peer, TcpProxy};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -47,10 +47,27 @@ impl Hosts {
         let (a, b) = (Broker::start(), Broker::start());
         let port = free_port();
         let bridge_b = Self::start_b(&b, port, patterns);
+        Self::start_a(a, b, port, bridge_b, port)
+    }
+
+    /// The hosts [`start`](Self::start) makes, bridge `a` reaching bridge
+    /// `b` through a [`TcpProxy`] that can drop the path between them.
+    fn start_behind_proxy(patterns: &[&str]) -> (Hosts, TcpProxy) {
+        let (a, b) = (Broker::start(), Broker::start());
+        let port = free_port();
+        let bridge_b = Self::start_b(&b, port, patterns);
+        let proxy = TcpProxy::start(port);
+        let hosts = Self::start_a(a, b, port, bridge_b, proxy.port());
+        (hosts, proxy)
+    }
+
+    /// Starts bridge `a`, connecting to `connect_port`, beside a running
+    /// bridge `b` listening on `port`.
+    fn start_a(a: Broker, b: Broker, port: u16, bridge_b: KillOnDrop, connect_port: u16) -> Hosts {
         let bridge_a = bridge(
             &a,
             "a",
-            &["--connect".into(), format!("tcp/127.0.0.1:{port}")],
+            &["--connect".into(), format!("tcp/127.0.0.1:{connect_port}")],
         );
         Hosts {
             a,
@@ -112,6 +129,41 @@ fn listed(conn: &Connection, name: &str) -> bool {
         .map(|s| s.services.iter().any(|x| x.name == name))
         .unwrap_or(false)
 }
+
+/// Polls `cond` until true and returns how long that took; panics naming
+/// `what` after `limit`.
+fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !cond() {
+        let waited = started.elapsed();
+        assert!(waited < limit, "{what}: not so after {waited:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    started.elapsed()
+}
+
+/// Reads a stream that must fail: its error, once the items before it
+/// are read. A stream that still flows, or stalls, for [`GIVE_UP`] fails
+/// the test instead of holding it.
+fn stream_error(rx: &mut shmbus_client::Receiver) -> Error {
+    rx.set_wait_policy(WaitPolicy::BLOCKING.with_stall_timeout(GIVE_UP));
+    let started = Instant::now();
+    loop {
+        match rx.recv_bytes() {
+            Ok(Some(_)) => assert!(
+                started.elapsed() < GIVE_UP,
+                "the stream still flows after {:?}",
+                started.elapsed()
+            ),
+            Ok(None) => panic!("the stream ended instead of failing"),
+            Err(Error::Stalled) => panic!("the stream neither failed nor moved for {GIVE_UP:?}"),
+            Err(e) => return e,
+        }
+    }
+}
+
+/// How long [`stream_error`] waits for an error before giving up.
+const GIVE_UP: Duration = Duration::from_secs(10);
 
 #[test]
 fn shmbusctl_cat_moves_256_mib_byte_exact_through_the_bridge() {
@@ -244,14 +296,7 @@ fn a_far_bridge_killed_mid_stream_fails_the_call_and_withdraws_its_names() {
     let killed = Instant::now();
     let _ = hosts.bridge_b.kill();
     let _ = hosts.bridge_b.wait();
-    let rx = call.receiver().unwrap();
-    let err = loop {
-        match rx.recv_bytes() {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stream ended instead of failing"),
-            Err(e) => break e,
-        }
-    };
+    let err = stream_error(call.receiver().unwrap());
     let took = killed.elapsed();
     assert!(took < 2 * SEC, "the caller waited {took:?}: {err:?}");
     assert!(call.finish().is_err());
@@ -337,4 +382,101 @@ fn the_caller_side_bridge_killed_mid_stream_cancels_the_far_call() {
     // for a caller that is gone.
     far.expect_line("cancelled-after", 5 * SEC);
     assert!(killed.elapsed() < 3 * SEC, "{:?}", killed.elapsed());
+}
+
+#[test]
+fn a_network_path_dropped_without_a_close_fails_calls_within_two_seconds_and_withdraws_names() {
+    let (hosts, proxy) = Hosts::start_behind_proxy(&["endless"]);
+    let _far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let conn = hosts.caller("b/endless");
+    let mut call = endless_call(&conn);
+    // As a pulled cable: nothing more crosses, and neither bridge hears
+    // of a close; only the silence tells.
+    let dropped = Instant::now();
+    proxy.drop_path();
+    let err = stream_error(call.receiver().unwrap());
+    let took = dropped.elapsed();
+    println!("the caller's stream failed {took:?} after the path dropped: {err}");
+    assert!(
+        took < 2 * SEC,
+        "the caller waited {took:?} after the path dropped: {err:?}"
+    );
+    assert!(matches!(err, Error::Stream(_)), "{err:?}");
+    // The call's result says why.
+    match call.finish() {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.code, ErrorCode::Failed, "{e:?}");
+            assert!(e.message.contains("node b"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let gone = within(5 * SEC, "b/endless withdrawn from host a", || {
+        !listed(&conn, "b/endless")
+    });
+    println!(
+        "b/endless withdrawn {gone:?} after the caller's error, {:?} after the path dropped",
+        dropped.elapsed()
+    );
+}
+
+#[test]
+fn the_far_service_dying_fails_the_call_within_two_seconds_and_its_name_goes_and_comes_back() {
+    let hosts = Hosts::start(&["endless"]);
+    let mut far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let conn = hosts.caller("b/endless");
+    let mut call = endless_call(&conn);
+    let killed = Instant::now();
+    far.kill();
+    let err = stream_error(call.receiver().unwrap());
+    let took = killed.elapsed();
+    println!("the caller's stream failed {took:?} after the service was killed: {err}");
+    assert!(
+        took < 2 * SEC,
+        "the caller waited {took:?} after the service was killed: {err:?}"
+    );
+    assert!(matches!(err, Error::Stream(_)), "{err:?}");
+    // The far broker's verdict crosses as the call's result.
+    match call.finish() {
+        Err(Error::Remote(e)) => assert_eq!(e.code, ErrorCode::PeerGone, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    within(5 * SEC, "b/endless withdrawn from host a", || {
+        !listed(&conn, "b/endless")
+    });
+    println!("b/endless withdrawn {:?} after the kill", killed.elapsed());
+    // A restarted service is exported again by itself.
+    let _far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let back = within(10 * SEC, "b/endless back on host a", || {
+        listed(&conn, "b/endless")
+    });
+    println!("b/endless back {back:?} after the service restarted");
+    let mut call = endless_call(&conn);
+    call.cancel().unwrap();
+    assert!(call.finish().is_err());
+}
+
+#[test]
+fn a_bridge_whose_broker_goes_away_exits_and_its_exports_are_withdrawn() {
+    let mut hosts = Hosts::start(&["endless"]);
+    let _far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let conn = hosts.caller("b/endless");
+    let killed = Instant::now();
+    hosts.b.kill();
+    // Exiting (for systemd to start it again) rather than announcing
+    // services that no broker serves any more.
+    let status = loop {
+        if let Some(status) = hosts.bridge_b.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < 5 * SEC,
+            "bridge b still runs {:?} after its broker was killed",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status}");
+    within(5 * SEC, "b/endless withdrawn from host a", || {
+        !listed(&conn, "b/endless")
+    });
 }

@@ -6,6 +6,7 @@
 
 pub mod bare_ring;
 pub mod pipe;
+pub mod tcp;
 pub mod tokio_uds;
 pub mod uds;
 
@@ -56,6 +57,11 @@ pub fn make_fds(job: &Job) -> io::Result<Fds> {
                 f.a.push(a);
                 f.b.push(b);
             }
+            Transport::Tcp => {
+                let (a, b) = tcp::pair(job.sock_buf)?;
+                f.a.push(a);
+                f.b.push(b);
+            }
             Transport::Pipe => {
                 // One pipe B → A; for round trips a second one A → B.
                 let (r, w) = pipe::pipe()?;
@@ -77,7 +83,9 @@ pub fn make_fds(job: &Job) -> io::Result<Fds> {
                     f.b.insert(0, ring);
                 }
             }
-            Transport::Shm | Transport::Socket => unreachable!("not a baseline"),
+            Transport::Shm | Transport::Socket | Transport::Bridge => {
+                unreachable!("not a baseline")
+            }
         }
     }
     Ok(f)
@@ -98,6 +106,12 @@ pub fn config(job: &Job) -> serde_json::Value {
             "sock_buf_granted": uds::granted_buffer(job.sock_buf).ok(),
             "read_size": read_size(job),
         }),
+        Transport::Tcp => serde_json::json!({
+            "address": "127.0.0.1",
+            "nodelay": true,
+            "sock_buf_asked": (job.sock_buf > 0).then_some(job.sock_buf),
+            "read_size": read_size(job),
+        }),
         Transport::Pipe => serde_json::json!({
             "pipe_size_asked": pipe::PIPE_SIZE,
             "pipe_size_granted": pipe::capacity().ok(),
@@ -111,7 +125,7 @@ pub fn config(job: &Job) -> serde_json::Value {
             "wait": "spin, then yield",
             "copy_each_side": job.copied,
         }),
-        Transport::Shm | Transport::Socket => serde_json::json!({
+        Transport::Shm | Transport::Socket | Transport::Bridge => serde_json::json!({
             "ring": job.ring,
             "credit": format!("{:?}", job.credit),
             "blob": job.blob,
@@ -251,7 +265,7 @@ fn ends(
             .ok_or_else(|| io::Error::other("too few descriptors"))
     };
     Ok(match job.transport {
-        Transport::Uds => {
+        Transport::Uds | Transport::Tcp => {
             let sock = next()?;
             let r = rx.then(|| sock.try_clone()).transpose()?;
             let t = tx.then(|| sock.try_clone()).transpose()?;
@@ -302,7 +316,7 @@ fn ends(
             };
             (r, t)
         }
-        Transport::Shm | Transport::Socket => unreachable!("not a baseline"),
+        Transport::Shm | Transport::Socket | Transport::Bridge => unreachable!("not a baseline"),
     })
 }
 
@@ -337,12 +351,13 @@ pub fn run(job: &Job, side: Side, fds: Vec<OwnedFd>) -> io::Result<Outcome> {
                 (_, side) => idle(job, side, rx, tx),
             }
         }
-        (Scenario::Blob | Scenario::Crash | Scenario::Soak | Scenario::Flood, _) => {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "fault scenarios have no baseline",
-            ))
-        }
+        (
+            Scenario::Blob | Scenario::Bridge | Scenario::Crash | Scenario::Soak | Scenario::Flood,
+            _,
+        ) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "this scenario has no baseline of its own",
+        )),
     }
 }
 

@@ -34,8 +34,8 @@ pub fn run(socket: &Path, job: &Job) -> Result<Outcome, BoxError> {
         Scenario::Setup => setup(&conn, job),
         Scenario::Idle => idle(&conn, job),
         Scenario::Blob => super::blob::caller(&conn, job),
-        Scenario::Crash | Scenario::Soak | Scenario::Flood => {
-            Err("fault scenarios run their own peers".into())
+        Scenario::Bridge | Scenario::Crash | Scenario::Soak | Scenario::Flood => {
+            Err("this scenario runs other scenarios' jobs or its own peers".into())
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::job::{Outcome, Scenario, Transport, Wait};
 use crate::stats::{median, range};
 
 /// shmbus's ring for a message size: 1 MiB, or four messages' worth.
-fn ring_for(size: usize) -> u32 {
+pub fn ring_for(size: usize) -> u32 {
     (size * 4).next_power_of_two().max(1 << 20) as u32
 }
 

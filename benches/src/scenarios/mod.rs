@@ -3,6 +3,7 @@
 //! records hold.
 
 pub mod blob;
+pub mod bridge;
 pub mod fanout;
 pub mod idle;
 pub mod latency;
@@ -22,6 +23,7 @@ pub fn definition(s: Scenario) -> Box<dyn Spec> {
         Scenario::Fanout => Box::new(fanout::Fanout),
         Scenario::Idle => Box::new(idle::Idle),
         Scenario::Blob => Box::new(blob::Blob),
+        Scenario::Bridge => Box::new(bridge::Bridge),
         Scenario::Crash | Scenario::Soak | Scenario::Flood => {
             unreachable!("fault scenarios run in crate::faults")
         }

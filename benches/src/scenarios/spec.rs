@@ -44,6 +44,12 @@ impl Variant {
         if self.job.scenario == Scenario::Blob {
             s.push_str(if self.job.blob { " blob" } else { " streamed" });
         }
+        if self.transport == Transport::Tcp {
+            s.push_str(&match self.job.sock_buf {
+                0 => " auto".to_string(),
+                b => format!(" {}M", b >> 20),
+            });
+        }
         if self.job.scenario == Scenario::Latency && self.transport == Transport::Shm {
             s.push(' ');
             s.push_str(self.job.wait.name());

@@ -377,6 +377,13 @@ impl RxPort {
         }
     }
 
+    pub(crate) fn credit_spec(&self) -> shmbus::credit::CreditSpec {
+        match self {
+            RxPort::Shm(p) => p.credit_spec(),
+            RxPort::Socket(p) => p.credit_spec(),
+        }
+    }
+
     /// True when an item or the stream's end is known to be in already
     /// (no syscall; false when that takes one to tell).
     pub(crate) fn has_pending(&mut self) -> bool {

@@ -362,6 +362,10 @@ impl ShmRx {
         self.ring.max_record()
     }
 
+    pub(crate) fn credit_spec(&self) -> CreditSpec {
+        self.ring.credit().spec()
+    }
+
     pub(crate) fn open(
         link: OwnedFd,
         memfd: OwnedFd,

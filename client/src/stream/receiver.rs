@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use shmbus::credit::CreditSpec;
 use shmbus::frame::{StreamId, Transport};
 use shmbus::state::{CloseCause, StreamLifecycle, StreamState};
 
@@ -112,6 +113,11 @@ impl Receiver {
     /// The largest item this stream carries (0 once it is closed).
     pub fn max_item(&self) -> usize {
         self.port.as_ref().map_or(0, |p| p.max_item())
+    }
+
+    /// The stream's credit, as the caller chose it (`None` once closed).
+    pub fn credit(&self) -> Option<CreditSpec> {
+        self.port.as_ref().map(|p| p.credit_spec())
     }
 
     /// Bounds every wait by the call's deadline.

@@ -116,6 +116,11 @@ impl Sender {
         }
     }
 
+    /// The stream's credit, as the caller chose it.
+    pub fn credit(&self) -> CreditSpec {
+        self.credit
+    }
+
     /// Largest item this stream can carry.
     pub fn max_item(&self) -> usize {
         self.port.as_ref().map_or(0, |p| p.max_item())

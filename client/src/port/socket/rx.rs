@@ -55,6 +55,10 @@ impl SockRx {
         self.geometry.max_item
     }
 
+    pub(crate) fn credit_spec(&self) -> CreditSpec {
+        self.credit.spec()
+    }
+
     /// True when received bytes wait in the buffer.
     pub(crate) fn has_pending(&self) -> bool {
         self.batch.is_some() || self.start < self.end
