@@ -141,13 +141,6 @@ impl Settings {
             // and reader each take a megabyte or more per wake-up.
             ("transport/link/tx/queue/size/data", "16".to_string()),
             ("transport/link/rx/buffer_size", RX_BUFFER.to_string()),
-            // A blocked message closes the session only after a minute (5 s
-            // by default): a slow link may hold every call's window for a
-            // while, and a dead one is found by the lease above.
-            (
-                "transport/link/tx/queue/congestion_control/block/wait_before_close",
-                "60000000".to_string(),
-            ),
         ] {
             c.insert_json5(key, &value)
                 .map_err(|e| format!("zenoh setting {key} = {value}: {e}"))?;

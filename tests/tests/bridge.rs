@@ -385,7 +385,7 @@ fn the_caller_side_bridge_killed_mid_stream_cancels_the_far_call() {
 }
 
 #[test]
-fn a_network_path_dropped_without_a_close_fails_calls_within_two_seconds_and_withdraws_names() {
+fn a_network_path_dropped_without_a_close_fails_calls_within_two_seconds_and_names_come_back() {
     let (hosts, proxy) = Hosts::start_behind_proxy(&["endless"]);
     let _far = Peer::serve(&hosts.b, &["endless", "endless"]);
     let conn = hosts.caller("b/endless");
@@ -417,6 +417,16 @@ fn a_network_path_dropped_without_a_close_fails_calls_within_two_seconds_and_wit
         "b/endless withdrawn {gone:?} after the caller's error, {:?} after the path dropped",
         dropped.elapsed()
     );
+    // The path comes back: bridge a connects again by itself, and the
+    // names with it.
+    proxy.restore_path();
+    let back = within(10 * SEC, "b/endless back on host a", || {
+        listed(&conn, "b/endless")
+    });
+    println!("b/endless back {back:?} after the path came back");
+    let mut call = endless_call(&conn);
+    call.cancel().unwrap();
+    assert!(call.finish().is_err());
 }
 
 #[test]
