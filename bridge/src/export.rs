@@ -225,7 +225,10 @@ async fn serve_call<F, Fut>(
     };
     let up = async {
         if tx.is_some() {
-            pump_in(tx, &data_in, &ctl_out, false).await.map(|_| ())
+            let caller_stays = std::future::pending();
+            pump_in(tx, &data_in, &ctl_out, false, caller_stays)
+                .await
+                .map(|_| ())
         } else {
             Ok(())
         }

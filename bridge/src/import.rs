@@ -245,7 +245,15 @@ impl Import {
                 None => Ok(()),
             }
         };
-        let down = pump_in(tx, &data_in, &ctl_out, true);
+        let far_gone_reason = {
+            let mut gone = gone.clone();
+            let reason = format!("node {} went away", self.far);
+            async move {
+                let _ = gone.wait_for(|alive| !*alive).await;
+                reason
+            }
+        };
+        let down = pump_in(tx, &data_in, &ctl_out, true, far_gone_reason);
         let streams = async { tokio::join!(up, down).1 };
         tokio::pin!(streams);
         let far_gone = async {
@@ -271,7 +279,12 @@ impl Import {
                         }
                     }
                 },
-                _ = &mut far_gone => break Err(fail(format!("node {} went away", self.far))),
+                _ = &mut far_gone => {
+                    // The stream toward the caller fails with the reason
+                    // first, then the call.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), &mut streams).await;
+                    break Err(fail(format!("node {} went away", self.far)));
+                }
                 // A caller that cancels: the far call is cancelled.
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {
                     if call.is_cancelled() {

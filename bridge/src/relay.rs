@@ -219,16 +219,40 @@ pub async fn pump_out(
 /// The far bridge is not trusted: an item it sends beyond the room granted
 /// to it, or larger than the local port takes, fails the local stream
 /// (with that reason) and this relay, before anything of it is written.
+///
+/// When `stop` completes first (the far node went away), the local stream
+/// fails with the reason it gives, and so does this relay.
 pub async fn pump_in(
     tx: Option<Sender>,
     data: &In,
     ctl: &Out,
     until_result: bool,
+    stop: impl std::future::Future<Output = String>,
 ) -> Result<Option<Result<Vec<u8>, shmbus::frame::RemoteError>>, String> {
     let mut tx = match tx {
         Some(tx) => Some(AsyncSender::new(tx).map_err(|e| e.to_string())?),
         None => None,
     };
+    let reason = {
+        let relay = relay_in(&mut tx, data, ctl, until_result);
+        tokio::select! {
+            r = relay => return r,
+            reason = stop => reason,
+        }
+    };
+    if let Some(mut t) = tx.take() {
+        let _ = t.fail(&reason).await;
+    }
+    Err(reason)
+}
+
+/// [`pump_in`]'s relay.
+async fn relay_in(
+    tx: &mut Option<AsyncSender>,
+    data: &In,
+    ctl: &Out,
+    until_result: bool,
+) -> Result<Option<Result<Vec<u8>, shmbus::frame::RemoteError>>, String> {
     let (mut received, mut granted) = (0u64, 0u64);
     while let Some(msg) = data.next_data().await {
         match msg? {

@@ -299,6 +299,10 @@ fn a_far_bridge_killed_mid_stream_fails_the_call_and_withdraws_its_names() {
     let err = stream_error(call.receiver().unwrap());
     let took = killed.elapsed();
     assert!(took < 2 * SEC, "the caller waited {took:?}: {err:?}");
+    assert!(
+        matches!(&err, Error::Stream(m) if m.contains("node b went away")),
+        "{err:?}"
+    );
     assert!(call.finish().is_err());
     wait_until(2 * SEC, || !listed(&conn, "b/endless"));
     // A restarted bridge exports again by itself.
@@ -401,8 +405,12 @@ fn a_network_path_dropped_without_a_close_fails_calls_within_two_seconds_and_nam
         took < 2 * SEC,
         "the caller waited {took:?} after the path dropped: {err:?}"
     );
-    assert!(matches!(err, Error::Stream(_)), "{err:?}");
-    // The call's result says why.
+    // The stream's error says why.
+    assert!(
+        matches!(&err, Error::Stream(m) if m.contains("node b went away")),
+        "{err:?}"
+    );
+    // So does the call's result.
     match call.finish() {
         Err(Error::Remote(e)) => {
             assert_eq!(e.code, ErrorCode::Failed, "{e:?}");
