@@ -223,8 +223,13 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            // The time of this turn: every frame it reads is handled at it.
+            // The time of this turn: every frame it reads is handled at it,
+            // after the deadlines it has passed. A result read now that
+            // came after its call's deadline (the broker was slow to wake)
+            // finds the call already failed with `DeadlineExceeded`.
             let now = Instant::now();
+            let expired = self.router.expire(now);
+            self.apply(expired);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use shmbus_client::{Connection, CreditSpec, Error, ErrorCode, TransportPreference};
-use shmbus_tests::{Broker, Peer};
+use shmbus_tests::{send_signal, Broker, Peer};
 
 const SEC: Duration = Duration::from_secs(1);
 /// How late a deadline may be reported on a loaded 2-CPU machine.
@@ -142,6 +142,30 @@ fn a_service_blocked_on_credit_is_stopped_at_the_deadline() {
     let failed = peer.expect_line("send-failed", 10 * SEC);
     assert_eq!(failed, "deadline exceeded");
     assert!(started.elapsed() < Duration::from_millis(300) + SLACK);
+    let r = call.finish();
+    assert!(matches!(r, Err(Error::DeadlineExceeded)), "{r:?}");
+}
+
+#[test]
+fn a_result_that_reaches_a_stalled_broker_after_the_deadline_loses_to_it() {
+    let (broker, mut peer, conn) = setup();
+    let call = conn
+        .call("dl", "flood")
+        .args_typed(&(0u64, 0u64))
+        .unwrap()
+        .credit(CreditSpec::items(4))
+        .timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    assert_eq!(peer.expect_line("incoming", 10 * SEC), "flood");
+    // The broker sleeps through the deadline; the service's own deadline
+    // fails its send, and it answers "flood" to a broker that reads the
+    // answer only once it wakes, together with the deadline.
+    send_signal(broker.pid(), libc::SIGSTOP);
+    let failed = peer.expect_line("send-failed", 10 * SEC);
+    assert_eq!(failed, "deadline exceeded");
+    std::thread::sleep(Duration::from_millis(200));
+    send_signal(broker.pid(), libc::SIGCONT);
     let r = call.finish();
     assert!(matches!(r, Err(Error::DeadlineExceeded)), "{r:?}");
 }
