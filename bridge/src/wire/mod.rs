@@ -18,9 +18,11 @@
 use serde::{Deserialize, Serialize};
 use shmbus::frame::{MethodSpec, RemoteError};
 
+pub mod items;
+
 /// The bytes a receiving bridge lets be in flight toward it on one
 /// direction before it grants more: what each bridge holds per stream, at
-/// most.
+/// most. Items messages count as [`items::charge`] says.
 pub const WINDOW_BYTES: u64 = 4 << 20;
 
 /// The methods of an exported service.
@@ -65,8 +67,8 @@ pub const MAX_RING: u32 = 64 << 20;
 /// What the service's bridge answers a [`CallOpen`] with.
 pub type Opened = Result<(), RemoteError>;
 
-/// A direction's ordered messages other than items (which go as they are,
-/// see [`item_message`]).
+/// A direction's ordered messages other than items (which go packed, see
+/// [`items`]).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Data {
     /// stream-end.
@@ -77,21 +79,13 @@ pub enum Data {
     Result(Result<Vec<u8>, RemoteError>),
 }
 
-/// First byte of a `data` message holding one item: the item's bytes
-/// follow, unencoded, so that they are copied once on each side (into the
+/// First byte of a `data` message holding items, packed as [`items`]
+/// describes: their bytes go unencoded, copied once on each side (into the
 /// message, out of it into the local port) and never walked byte by byte.
-pub const ITEM: u8 = 0;
+pub const ITEMS: u8 = 0;
 
 /// First byte of a `data` message holding a [`Data`] (postcard).
 pub const DATA: u8 = 1;
-
-/// A `data` message carrying one item.
-pub fn item_message(item: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(1 + item.len());
-    m.push(ITEM);
-    m.extend_from_slice(item);
-    m
-}
 
 /// A `data` message carrying `d`.
 pub fn data_message(d: &Data) -> Vec<u8> {
@@ -103,8 +97,8 @@ pub fn data_message(d: &Data) -> Vec<u8> {
 /// What a `data` message's first byte says it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
-    /// An item: the bytes after the tag.
-    Item,
+    /// Items: records after the tag ([`items`]).
+    Items,
     /// A [`Data`]: decode the bytes after the tag.
     Data,
 }
@@ -113,32 +107,18 @@ pub enum DataKind {
 /// message or an unknown tag.
 pub fn data_kind(first: Option<u8>) -> Option<DataKind> {
     match first? {
-        ITEM => Some(DataKind::Item),
+        ITEMS => Some(DataKind::Items),
         DATA => Some(DataKind::Data),
         _ => None,
-    }
-}
-
-/// Copies a message's bytes after its tag into `out`, from the pieces it
-/// arrived in (a large message is reassembled from fragments without being
-/// made contiguous). `out` must be the message's length less one.
-pub fn copy_after_tag<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut [u8]) {
-    let (mut skip, mut at) = (1usize, 0usize);
-    for piece in pieces {
-        let k = skip.min(piece.len());
-        skip -= k;
-        let piece = &piece[k..];
-        let n = piece.len().min(out.len() - at);
-        out[at..at + n].copy_from_slice(&piece[..n]);
-        at += n;
     }
 }
 
 /// A direction's control messages, against its flow.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Ctl {
-    /// The receiving bridge has written this many bytes on: the sender may
-    /// have up to [`WINDOW_BYTES`] more in flight.
+    /// The receiving bridge has written on items messages of this much
+    /// charge ([`items::charge`]): the sender may have up to
+    /// [`WINDOW_BYTES`] more in flight.
     Consumed(u64),
     /// The caller cancelled.
     Cancel,
@@ -244,21 +224,13 @@ mod tests {
     }
 
     #[test]
-    fn items_go_as_they_are_after_a_tag() {
-        let m = item_message(b"hello world");
-        assert_eq!(data_kind(m.first().copied()), Some(DataKind::Item));
-        // Split into pieces anywhere, the first one even empty or the tag alone.
-        for cut in [0, 1, 2, 5, m.len()] {
-            for cut2 in [cut, (cut + 3).min(m.len())] {
-                let pieces = [&m[..cut], &m[cut..cut2], &m[cut2..]];
-                let mut out = vec![0u8; m.len() - 1];
-                copy_after_tag(pieces.into_iter(), &mut out);
-                assert_eq!(out, b"hello world", "cut at {cut}, {cut2}");
-            }
-        }
+    fn a_data_message_says_what_it_holds() {
         let d = data_message(&Data::End);
         assert_eq!(data_kind(d.first().copied()), Some(DataKind::Data));
         assert_eq!(decode::<Data>(&d[1..]).unwrap(), Data::End);
+        let mut p = items::Packer::new();
+        assert!(p.pack(b"hello"));
+        assert_eq!(data_kind(p.take().first().copied()), Some(DataKind::Items));
         assert_eq!(data_kind(None), None);
         assert_eq!(data_kind(Some(7)), None);
     }
