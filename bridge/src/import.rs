@@ -94,6 +94,11 @@ pub async fn run(session: Session, socket: PathBuf, node: String) -> Result<(), 
     Ok(())
 }
 
+/// The first wait before an import is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between tries of an import.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// One imported service.
 #[derive(Clone)]
 struct Import {
@@ -107,10 +112,29 @@ struct Import {
 }
 
 impl Import {
-    /// Registers `far/service` locally and serves its calls.
+    /// Registers `far/service` locally and serves its calls, for as long
+    /// as the far node exports it (the task is aborted when it stops). A
+    /// methods query that goes unanswered or a registration the local
+    /// broker refuses (the name taken, a quota) is tried again, waiting
+    /// from 0.1 s up to [`RETRY_MAX`] between tries; each new error is
+    /// logged once.
     async fn serve(self) {
-        if let Err(e) = self.serve_inner().await {
-            eprintln!("shmbus-bridge: {}/{}: {e}", self.far, self.service);
+        let mut wait = RETRY_MIN;
+        let mut last_error = None;
+        loop {
+            match self.serve_inner().await {
+                Ok(()) => wait = RETRY_MIN,
+                Err(e) if last_error.as_ref() != Some(&e) => {
+                    eprintln!(
+                        "shmbus-bridge: {}/{}: {e} (trying again)",
+                        self.far, self.service
+                    );
+                    last_error = Some(e);
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 

@@ -498,3 +498,29 @@ fn a_bridge_whose_broker_goes_away_exits_and_its_exports_are_withdrawn() {
         !listed(&conn, "b/endless")
     });
 }
+
+#[test]
+fn a_name_taken_on_the_callers_host_is_imported_once_it_is_free() {
+    let hosts = Hosts::start(&["endless"]);
+    let conn = hosts.a.connect();
+    // A local service holds the name before node b exports it: the
+    // bridge's registration is refused.
+    let mut squatter = Peer::serve(&hosts.a, &["unary", "b/endless"]);
+    let _far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    std::thread::sleep(SEC);
+    let methods = |conn: &Connection| -> Vec<String> {
+        let list = conn.list().unwrap();
+        let s = list.services.iter().find(|s| s.name == "b/endless");
+        s.map(|s| s.methods.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(methods(&conn), ["add"], "the local service holds the name");
+    squatter.kill();
+    let took = within(10 * SEC, "b/endless imported on host a", || {
+        methods(&conn) == ["endless"]
+    });
+    println!("b/endless imported {took:?} after the name was freed");
+    let mut call = endless_call(&conn);
+    call.cancel().unwrap();
+    assert!(call.finish().is_err());
+}
