@@ -20,6 +20,14 @@ mod send;
 pub use receive::pump_in;
 pub use send::pump_out;
 
+/// How a bridge waits on its local ports: it never spins. Its runtime's
+/// threads share the CPUs with Zenoh's link threads and the local
+/// producers and consumers, whose work a spin would take the CPU from.
+const NO_SPIN: shmbus_client::WaitPolicy = shmbus_client::WaitPolicy {
+    spin: std::time::Duration::ZERO,
+    stall: None,
+};
+
 /// Publishes messages on one key, reliably, waiting (never dropping) when
 /// Zenoh's queue is full: credit keeps what is in flight bounded.
 pub struct Out {

@@ -29,7 +29,10 @@ pub async fn pump_in(
     stop: impl std::future::Future<Output = String>,
 ) -> Result<Option<Result<Vec<u8>, shmbus::frame::RemoteError>>, String> {
     let mut tx = match tx {
-        Some(tx) => Some(AsyncSender::new(tx).map_err(|e| e.to_string())?),
+        Some(mut tx) => {
+            tx.set_wait_policy(super::NO_SPIN);
+            Some(AsyncSender::new(tx).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let reason = {

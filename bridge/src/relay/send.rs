@@ -24,6 +24,8 @@ pub async fn pump_out(
     grants: watch::Receiver<u64>,
     cancelled: Option<watch::Receiver<bool>>,
 ) -> Result<(), String> {
+    let mut rx = rx;
+    rx.set_wait_policy(super::NO_SPIN);
     let mut rx = AsyncReceiver::new(rx).map_err(|e| e.to_string())?;
     let mut link = Link {
         out,
