@@ -1,20 +1,18 @@
 //! Zenoh's own ceiling for one stream on this machine, against a TCP
-//! loopback stream of the same bytes: two processes, 1 MiB messages filled
-//! in place by the sender and summed by the receiver, for a few seconds,
-//! rounds alternating. Zenoh runs with the bridge's link settings (peer
+//! loopback stream of the same bytes: two processes, messages (1 MiB, or
+//! KIB) filled in place by the sender and summed by the receiver, for a few
+//! seconds, rounds alternating; TCP writes and reads the same size. Zenoh runs with the bridge's link settings (peer
 //! mode, scouting off, 16 data batches, a 16 MiB read buffer), reliable and
 //! blocking, over 127.0.0.1 only.
 //!
 //! ```sh
-//! cargo run --release -p shmbus-bridge --example zenoh_ceiling -- [ROUNDS] [SECS]
+//! cargo run --release -p shmbus-bridge --example zenoh_ceiling -- [ROUNDS] [SECS] [KIB]
 //! ```
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const MESSAGE: usize = 1 << 20;
 
 /// The bytes of message `i`: cheap to make, never the same twice in a row.
 fn fill(buf: &mut [u8], i: u64) {
@@ -78,8 +76,8 @@ async fn zenoh_sub(port: u16) {
     println!("{bytes} {secs} {acc}");
 }
 
-/// Sends 1 MiB messages for `secs`, then an empty one.
-async fn zenoh_pub(port: u16, secs: f64) {
+/// Sends messages of `size` for `secs`, then an empty one.
+async fn zenoh_pub(port: u16, secs: f64, size: usize) {
     let session = zenoh::open(config(None, Some(port))).await.unwrap();
     let publisher = session
         .declare_publisher("ceiling/data")
@@ -97,7 +95,7 @@ async fn zenoh_pub(port: u16, secs: f64) {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut i = 0u64;
     while Instant::now() < end {
-        let mut buf = vec![0u8; MESSAGE];
+        let mut buf = vec![0u8; size];
         fill(&mut buf, i);
         publisher.put(buf).await.unwrap();
         i += 1;
@@ -107,9 +105,9 @@ async fn zenoh_pub(port: u16, secs: f64) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-fn tcp_sub(listener: TcpListener) {
+fn tcp_sub(listener: TcpListener, size: usize) {
     let (mut s, _) = listener.accept().unwrap();
-    let mut buf = vec![0u8; MESSAGE];
+    let mut buf = vec![0u8; size];
     let (mut bytes, mut acc, mut first) = (0u64, 0u64, None);
     loop {
         let n = s.read(&mut buf).unwrap();
@@ -124,10 +122,10 @@ fn tcp_sub(listener: TcpListener) {
     println!("{bytes} {secs} {acc}");
 }
 
-fn tcp_pub(port: u16, secs: f64) {
+fn tcp_pub(port: u16, secs: f64, size: usize) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_nodelay(true).unwrap();
-    let mut buf = vec![0u8; MESSAGE];
+    let mut buf = vec![0u8; size];
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut i = 0u64;
     while Instant::now() < end {
@@ -137,15 +135,16 @@ fn tcp_pub(port: u16, secs: f64) {
     }
 }
 
-/// One round of `kind` (zenoh or tcp): GB/s the receiver saw.
-fn round(kind: &str, secs: f64) -> f64 {
+/// One round of `kind` (zenoh or tcp) with messages of `size`: GB/s the
+/// receiver saw.
+fn round(kind: &str, secs: f64, size: usize) -> f64 {
     let exe = std::env::current_exe().unwrap();
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let mut sub = Command::new(&exe)
-        .args([&format!("{kind}-sub"), &port.to_string()])
+        .args([&format!("{kind}-sub"), &port.to_string(), &size.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -157,7 +156,12 @@ fn round(kind: &str, secs: f64) -> f64 {
     }
     assert_eq!(line, b"ready", "the receiver did not start");
     let status = Command::new(&exe)
-        .args([&format!("{kind}-pub"), &port.to_string(), &secs.to_string()])
+        .args([
+            &format!("{kind}-pub"),
+            &port.to_string(),
+            &secs.to_string(),
+            &size.to_string(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -175,23 +179,26 @@ fn round(kind: &str, secs: f64) -> f64 {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let port = || args[2].parse::<u16>().unwrap();
+    let num = |i: usize| args[i].parse::<f64>().unwrap();
     match args.get(1).map(String::as_str) {
         Some("zenoh-sub") => return zenoh_sub(port()).await,
-        Some("zenoh-pub") => return zenoh_pub(port(), args[3].parse().unwrap()).await,
+        Some("zenoh-pub") => return zenoh_pub(port(), num(3), num(4) as usize).await,
         Some("tcp-sub") => {
             let listener = TcpListener::bind(("127.0.0.1", port())).unwrap();
             println!("ready");
-            return tcp_sub(listener);
+            return tcp_sub(listener, num(3) as usize);
         }
-        Some("tcp-pub") => return tcp_pub(port(), args[3].parse().unwrap()),
+        Some("tcp-pub") => return tcp_pub(port(), num(3), num(4) as usize),
         _ => {}
     }
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let secs: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3.0);
-    println!("1 MiB messages, {secs} s per run; GB/s = 10^9 bytes/s at the receiver");
+    let kib: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1024);
+    let size = kib << 10;
+    println!("{kib} KiB messages, {secs} s per run; GB/s = 10^9 bytes/s at the receiver");
     for r in 0..rounds {
-        let z = tokio::task::block_in_place(|| round("zenoh", secs));
-        let t = tokio::task::block_in_place(|| round("tcp", secs));
+        let z = tokio::task::block_in_place(|| round("zenoh", secs, size));
+        let t = tokio::task::block_in_place(|| round("tcp", secs, size));
         println!(
             "round {r}: zenoh {z:.2} GB/s, tcp {t:.2} GB/s, zenoh/tcp {:.2}",
             z / t
