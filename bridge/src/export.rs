@@ -9,7 +9,7 @@ use shmbus::frame::{ErrorCode, RemoteError};
 use shmbus_client::Connection;
 use zenoh::Session;
 
-use crate::relay::{pump_in, pump_out, watch_ctl, In, Out};
+use crate::relay::{pump_in, pump_out, watch_ctl, Streams};
 use crate::wire::{self, CallOpen, Data, Methods, Opened, Way};
 
 /// Exported services by name, with their methods.
@@ -28,6 +28,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 /// they come and go), answers method queries, and serves calls to them.
 pub async fn run(
     session: Session,
+    streams: Streams,
     conn: Connection,
     node: String,
     patterns: Vec<String>,
@@ -56,9 +57,10 @@ pub async fn run(
         .declare_queryable(format!("shmbus/call/{node}/**"))
         .await
         .map_err(|e| format!("zenoh queryable: {e}"))?;
-    let (ex, s, c, n) = (
+    let (ex, s, st, c, n) = (
         exported.clone(),
         session.clone(),
+        streams.clone(),
         conn.clone(),
         node.clone(),
     );
@@ -71,7 +73,7 @@ pub async fn run(
                 .payload()
                 .map(|p| p.to_bytes().to_vec())
                 .and_then(|b| wire::decode::<CallOpen>(&b).ok());
-            let (s, c, n) = (s.clone(), c.clone(), n.clone());
+            let (s, st, c, n) = (s.clone(), st.clone(), c.clone(), n.clone());
             let known = ex.lock().unwrap().contains_key(&service);
             tokio::spawn(async move {
                 let reply = |r: Opened| wire::encode(&r);
@@ -83,7 +85,7 @@ pub async fn run(
                     let _ = q.reply(key, reply(Err(e))).await;
                     return;
                 };
-                serve_call(s, c, n, service, open, |r| async move {
+                serve_call(s, st, c, n, service, open, |r| async move {
                     let _ = q.reply(key, reply(r)).await;
                 })
                 .await;
@@ -152,6 +154,7 @@ async fn caller_gone(
 /// opening with `answer`, then relays its streams and its result.
 async fn serve_call<F, Fut>(
     session: Session,
+    streams: Streams,
     conn: Connection,
     node: String,
     service: String,
@@ -175,16 +178,23 @@ async fn serve_call<F, Fut>(
         }
         builder = builder.credit(credit);
     }
-    let keys = |way, ctl| wire::stream_key(&node, &open.id, way, ctl);
-    let links = async {
+    if !wire::valid_node(&open.caller) || !wire::valid_node(&open.id) {
+        let e = format!("the far bridge named its call {}/{}", open.caller, open.id);
+        return answer(Err(remote(ErrorCode::Failed, e))).await;
+    }
+    let keys = |way, ctl| wire::stream_key(&node, &open.caller, &open.id, way, ctl);
+    // Open before the call is answered: the caller sends once it is.
+    let (data_in, ctl_in) = (
+        streams.open(keys(Way::ToCallee, false)),
+        streams.open(keys(Way::ToCaller, true)),
+    );
+    let outs = || {
         Ok::<_, String>((
-            In::new(&session, keys(Way::ToCallee, false)).await?,
-            In::new(&session, keys(Way::ToCaller, true)).await?,
-            Out::new(&session, keys(Way::ToCaller, false)).await?,
-            Out::new(&session, keys(Way::ToCallee, true)).await?,
+            streams.out(keys(Way::ToCaller, false))?,
+            streams.out(keys(Way::ToCallee, true))?,
         ))
     };
-    let (data_in, ctl_in, data_out, ctl_out) = match links.await {
+    let (data_out, ctl_out) = match outs() {
         Ok(l) => l,
         Err(e) => return answer(Err(remote(ErrorCode::Failed, e))).await,
     };

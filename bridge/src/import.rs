@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use zenoh::sample::SampleKind;
 use zenoh::Session;
 
-use crate::relay::{pump_in, pump_out, watch_ctl, In, Out};
+use crate::relay::{pump_in, pump_out, watch_ctl, Streams};
 use crate::wire::{self, CallOpen, Ctl, Methods, Opened, Way};
 
 /// Nodes seen alive, each with a flag that turns false when it goes.
@@ -23,7 +23,12 @@ type Nodes = Arc<Mutex<HashMap<String, watch::Sender<bool>>>>;
 
 /// Follows other nodes' exports and serves them locally until the
 /// session closes.
-pub async fn run(session: Session, socket: PathBuf, node: String) -> Result<(), String> {
+pub async fn run(
+    session: Session,
+    streams: Streams,
+    socket: PathBuf,
+    node: String,
+) -> Result<(), String> {
     let nodes: Nodes = Arc::default();
     let alive = session
         .liveliness()
@@ -80,6 +85,7 @@ pub async fn run(session: Session, socket: PathBuf, node: String) -> Result<(), 
                 }
                 let ctx = Import {
                     session: session.clone(),
+                    streams: streams.clone(),
                     socket: socket.clone(),
                     node: node.clone(),
                     far: id.0.clone(),
@@ -103,6 +109,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 struct Import {
     session: Session,
+    streams: Streams,
     socket: PathBuf,
     node: String,
     far: String,
@@ -189,18 +196,21 @@ impl Import {
                 .await;
             return;
         };
-        let id = format!("{}-{}-{n}", self.node, std::process::id());
-        let keys = |way, ctl| wire::stream_key(&self.far, &id, way, ctl);
+        let id = format!("{}-{n}", std::process::id());
+        let keys = |way, ctl| wire::stream_key(&self.far, &self.node, &id, way, ctl);
         let s = &self.session;
-        let links = async {
+        // Open before the call goes: the far side sends once it answers.
+        let (data_in, ctl_in) = (
+            self.streams.open(keys(Way::ToCaller, false)),
+            self.streams.open(keys(Way::ToCallee, true)),
+        );
+        let outs = || {
             Ok::<_, String>((
-                In::new(s, keys(Way::ToCaller, false)).await?,
-                In::new(s, keys(Way::ToCallee, true)).await?,
-                Out::new(s, keys(Way::ToCallee, false)).await?,
-                Out::new(s, keys(Way::ToCaller, true)).await?,
+                self.streams.out(keys(Way::ToCallee, false))?,
+                self.streams.out(keys(Way::ToCaller, true))?,
             ))
         };
-        let (data_in, ctl_in, data_out, ctl_out) = match links.await {
+        let (data_out, ctl_out) = match outs() {
             Ok(l) => l,
             Err(e) => {
                 let _ = call.respond_async(Err(fail(e))).await;

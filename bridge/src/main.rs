@@ -50,15 +50,18 @@ async fn run(s: config::Settings) -> Result<(), String> {
         .declare_token(wire::node_key(&s.node))
         .await
         .map_err(|e| format!("zenoh token: {e}"))?;
+    let streams = relay::Streams::start(&session, &s.node).await?;
     println!("ready {}", s.node);
     let exports = tokio::spawn(export::run(
         session.clone(),
+        streams.clone(),
         conn,
         s.node.clone(),
         s.export.clone(),
     ));
     let imports = tokio::spawn(import::run(
         session.clone(),
+        streams,
         s.socket.clone(),
         s.node.clone(),
     ));

@@ -9,7 +9,7 @@
 //! | `shmbus/export/N/S` | liveliness token: `N` exports `S` |
 //! | `shmbus/methods/N/S` | queryable: `S`'s methods ([`Methods`]) |
 //! | `shmbus/call/N/S` | queryable: open a call to `S` ([`CallOpen`]) |
-//! | `shmbus/stream/N/ID/{to_callee,to_caller}/{data,ctl}` | one call's messages ([`Data`], [`Ctl`]) |
+//! | `shmbus/stream/CALLEE/CALLER/ID/{to_callee,to_caller}/{data,ctl}` | one call's messages ([`Data`], [`Ctl`]) |
 //!
 //! Items, the stream's end and the call's result travel in order on a
 //! direction's `data` key; credit and cancel on its `ctl` key, so that a
@@ -177,14 +177,28 @@ pub enum Way {
     ToCaller,
 }
 
-/// `shmbus/stream/N/ID/{to_callee,to_caller}/{data,ctl}`.
-pub fn stream_key(callee_node: &str, id: &str, way: Way, ctl: bool) -> String {
+/// `shmbus/stream/CALLEE/CALLER/ID/{to_callee,to_caller}/{data,ctl}`: the
+/// key of one call's messages, a call `ID` unique to the caller's node.
+pub fn stream_key(callee: &str, caller: &str, id: &str, way: Way, ctl: bool) -> String {
     let way = match way {
         Way::ToCallee => "to_callee",
         Way::ToCaller => "to_caller",
     };
     let kind = if ctl { "ctl" } else { "data" };
-    format!("shmbus/stream/{callee_node}/{id}/{way}/{kind}")
+    format!("shmbus/stream/{callee}/{caller}/{id}/{way}/{kind}")
+}
+
+/// The keys of every call's messages toward `node`: as the callee, the
+/// data its callers send and their grants for what it sends; as the
+/// caller, the data its callees send and their grants. A bridge
+/// subscribes to these once.
+pub fn streams_toward(node: &str) -> [String; 4] {
+    [
+        format!("shmbus/stream/{node}/*/*/to_callee/data"),
+        format!("shmbus/stream/{node}/*/*/to_caller/ctl"),
+        format!("shmbus/stream/*/{node}/*/to_caller/data"),
+        format!("shmbus/stream/*/{node}/*/to_callee/ctl"),
+    ]
 }
 
 /// Encodes a message.
@@ -209,10 +223,28 @@ mod tests {
         assert_eq!(parse_export_key("shmbus/export/ho st/x"), None);
         assert_eq!(parse_export_key("shmbus/export/a/b//c"), None);
         assert!(!valid_node("a/b") && !valid_node("") && valid_node("host-b_2"));
-        assert_eq!(
-            stream_key("b", "a-1", Way::ToCaller, true),
-            "shmbus/stream/b/a-1/to_caller/ctl"
-        );
+        let k = stream_key("b", "a", "7-1", Way::ToCaller, true);
+        assert_eq!(k, "shmbus/stream/b/a/7-1/to_caller/ctl");
+        // Each key of a call between a and b reaches the one node it is for.
+        let reaches = |node: &str, key: &str| {
+            let key = zenoh::key_expr::KeyExpr::try_from(key).unwrap();
+            streams_toward(node).iter().any(|p| {
+                zenoh::key_expr::KeyExpr::try_from(p.as_str())
+                    .unwrap()
+                    .intersects(&key)
+            })
+        };
+        for (way, ctl, to) in [
+            (Way::ToCallee, false, "b"),
+            (Way::ToCaller, true, "b"),
+            (Way::ToCaller, false, "a"),
+            (Way::ToCallee, true, "a"),
+        ] {
+            let key = stream_key("b", "a", "7-1", way, ctl);
+            let other = if to == "a" { "b" } else { "a" };
+            assert!(reaches(to, &key) && !reaches(other, &key), "{key}");
+            assert!(!reaches("c", &key) && !reaches("ab", &key), "{key}");
+        }
     }
 
     #[test]
