@@ -19,6 +19,20 @@ fn remote(code: ErrorCode, message: String) -> RemoteError {
     RemoteError { code, message }
 }
 
+/// A local call's error as the far caller gets it: the broker's verdict as
+/// it is, a deadline as a deadline (the client reports it apart from the
+/// broker's errors), anything else as a failure.
+fn far_error(e: shmbus_client::Error) -> RemoteError {
+    match e {
+        shmbus_client::Error::Remote(r) => r,
+        shmbus_client::Error::DeadlineExceeded => remote(
+            ErrorCode::DeadlineExceeded,
+            "the call's deadline passed".into(),
+        ),
+        other => remote(ErrorCode::Failed, other.to_string()),
+    }
+}
+
 /// Glob match with `*` and `?`.
 pub fn glob(pattern: &str, name: &str) -> bool {
     shmbus::glob::glob(pattern, name)
@@ -200,13 +214,7 @@ async fn serve_call<F, Fut>(
     };
     let mut call = match builder.start_async().await {
         Ok(call) => call,
-        Err(e) => {
-            let e = match e {
-                shmbus_client::Error::Remote(r) => r,
-                other => remote(ErrorCode::Failed, other.to_string()),
-            };
-            return answer(Err(e)).await;
-        }
+        Err(e) => return answer(Err(far_error(e))).await,
     };
     answer(Ok(())).await;
     // The caller's node going away cancels the call, as its cancel would.
@@ -244,9 +252,23 @@ async fn serve_call<F, Fut>(
         }
     };
     let _ = tokio::join!(down, up);
-    let result = call.finish_async().await.map_err(|e| match e {
-        shmbus_client::Error::Remote(r) => r,
-        other => remote(ErrorCode::Failed, other.to_string()),
-    });
+    let result = call.finish_async().await.map_err(far_error);
     let _ = data_out.send_data(&Data::Result(result)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_far_deadline_reaches_the_caller_as_a_deadline() {
+        let e = far_error(shmbus_client::Error::DeadlineExceeded);
+        assert_eq!(e.code, ErrorCode::DeadlineExceeded);
+        let r = remote(ErrorCode::PeerGone, "gone".into());
+        assert_eq!(far_error(shmbus_client::Error::Remote(r.clone())), r);
+        assert_eq!(
+            far_error(shmbus_client::Error::BrokerGone).code,
+            ErrorCode::Failed
+        );
+    }
 }
