@@ -126,18 +126,23 @@ fn a_deadline_passing_while_the_result_is_on_its_way_fails_the_call() {
     assert!(started.elapsed() < SLACK);
 }
 
-#[test]
-fn a_service_blocked_on_credit_is_stopped_at_the_deadline() {
-    let (_broker, mut peer, conn) = setup();
-    let started = Instant::now();
-    let call = conn
-        .call("dl", "flood")
+/// A call to the service's endless `flood` with credit for 4 items and
+/// 300 ms to live.
+fn flood_for_300ms(conn: &Connection) -> shmbus_client::Call {
+    conn.call("dl", "flood")
         .args_typed(&(0u64, 0u64))
         .unwrap()
         .credit(CreditSpec::items(4))
         .timeout(Duration::from_millis(300))
         .start()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_service_blocked_on_credit_is_stopped_at_the_deadline() {
+    let (_broker, mut peer, conn) = setup();
+    let started = Instant::now();
+    let call = flood_for_300ms(&conn);
     // The caller reads nothing: the service fills its credit and waits.
     let failed = peer.expect_line("send-failed", 10 * SEC);
     assert_eq!(failed, "deadline exceeded");
@@ -149,14 +154,7 @@ fn a_service_blocked_on_credit_is_stopped_at_the_deadline() {
 #[test]
 fn a_result_that_reaches_a_stalled_broker_after_the_deadline_loses_to_it() {
     let (broker, mut peer, conn) = setup();
-    let call = conn
-        .call("dl", "flood")
-        .args_typed(&(0u64, 0u64))
-        .unwrap()
-        .credit(CreditSpec::items(4))
-        .timeout(Duration::from_millis(300))
-        .start()
-        .unwrap();
+    let call = flood_for_300ms(&conn);
     assert_eq!(peer.expect_line("incoming", 10 * SEC), "flood");
     // The broker sleeps through the deadline; the service's own deadline
     // fails its send, and it answers "flood" to a broker that reads the
