@@ -1,12 +1,19 @@
 //! Zenoh's own ceiling for one stream on this machine, against a TCP
 //! loopback stream of the same bytes: two processes, messages (1 MiB, or
 //! KIB) filled in place by the sender and summed by the receiver, for a few
-//! seconds, rounds alternating; TCP writes and reads the same size. Zenoh runs with the bridge's link settings (peer
-//! mode, scouting off, 16 data batches, a 16 MiB read buffer), reliable and
-//! blocking, over 127.0.0.1 only.
+//! seconds, rounds alternating; TCP writes and reads the same size, or
+//! TCP_KIB. Zenoh runs with the bridge's link settings (peer mode, scouting
+//! off, 16 data batches, a 16 MiB read buffer, its runtimes on one pool of
+//! two workers unless `ZENOH_RUNTIME` is set), reliable and blocking, over
+//! 127.0.0.1 only; `ZENOH_CEILING_SET="KEY=VALUE;…"` adds settings to try.
+//!
+//! Each run also reports how busy the machine's CPUs were (`/proc/stat`,
+//! every CPU, the kernel's share included) and so the CPU time one GB
+//! took: a stream that keeps every CPU busy is bound by that cost, not by
+//! waiting.
 //!
 //! ```sh
-//! cargo run --release -p shmbus-bridge --example zenoh_ceiling -- [ROUNDS] [SECS] [KIB]
+//! cargo run --release -p shmbus-bridge --example zenoh_ceiling -- [ROUNDS] [SECS] [KIB] [TCP_KIB]
 //! ```
 
 use std::io::{Read, Write};
@@ -52,7 +59,26 @@ fn config(listen: Option<u16>, connect: Option<u16>) -> zenoh::Config {
     ] {
         c.insert_json5(k, &v).expect("zenoh setting");
     }
+    // Further settings to try, as `KEY=VALUE;KEY=VALUE` (json5 values).
+    if let Ok(extra) = std::env::var("ZENOH_CEILING_SET") {
+        for kv in extra.split(';').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').expect("KEY=VALUE");
+            c.insert_json5(k, v).expect("zenoh setting");
+        }
+    }
     c
+}
+
+/// Prints what a receiver saw from its first byte on: bytes, seconds, the
+/// share of all CPUs busy, and the sum.
+fn report(bytes: u64, first: Option<(Instant, (u64, u64))>, acc: u64) {
+    let Some((t, before)) = first else {
+        return println!("0 0 0 {acc}");
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let after = cpu_ticks();
+    let busy = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
+    println!("{bytes} {secs} {busy} {acc}");
 }
 
 /// Receives until `end` arrives; prints bytes, seconds and the sum.
@@ -66,14 +92,13 @@ async fn zenoh_sub(port: u16) {
         if payload.is_empty() {
             break;
         }
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| (Instant::now(), cpu_ticks()));
         for s in payload.slices() {
             acc = sum(acc, s);
             bytes += s.len() as u64;
         }
     }
-    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    println!("{bytes} {secs} {acc}");
+    report(bytes, first, acc);
 }
 
 /// Sends messages of `size` for `secs`, then an empty one.
@@ -114,12 +139,11 @@ fn tcp_sub(listener: TcpListener, size: usize) {
         if n == 0 {
             break;
         }
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| (Instant::now(), cpu_ticks()));
         acc = sum(acc, &buf[..n]);
         bytes += n as u64;
     }
-    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    println!("{bytes} {secs} {acc}");
+    report(bytes, first, acc);
 }
 
 fn tcp_pub(port: u16, secs: f64, size: usize) {
@@ -135,9 +159,32 @@ fn tcp_pub(port: u16, secs: f64, size: usize) {
     }
 }
 
-/// One round of `kind` (zenoh or tcp) with messages of `size`: GB/s the
-/// receiver saw.
-fn round(kind: &str, secs: f64, size: usize) -> f64 {
+/// The machine's CPU time so far, in clock ticks: (busy, all), from the
+/// first line of `/proc/stat` (idle and iowait are not busy).
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let all: u64 = f.iter().sum();
+    (all - f[3] - f[4], all)
+}
+
+/// What one run saw from the receiver's first byte to its last: GB/s, and
+/// the share of all CPUs busy meanwhile.
+struct Run {
+    gbps: f64,
+    busy: f64,
+}
+
+/// One round of `kind` (zenoh or tcp) with messages of `size`.
+fn round(kind: &str, secs: f64, size: usize) -> Run {
     let exe = std::env::current_exe().unwrap();
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -172,11 +219,29 @@ fn round(kind: &str, secs: f64, size: usize) -> f64 {
         .split_whitespace()
         .map(|x| x.parse().unwrap())
         .collect();
-    f[0] / f[1] / 1e9
+    Run {
+        gbps: f[0] / f[1] / 1e9,
+        busy: f[2],
+    }
 }
 
-#[tokio::main]
-async fn main() {
+/// The bridge's default for Zenoh's runtimes (see its `main.rs`).
+const ZENOH_RUNTIME: &str = "(app: (worker_threads: 2), acc: (handover: app), \
+     tx: (handover: app), rx: (handover: app), net: (handover: app))";
+
+fn main() {
+    if std::env::var_os("ZENOH_RUNTIME").is_none() {
+        // No other thread runs yet (children inherit it too).
+        std::env::set_var("ZENOH_RUNTIME", ZENOH_RUNTIME);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(ceiling_main());
+}
+
+async fn ceiling_main() {
     let args: Vec<String> = std::env::args().collect();
     let port = || args[2].parse::<u16>().unwrap();
     let num = |i: usize| args[i].parse::<f64>().unwrap();
@@ -194,14 +259,29 @@ async fn main() {
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let secs: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3.0);
     let kib: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1024);
-    let size = kib << 10;
-    println!("{kib} KiB messages, {secs} s per run; GB/s = 10^9 bytes/s at the receiver");
+    let tcp_kib: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(kib);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "zenoh {kib} KiB messages, tcp {tcp_kib} KiB writes, {secs} s per run; \
+         GB/s = 10^9 bytes/s at the receiver; busy = share of the {cpus} CPUs busy, \
+         CPU s/GB = the CPU time a GB took"
+    );
+    let show = |r: &Run| {
+        format!(
+            "{:.2} GB/s (busy {:.0}%, {:.2} CPU s/GB)",
+            r.gbps,
+            r.busy * 100.0,
+            r.busy * cpus / r.gbps
+        )
+    };
     for r in 0..rounds {
-        let z = tokio::task::block_in_place(|| round("zenoh", secs, size));
-        let t = tokio::task::block_in_place(|| round("tcp", secs, size));
+        let z = tokio::task::block_in_place(|| round("zenoh", secs, kib << 10));
+        let t = tokio::task::block_in_place(|| round("tcp", secs, tcp_kib << 10));
         println!(
-            "round {r}: zenoh {z:.2} GB/s, tcp {t:.2} GB/s, zenoh/tcp {:.2}",
-            z / t
+            "round {r}: zenoh {}, tcp {}, zenoh/tcp {:.2}",
+            show(&z),
+            show(&t),
+            z.gbps / t.gbps
         );
     }
 }
