@@ -81,7 +81,7 @@ fn report(bytes: u64, first: Option<(Instant, (u64, u64))>, acc: u64) {
     println!("{bytes} {secs} {busy} {acc}");
 }
 
-/// Receives until `end` arrives; prints bytes, seconds and the sum.
+/// Receives until `end` arrives, then [`report`]s what it saw.
 async fn zenoh_sub(port: u16) {
     let session = zenoh::open(config(Some(port), None)).await.unwrap();
     let sub = session.declare_subscriber("ceiling/data").await.unwrap();

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// Zenoh's runtimes (`app`, `acc`, `tx`, `rx`, `net`: five thread pools by
-/// default) handed over to one of two workers, unless `ZENOH_RUNTIME` in
+/// default) handed over to one pool of two workers, unless `ZENOH_RUNTIME` in
 /// the environment says otherwise. With separate pools every 64 KiB batch
 /// of a stream crossed threads several times (the socket's readiness is
 /// seen on one pool, the link's reader and writer run on others); on one
