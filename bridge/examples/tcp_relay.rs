@@ -8,7 +8,9 @@
 //! the receiving port (`read` into the reserved slot), so the bytes are
 //! copied only by the kernel's TCP, as in a plain TCP stream. TCP's own flow
 //! control is the credit. No deadlines, no cancel, no failure handling
-//! beyond ending the call: a measuring tool, not a product.
+//! beyond ending the call: a measuring tool, not a product. Its ports wait
+//! as the client's default does, or spin `TCP_RELAY_SPIN_US` microseconds
+//! before sleeping when that is set.
 //!
 //! The bench harness runs it in place of the bridge:
 //!
