@@ -42,17 +42,7 @@ pub async fn run(
             let Some(name) = s.key_expr().as_str().strip_prefix("shmbus/node/") else {
                 continue;
             };
-            let mut nodes = n.lock().unwrap();
-            match s.kind() {
-                SampleKind::Put => {
-                    nodes.insert(name.to_string(), watch::channel(true).0);
-                }
-                SampleKind::Delete => {
-                    if let Some(flag) = nodes.remove(name) {
-                        let _ = flag.send(false);
-                    }
-                }
-            }
+            node_seen(&mut n.lock().unwrap(), name, s.kind());
         }
     });
     let exports = session
@@ -98,6 +88,27 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Records what a liveliness sample says of node `name`: seen (`Put`), it
+/// gets a flag that calls to it watch; gone (`Delete`), its flag turns
+/// false and goes. A node seen again keeps its flag: a subscriber with
+/// history may be handed a token twice (from the history and live), and a
+/// new flag would drop the old one, which its calls take for the node
+/// going away.
+fn node_seen(nodes: &mut HashMap<String, watch::Sender<bool>>, name: &str, kind: SampleKind) {
+    match kind {
+        SampleKind::Put => {
+            nodes
+                .entry(name.to_string())
+                .or_insert_with(|| watch::channel(true).0);
+        }
+        SampleKind::Delete => {
+            if let Some(flag) = nodes.remove(name) {
+                let _ = flag.send(false);
+            }
+        }
+    }
 }
 
 /// The first wait before an import is tried again.
@@ -329,5 +340,27 @@ impl Import {
             }
         };
         let _ = call.respond_async(outcome).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_seen_again_keeps_its_calls_and_a_node_gone_ends_them() {
+        let mut nodes = HashMap::new();
+        node_seen(&mut nodes, "b", SampleKind::Put);
+        let call = nodes["b"].subscribe();
+        // A subscriber with history may be handed a token it already had.
+        node_seen(&mut nodes, "b", SampleKind::Put);
+        assert!(
+            matches!(call.has_changed(), Ok(false)),
+            "a repeated sighting must not look like the node going"
+        );
+        assert!(*call.borrow());
+        node_seen(&mut nodes, "b", SampleKind::Delete);
+        assert!(!*call.borrow(), "a node gone says so before its flag goes");
+        assert!(!nodes.contains_key("b"));
     }
 }
