@@ -22,7 +22,7 @@ use crate::credit::CreditSpec;
 use crate::state::StreamState;
 
 /// Version of the control protocol spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Size of the frame header on the wire.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Default upper bound for one frame's body, in bytes.
@@ -510,6 +510,12 @@ pub enum Frame {
     },
     /// Broker → peer: a fatal connection error, sent just before closing.
     Error(RemoteError),
+    /// Peer → broker: the peer no longer serves a service it registered.
+    /// Calls already delivered go on; new ones get `NoSuchService`.
+    Unregister {
+        /// Service name.
+        service: String,
+    },
 }
 
 impl Frame {
@@ -546,6 +552,7 @@ impl Frame {
             Frame::Event(_) => "event",
             Frame::ShuttingDown { .. } => "shutting-down",
             Frame::Error(_) => "error",
+            Frame::Unregister { .. } => "unregister",
         }
     }
 }
@@ -705,6 +712,9 @@ mod tests {
                 },
             },
             Frame::StreamOpen(sample_open()),
+            Frame::Unregister {
+                service: "clock".into(),
+            },
             Frame::Result {
                 call: 9,
                 outcome: Err(RemoteError {

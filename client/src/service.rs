@@ -19,6 +19,9 @@ mod asynchronous;
 impl Connection {
     /// Registers a service with its methods. Calls arrive through
     /// [`Service::next`]; the service lives as long as the returned handle.
+    /// Dropping the handle unregisters the name (the same or another
+    /// connection may register it again), and the calls that arrived and
+    /// were never taken fail with [`ErrorCode::NoSuchService`].
     ///
     /// ```no_run
     /// use shmbus_client::{Connection, MethodSpec, StreamMode};
@@ -315,6 +318,12 @@ impl IncomingCall {
             call: self.call,
             outcome,
         })
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.conn.unregister_raw(&self.name, &self.incoming);
     }
 }
 

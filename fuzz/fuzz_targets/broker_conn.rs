@@ -340,8 +340,8 @@ impl Harness {
             }
             6 => {
                 let request = arg as u64;
-                let frame = match arg & 3 {
-                    0 => {
+                let frame = match arg {
+                    0 | 4 => {
                         let [stream, state, bytes] = [input.byte(), input.byte(), input.byte()];
                         let state = match state % 5 {
                             0 => StreamState::Idle,
@@ -359,7 +359,10 @@ impl Harness {
                     }
                     1 => Frame::List { request },
                     2 => Frame::Status { request },
-                    _ => Frame::Monitor { request },
+                    3 => Frame::Monitor { request },
+                    _ => Frame::Unregister {
+                        service: SERVICES[input.byte() as usize % SERVICES.len()].into(),
+                    },
                 };
                 self.send(slot, &frame);
             }

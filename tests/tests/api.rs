@@ -381,3 +381,45 @@ fn a_refused_second_registration_leaves_the_first_served() {
     assert_eq!(adder.expect_line("result", 10 * SEC), "5");
     answered.join().unwrap();
 }
+
+#[test]
+fn a_dropped_service_is_unregistered_and_its_name_free_again() {
+    let broker = Broker::start();
+    let conn = broker.connect();
+    let add = [MethodSpec::new("add", StreamMode::Unary)];
+    let listed = |conn: &shmbus_client::Connection| {
+        let snapshot = conn.list().unwrap();
+        snapshot.services.iter().any(|s| s.name == "dropped")
+    };
+    let service = conn.register("dropped", &add).unwrap();
+    assert!(listed(&conn));
+    drop(service);
+    // The broker has the unregistration before anything sent after it.
+    assert!(!listed(&conn), "a dropped service is still listed");
+    let other = broker.connect();
+    let taken = other.register("dropped", &add).unwrap();
+    drop(taken);
+    // The same connection may register the name again, and is served.
+    let service = conn.register("dropped", &add).unwrap();
+    let mut adder = Peer::start(&broker, &["call-add", "dropped"]);
+    let answered = std::thread::spawn(move || {
+        let call = service.next().unwrap().unwrap();
+        call.reply(5u64.to_le_bytes().to_vec()).unwrap();
+    });
+    assert_eq!(adder.expect_line("result", 10 * SEC), "5");
+    answered.join().unwrap();
+}
+
+#[test]
+fn calls_waiting_for_a_dropped_service_fail_instead_of_hanging() {
+    let broker = Broker::start();
+    let conn = broker.connect();
+    let add = [MethodSpec::new("add", StreamMode::Unary)];
+    let service = conn.register("dropping", &add).unwrap();
+    // Its call arrives and waits, never taken with `next`.
+    let mut adder = Peer::start(&broker, &["call-add", "dropping"]);
+    std::thread::sleep(SEC);
+    drop(service);
+    let e = adder.expect_line("error", 10 * SEC);
+    assert!(e.contains("no longer served"), "{e}");
+}

@@ -263,10 +263,10 @@ impl Connection {
         let link = self.link();
         let (post, incoming) = mailbox();
         match link.services.lock().unwrap().entry(service.to_string()) {
-            // Services live as long as their connection, so a name held
-            // here is registered (or being registered) with the broker: the
-            // broker would refuse it, and the refusal must not take the
-            // name's calls from the one who holds it.
+            // A name held here is registered (or being registered) with the
+            // broker until its handle drops: the broker would refuse it, and
+            // the refusal must not take the name's calls from the one who
+            // holds it.
             Entry::Occupied(_) => {
                 return Err(Error::Remote(RemoteError {
                     code: ErrorCode::NameTaken,
@@ -333,6 +333,31 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+impl Connection {
+    /// Ends a registration whose handle went: the name takes no more calls
+    /// on this connection and is not registered again after a reconnect,
+    /// the broker frees it, and the calls that arrived for it and were
+    /// never taken fail with `NoSuchService` (their callers must not wait
+    /// for an answer that will not come).
+    pub(crate) fn unregister_raw(&self, service: &str, incoming: &Mailbox<IncomingRaw>) {
+        self.state
+            .registrations
+            .lock()
+            .unwrap()
+            .retain(|(name, _, _)| name != service);
+        let link = self.link();
+        // Under this lock the reader posts a call or answers it itself:
+        // past it, nothing more is posted.
+        link.services.lock().unwrap().remove(service);
+        while let Ok(raw) = incoming.try_recv() {
+            raw.origin.refuse_served(raw.call, service);
+        }
+        let _ = link.send(&Frame::Unregister {
+            service: service.to_string(),
+        });
     }
 }
 
@@ -452,6 +477,19 @@ impl BrokerLink {
         self.served.lock().unwrap().remove(&call);
     }
 
+    /// Answers a call that arrived for `service` when no handle of it was
+    /// left to take it: `NoSuchService`.
+    pub(crate) fn refuse_served(&self, call: CallId, service: &str) {
+        self.forget_served(call);
+        let _ = self.send(&Frame::Result {
+            call,
+            outcome: Err(RemoteError {
+                code: ErrorCode::NoSuchService,
+                message: format!("service {service} is no longer served"),
+            }),
+        });
+    }
+
     fn request(self: &Arc<Self>, make: impl FnOnce(RequestId) -> Frame) -> Result<Reply> {
         let rx = self.send_request(make)?;
         self.wait_for(&rx).map_err(|_| Error::BrokerGone)
@@ -534,14 +572,7 @@ impl BrokerLink {
                     None => false,
                 };
                 if !delivered {
-                    self.forget_served(call);
-                    let _ = self.send(&Frame::Result {
-                        call,
-                        outcome: Err(RemoteError {
-                            code: frame::ErrorCode::NoSuchService,
-                            message: format!("service {service} is no longer served"),
-                        }),
-                    });
+                    self.refuse_served(call, &service);
                 }
             }
             Frame::Cancel { call } => {

@@ -51,7 +51,7 @@ use shmbus::frame::{
     MonitorKind, RemoteError, ServiceInfo, StreamId, StreamInfo, StreamMode, PROTOCOL_VERSION,
 };
 use shmbus::sys::PeerCredentials;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Limits;
 use crate::log_limit::LogLimit;
@@ -412,6 +412,10 @@ impl<P: PortMaker> Router<P> {
                 service,
                 methods,
             } => self.register(conn, request, service, methods, now),
+            Frame::Unregister { service } => {
+                self.unregister(conn, &service);
+                Vec::new()
+            }
             Frame::Call(req) => self.call(conn, req, now),
             Frame::Result { call, outcome } => self.result(conn, call, outcome),
             Frame::Cancel { call } => self.cancel(conn, call),
@@ -525,6 +529,25 @@ impl<P: PortMaker> Router<P> {
             },
         );
         vec![send(conn, Frame::Ack { request })]
+    }
+
+    /// The peer no longer serves `name`: it goes from the table and gives
+    /// its quota back. Calls already delivered go on. A name the peer does
+    /// not hold is ignored: a client may drop a service whose registration
+    /// was refused when it reconnected.
+    fn unregister(&mut self, conn: ConnId, name: &str) {
+        if self.services.get(name).map(|s| s.owner) != Some(conn) {
+            debug!(service = %name, "unregistration of a service the peer does not hold ignored");
+            return;
+        }
+        self.services.remove(name);
+        let peer = self
+            .peers
+            .get_mut(&conn)
+            .expect("a service's owner is a peer");
+        peer.services.retain(|s| s != name);
+        self.ledger.release(peer.creds.uid, Resource::Services, 1);
+        info!(service = %name, pid = peer.creds.pid, "service unregistered");
     }
 
     /// A connection went away: its services vanish, its outgoing calls are

@@ -370,3 +370,40 @@ fn declared_services_say_who_may_register_and_call_them() {
     );
     assert_eq!(bus.call(member, request(1, "team.x", "one")).len(), 1);
 }
+
+#[test]
+fn an_unregistered_service_frees_its_name_and_quota_and_its_calls_go_on() {
+    let mut bus = Bus::new(quota(|q| q.services = 1));
+    let (a, b, caller) = (bus.connect(UID), bus.connect(UID), bus.connect(UID));
+    bus.serve(a, "one", &[("m", StreamMode::Unary)]);
+    let out = bus.call(caller, request(7, "one", "m"));
+    assert!(
+        matches!(&out[..], [Out::Send { to, .. }] if *to == a),
+        "{out:?}"
+    );
+    let unregister = |name: &str| Frame::Unregister {
+        service: name.into(),
+    };
+    assert!(bus.input(a, unregister("one")).is_empty());
+    assert_eq!(bus.router.services(), 0);
+    assert_eq!(bus.router.usage(UID).services, 0);
+    // The name and the uid's quota are free again.
+    bus.serve(b, "one", &[("m", StreamMode::Unary)]);
+    // The call delivered before goes on; a new one goes to the new owner.
+    let out = bus.answer(a, 1, Ok(b"done"));
+    assert_eq!(out, [Out::result(caller, 7, Ok(b"done"))]);
+    let out = bus.call(caller, request(8, "one", "m"));
+    assert!(
+        matches!(&out[..], [Out::Send { to, .. }] if *to == b),
+        "{out:?}"
+    );
+    // Only the owner unregisters a name: anyone else's attempt changes
+    // nothing, nor does a name never registered.
+    assert!(bus.input(a, unregister("one")).is_empty());
+    assert!(bus.input(caller, unregister("nothing")).is_empty());
+    assert_eq!(bus.router.services(), 1);
+    assert_eq!(bus.router.usage(UID).services, 1);
+    // A connection's unregistered services are not given back twice.
+    assert!(bus.disconnect(a).is_empty());
+    assert_eq!(bus.router.usage(UID).services, 1);
+}
