@@ -372,7 +372,13 @@ fn a_refused_second_registration_leaves_the_first_served() {
         Ok(_) => panic!("a second registration of one name was accepted"),
     }
     // The first registration still receives its calls.
-    let mut adder = Peer::start(&broker, &["call-add", "twice"]);
+    adds_once(&broker, service);
+}
+
+/// A caller process calls `service`'s `add`, which answers it: the sum
+/// must come back.
+fn adds_once(broker: &Broker, service: shmbus_client::Service) {
+    let mut adder = Peer::start(broker, &["call-add", service.name()]);
     let answered = std::thread::spawn(move || {
         let call = service.next().unwrap().unwrap();
         let (a, b): (u64, u64) = call.args_typed().unwrap();
@@ -400,14 +406,7 @@ fn a_dropped_service_is_unregistered_and_its_name_free_again() {
     let taken = other.register("dropped", &add).unwrap();
     drop(taken);
     // The same connection may register the name again, and is served.
-    let service = conn.register("dropped", &add).unwrap();
-    let mut adder = Peer::start(&broker, &["call-add", "dropped"]);
-    let answered = std::thread::spawn(move || {
-        let call = service.next().unwrap().unwrap();
-        call.reply(5u64.to_le_bytes().to_vec()).unwrap();
-    });
-    assert_eq!(adder.expect_line("result", 10 * SEC), "5");
-    answered.join().unwrap();
+    adds_once(&broker, conn.register("dropped", &add).unwrap());
 }
 
 #[test]
