@@ -432,3 +432,36 @@ fn a_caller_cancels_under_tokio_and_the_result_is_call_aborted() {
         });
     }
 }
+
+#[test]
+fn a_registration_future_dropped_midway_leaves_the_name_free() {
+    let broker = Broker::start();
+    let socket = broker.socket.clone();
+    for (name, rt) in tokio_runtimes() {
+        rt.block_on(async {
+            let conn = Connection::connect_async(&socket).await.unwrap();
+            let add = [MethodSpec::new("add", StreamMode::Unary)];
+            // Polled once (the registration goes out), then dropped; had
+            // the broker answered already, the service it gave is dropped.
+            let register = conn.register_async("abandoned", &add);
+            tokio::select! {
+                biased;
+                service = register => drop(service.unwrap()),
+                _ = std::future::ready(()) => {}
+            }
+            let again = conn.register_async("abandoned", &add).await;
+            assert!(again.is_ok(), "{name}: {:?}", again.err());
+            let other = broker.connect();
+            drop(again);
+            let mut taken = Err(Error::BrokerGone);
+            for _ in 0..100 {
+                taken = other.register("abandoned", &add);
+                if taken.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(taken.is_ok(), "{name}: {:?}", taken.err());
+        });
+    }
+}

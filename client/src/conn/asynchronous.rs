@@ -9,7 +9,7 @@ use std::path::Path;
 
 use shmbus::frame::MethodSpec;
 
-use super::{ConnectOptions, Connection};
+use super::{ConnectOptions, Connection, PendingRegistration};
 use crate::error::{Error, Result};
 use crate::service::Service;
 
@@ -37,14 +37,28 @@ impl Connection {
 
     /// The async twin of [`register`](Self::register).
     ///
-    /// Cancel safety: a future dropped after the registration was sent
-    /// leaves the name registered with the broker but served by no one, as
-    /// a dropped [`Service`] does: calls to it fail with "no such service"
-    /// until the connection closes.
+    /// Cancel safe: a future dropped after the registration was sent
+    /// unregisters the name, as a dropped [`Service`] does.
     pub async fn register_async(&self, service: &str, methods: &[MethodSpec]) -> Result<Service> {
         let pending = self.begin_register(service, methods.to_vec())?;
+        let mut abandon = AbandonOnDrop(Some((&pending, service)));
         let reply = poll_fn(|cx| pending.reply.poll_recv(cx)).await;
+        abandon.0 = None;
+        drop(abandon);
         let incoming = self.end_register(pending, reply)?;
         Ok(Service::new(self.clone(), service, incoming))
+    }
+}
+
+/// Withdraws a registration whose future was dropped before its answer.
+struct AbandonOnDrop<'a>(Option<(&'a PendingRegistration, &'a str)>);
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some((pending, service)) = self.0.take() {
+            pending
+                .link
+                .abandon_registration(service, &pending.incoming);
+        }
     }
 }

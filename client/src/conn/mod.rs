@@ -348,16 +348,7 @@ impl Connection {
             .lock()
             .unwrap()
             .retain(|(name, _, _)| name != service);
-        let link = self.link();
-        // Under this lock the reader posts a call or answers it itself:
-        // past it, nothing more is posted.
-        link.services.lock().unwrap().remove(service);
-        while let Ok(raw) = incoming.try_recv() {
-            raw.origin.refuse_served(raw.call, service);
-        }
-        let _ = link.send(&Frame::Unregister {
-            service: service.to_string(),
-        });
+        self.link().abandon_registration(service, incoming);
     }
 }
 
@@ -475,6 +466,23 @@ impl BrokerLink {
 
     pub(crate) fn forget_served(&self, call: CallId) {
         self.served.lock().unwrap().remove(&call);
+    }
+
+    /// Withdraws a registration sent on this link whose handle is gone (or
+    /// whose answer nobody waits for any more): the name takes no calls
+    /// here, the calls that arrived for it and were never taken fail with
+    /// `NoSuchService`, and the broker frees the name if this connection
+    /// holds it (it ignores the request otherwise).
+    pub(crate) fn abandon_registration(&self, service: &str, incoming: &Mailbox<IncomingRaw>) {
+        // Under this lock the reader posts a call or answers it itself:
+        // past it, nothing more is posted.
+        self.services.lock().unwrap().remove(service);
+        while let Ok(raw) = incoming.try_recv() {
+            raw.origin.refuse_served(raw.call, service);
+        }
+        let _ = self.send(&Frame::Unregister {
+            service: service.to_string(),
+        });
     }
 
     /// Answers a call that arrived for `service` when no handle of it was
