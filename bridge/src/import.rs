@@ -1,6 +1,6 @@
 //! The caller's side: the services other nodes export, registered on the
-//! local broker as `NODE/SERVICE` (each on a connection of its own, so that
-//! dropping it withdraws the name), and their calls carried to that node.
+//! local broker as `NODE/SERVICE` (all on one connection; dropping a
+//! service withdraws its name), and their calls carried to that node.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,6 +29,9 @@ pub async fn run(
     socket: PathBuf,
     node: String,
 ) -> Result<(), String> {
+    let conn = Connection::connect_async(&socket)
+        .await
+        .map_err(|e| e.to_string())?;
     let nodes: Nodes = Arc::default();
     let alive = session
         .liveliness()
@@ -65,7 +68,7 @@ pub async fn run(
         match s.kind() {
             SampleKind::Delete => {
                 if let Some(task) = served.remove(&id) {
-                    // Its connection goes with it: the name is withdrawn.
+                    // Its service handle goes with it: the name is withdrawn.
                     task.abort();
                 }
             }
@@ -76,7 +79,7 @@ pub async fn run(
                 let ctx = Import {
                     session: session.clone(),
                     streams: streams.clone(),
-                    socket: socket.clone(),
+                    conn: conn.clone(),
                     node: node.clone(),
                     far: id.0.clone(),
                     service: id.1.clone(),
@@ -121,7 +124,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 struct Import {
     session: Session,
     streams: Streams,
-    socket: PathBuf,
+    /// The local broker connection every imported service is registered on.
+    conn: Connection,
     node: String,
     far: String,
     service: String,
@@ -171,11 +175,9 @@ impl Import {
             },
             Err(_) => return Err("no answer to the methods query".into()),
         };
-        let conn = Connection::connect_async(&self.socket)
-            .await
-            .map_err(|e| e.to_string())?;
         let name = format!("{}/{}", self.far, self.service);
-        let service = conn
+        let service = self
+            .conn
             .register_async(&name, &methods.0)
             .await
             .map_err(|e| e.to_string())?;
