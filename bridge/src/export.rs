@@ -111,7 +111,12 @@ pub async fn run(
     loop {
         // The broker gone, the bridge goes too (for systemd to start it
         // again): its exports would name services no broker serves.
-        let snapshot = conn.list().map_err(|e| format!("lost the broker: {e}"))?;
+        // Awaited, not waited for: a broker slow to answer must not hold
+        // a runtime thread that relays share.
+        let snapshot = conn
+            .list_async()
+            .await
+            .map_err(|e| format!("lost the broker: {e}"))?;
         let now: HashMap<String, Methods> = snapshot
             .services
             .into_iter()

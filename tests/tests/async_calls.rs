@@ -1,5 +1,5 @@
 //! Calls and services for tokio (feature `tokio`): `start_async`,
-//! `unary_async`, `collect_async`, `finish_async`, `Service::next_async`
+//! `unary_async`, `collect_async`, `finish_async`, `list_async`, `Service::next_async`
 //! and `reply_async`, across real processes and a real broker, on both
 //! runtimes; call futures dropped midway cancel their call and leave no
 //! descriptor behind.
@@ -464,4 +464,30 @@ fn a_registration_future_dropped_midway_leaves_the_name_free() {
             assert!(taken.is_ok(), "{name}: {:?}", taken.err());
         });
     }
+}
+
+#[test]
+fn list_async_sees_services_and_fails_when_the_broker_dies() {
+    let mut broker = Broker::start();
+    let _math = Peer::serve(&broker, &["unary", "math"]);
+    let conn = broker.connect();
+    for (name, rt) in tokio_runtimes() {
+        let listed = rt.block_on(conn.list_async()).unwrap();
+        let math = listed.services.iter().find(|s| s.name == "math");
+        let methods: Vec<_> = math.unwrap().methods.iter().map(|m| &m.name).collect();
+        assert_eq!(methods, ["add"], "{name}");
+    }
+    // Asked while the broker is stopped, answered with an error once it is
+    // killed: the future wakes, it does not wait forever.
+    let pid = broker.pid();
+    shmbus_tests::send_signal(pid, libc::SIGSTOP);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(SEC / 2);
+        shmbus_tests::send_signal(pid, libc::SIGKILL);
+    });
+    let (_, rt) = tokio_runtimes().remove(1);
+    let r = rt.block_on(async { tokio::time::timeout(10 * SEC, conn.list_async()).await });
+    killer.join().unwrap();
+    broker.kill();
+    assert!(matches!(r, Ok(Err(Error::BrokerGone))), "{r:?}");
 }

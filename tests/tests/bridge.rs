@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmbus_client::{Connection, CreditSpec, Error, ErrorCode, StreamMode, WaitPolicy};
-use shmbus_tests::{bin, wait_for_service, wait_until, Broker, KillOnDrop, Peer, TcpProxy};
+use shmbus_tests::{
+    bin, send_signal, wait_for_service, wait_until, Broker, KillOnDrop, Peer, TcpProxy,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -20,11 +22,22 @@ fn free_port() -> u16 {
 
 /// Starts a bridge for `broker` as `node` and waits until it is up.
 fn bridge(broker: &Broker, node: &str, args: &[String]) -> KillOnDrop {
+    bridge_with_env(broker, node, args, &[])
+}
+
+/// [`bridge`], with variables added to its environment.
+fn bridge_with_env(
+    broker: &Broker,
+    node: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> KillOnDrop {
     let mut child = Command::new(bin("shmbus-bridge"))
         .arg("--socket")
         .arg(&broker.socket)
         .args(["--node", node])
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -79,12 +92,21 @@ impl Hosts {
     }
 
     fn start_b(b: &Broker, port: u16, patterns: &[&str]) -> KillOnDrop {
+        Self::start_b_with_env(b, port, patterns, &[])
+    }
+
+    fn start_b_with_env(
+        b: &Broker,
+        port: u16,
+        patterns: &[&str],
+        env: &[(&str, &str)],
+    ) -> KillOnDrop {
         let mut args = vec!["--listen".to_string(), format!("tcp/127.0.0.1:{port}")];
         for p in patterns {
             args.push("--export".into());
             args.push(p.to_string());
         }
-        bridge(b, "b", &args)
+        bridge_with_env(b, "b", &args, env)
     }
 
     /// A connection to host `a`'s broker, once `b/NAME` is registered there.
@@ -328,6 +350,40 @@ fn a_deadline_travels_with_the_call() {
     // The far service heard of the deadline, as time left.
     let left: u64 = far.expect_line("time-left-ms", 5 * SEC).parse().unwrap();
     assert!(left > 0 && left <= 400, "time left {left} ms");
+}
+
+#[test]
+fn a_stalled_broker_does_not_stall_the_streams_its_bridge_relays() {
+    // Bridge b with one runtime thread: a wait for its broker on that
+    // thread would stop every relay it runs.
+    let (a, b) = (Broker::start(), Broker::start());
+    let port = free_port();
+    let one_thread = [("TOKIO_WORKER_THREADS", "1")];
+    let bridge_b = Hosts::start_b_with_env(&b, port, &["endless"], &one_thread);
+    let hosts = Hosts::start_a(a, b, port, bridge_b, port);
+    let _far = Peer::serve(&hosts.b, &["endless", "endless"]);
+    let conn = hosts.caller("b/endless");
+    let mut call = endless_call(&conn);
+    // Broker b stops answering; the stream's data never passed through it.
+    send_signal(hosts.b.pid(), libc::SIGSTOP);
+    let stopped = Instant::now();
+    let rx = call.receiver().unwrap();
+    rx.set_wait_policy(WaitPolicy::BLOCKING.with_stall_timeout(SEC));
+    let mut items = 0u64;
+    // Bridge b asks its broker for the services to export every second.
+    while stopped.elapsed() < 3 * SEC {
+        match rx.recv_bytes() {
+            Ok(Some(_)) => items += 1,
+            other => panic!(
+                "{other:?} after {items} items and {:?} with broker b stopped",
+                stopped.elapsed()
+            ),
+        }
+    }
+    send_signal(hosts.b.pid(), libc::SIGCONT);
+    println!("{items} items in 3 s with broker b stopped");
+    call.cancel().unwrap();
+    assert!(call.finish().is_err());
 }
 
 /// Resident memory of a process, in KiB.

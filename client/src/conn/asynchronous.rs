@@ -7,9 +7,9 @@
 use std::future::poll_fn;
 use std::path::Path;
 
-use shmbus::frame::MethodSpec;
+use shmbus::frame::{BrokerSnapshot, Frame, MethodSpec};
 
-use super::{ConnectOptions, Connection, PendingRegistration};
+use super::{snapshot, ConnectOptions, Connection, PendingRegistration};
 use crate::error::{Error, Result};
 use crate::service::Service;
 
@@ -47,6 +47,21 @@ impl Connection {
         drop(abandon);
         let incoming = self.end_register(pending, reply)?;
         Ok(Service::new(self.clone(), service, incoming))
+    }
+
+    /// The async twin of [`list`](Self::list): no thread waits for the
+    /// broker's answer, so a stalled broker holds up only this future.
+    ///
+    /// Cancel safe: a future dropped before the answer leaves nothing
+    /// behind but the answer, discarded when it comes.
+    pub async fn list_async(&self) -> Result<BrokerSnapshot> {
+        let reply = self
+            .link()
+            .send_request(|request| Frame::List { request })?;
+        match poll_fn(|cx| reply.poll_recv(cx)).await {
+            Some(reply) => snapshot(reply),
+            None => Err(Error::BrokerGone),
+        }
     }
 }
 

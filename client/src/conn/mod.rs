@@ -236,11 +236,7 @@ impl Connection {
 
     /// A snapshot of the broker's services and live streams.
     pub fn list(&self) -> Result<BrokerSnapshot> {
-        match self.link().request(|request| Frame::List { request })? {
-            Reply::List(s) => Ok(s),
-            Reply::Refused(e) => Err(Error::Remote(e)),
-            _ => Err(Error::Protocol("unexpected reply to list".into())),
-        }
+        snapshot(self.link().request(|request| Frame::List { request })?)
     }
 
     pub(crate) fn register_raw(
@@ -608,6 +604,15 @@ impl BrokerLink {
         if let Some(tx) = self.requests.lock().unwrap().remove(&request) {
             let _ = tx.send(reply);
         }
+    }
+}
+
+/// A `list` request's reply as the broker's snapshot.
+fn snapshot(reply: Reply) -> Result<BrokerSnapshot> {
+    match reply {
+        Reply::List(s) => Ok(s),
+        Reply::Refused(e) => Err(Error::Remote(e)),
+        _ => Err(Error::Protocol("unexpected reply to list".into())),
     }
 }
 
