@@ -339,12 +339,15 @@ impl Connection {
     /// never taken fail with `NoSuchService` (their callers must not wait
     /// for an answer that will not come).
     pub(crate) fn unregister_raw(&self, service: &str, incoming: &Mailbox<IncomingRaw>) {
-        self.state
-            .registrations
-            .lock()
-            .unwrap()
-            .retain(|(name, _, _)| name != service);
-        self.link().abandon_registration(service, incoming);
+        let link = {
+            let mut registrations = self.state.registrations.lock().unwrap();
+            registrations.retain(|(name, _, _)| name != service);
+            // Taken under the registrations' lock, under which a reconnect
+            // puts its new link in place: either this is the new link, or
+            // the reconnect sees the name gone and withdraws it there.
+            self.link()
+        };
+        link.abandon_registration(service, incoming);
     }
 }
 
@@ -476,6 +479,14 @@ impl BrokerLink {
         while let Ok(raw) = incoming.try_recv() {
             raw.origin.refuse_served(raw.call, service);
         }
+        self.withdraw(service);
+    }
+
+    /// Takes `service` off this link and tells the broker to free it. A
+    /// call that still arrives for it is refused by the reader, which finds
+    /// no queue for it.
+    fn withdraw(&self, service: &str) {
+        self.services.lock().unwrap().remove(service);
         let _ = self.send(&Frame::Unregister {
             service: service.to_string(),
         });
@@ -651,6 +662,7 @@ fn reconnect(shared: Weak<ConnectionState>) {
         if spawn_reader(inner.clone(), Arc::downgrade(&shared)).is_err() {
             continue;
         }
+        let names: Vec<String> = registrations.iter().map(|r| r.0.clone()).collect();
         for (name, methods, _) in registrations {
             let _ = inner.request(|request| Frame::Register {
                 request,
@@ -658,7 +670,20 @@ fn reconnect(shared: Weak<ConnectionState>) {
                 methods,
             });
         }
-        *shared.current.lock().unwrap() = inner;
+        // The new link takes over under the registrations' lock; a service
+        // dropped since the copy above unregistered on the old link, so it
+        // is withdrawn here (see `Connection::unregister_raw`).
+        let gone: Vec<String> = {
+            let now = shared.registrations.lock().unwrap();
+            *shared.current.lock().unwrap() = inner.clone();
+            names
+                .into_iter()
+                .filter(|name| !now.iter().any(|r| r.0 == *name))
+                .collect()
+        };
+        for name in gone {
+            inner.withdraw(&name);
+        }
         return;
     }
 }
