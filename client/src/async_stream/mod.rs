@@ -97,8 +97,12 @@ impl Readiness {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
                 round += 1;
-                if round.is_multiple_of(16) && start.elapsed() >= spin {
-                    break;
+                if round.is_multiple_of(16) {
+                    let spent = start.elapsed();
+                    if spent >= spin {
+                        break;
+                    }
+                    crate::port::wait::yield_if_long(spent);
                 }
             }
         }
